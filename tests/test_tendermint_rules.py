@@ -1,0 +1,240 @@
+"""The paper's rules one at a time, on a single core fed by hand (4 validators, f = 1)."""
+
+from __future__ import annotations
+
+from consensus.events import Broadcast, MessageReceived, PersistState, StartHeight, TimeoutFired, TxsAvailable
+from consensus.messages import Proposal, Step, VoteType
+from consensus.tendermint import Tendermint, TimeoutConfig
+from consensus.validators import ValidatorSet
+from tests.consensus_fakes import (
+    KEYS,
+    FakeApp,
+    FakeSigner,
+    broadcasts,
+    decisions,
+    persisted,
+    proposal,
+    timeouts,
+    vid,
+    vote,
+    votes_of,
+)
+
+VSET = ValidatorSet.of(KEYS[:4])
+P, V = VoteType.PREVOTE, VoteType.PRECOMMIT
+
+
+def who(key: bytes) -> int:
+    return KEYS.index(key)
+
+
+def make(me: int, height: int = 1, pending: bool = True, **kw: object) -> tuple[Tendermint, FakeApp]:
+    app = FakeApp(VSET, pending=pending)
+    core = Tendermint(app, FakeSigner(KEYS[me]), height, TimeoutConfig(), **kw)  # type: ignore[arg-type]
+    return core, app
+
+
+def non_proposer(height: int, round: int) -> int:
+    return next(who(k) for k in VSET.members if k != VSET.proposer(height, round))
+
+
+def feed(core: Tendermint, *msgs: object) -> list:
+    out = []
+    for m in msgs:
+        out += core.step(MessageReceived(m))  # type: ignore[arg-type]
+    return out
+
+
+def test_proposer_of_round_zero_proposes_a_new_block_and_persists_before_sending() -> None:
+    core, _ = make(who(VSET.proposer(1, 0)))
+    actions = core.start()
+    kinds = [type(a) for a in actions]
+    assert kinds.index(PersistState) < kinds.index(Broadcast)
+    p = broadcasts(actions)[0]
+    assert isinstance(p, Proposal) and p.round == 0 and p.valid_round == -1
+    # it delivers its own proposal to itself, so its prevote for it follows
+    assert votes_of(actions, P)[0].block_id == p.value_id
+
+
+def test_non_proposer_schedules_propose_timeout_growing_with_round() -> None:
+    me = non_proposer(1, 0)
+    core, _ = make(me)
+    (t0,) = timeouts(core.start())
+    assert t0.step is Step.PROPOSE and t0.delay_ms == 1000
+    core.step(TimeoutFired(Step.PROPOSE, 1, 0))
+    assert core.step_ is Step.PREVOTE
+
+
+def test_fresh_proposal_gets_a_prevote_for_it() -> None:  # lines 22-27
+    me = non_proposer(1, 0)
+    core, _ = make(me)
+    core.start()
+    prop = proposal(1, 0, b"A", -1, who(VSET.proposer(1, 0)))
+    (pv,) = votes_of(feed(core, prop), P)
+    assert pv.block_id == vid(b"A") and core.step_ is Step.PREVOTE
+
+
+def test_invalid_proposal_gets_a_nil_prevote() -> None:
+    me = non_proposer(1, 0)
+    core, app = make(me)
+    app.invalid.add(b"A")
+    core.start()
+    (pv,) = votes_of(feed(core, proposal(1, 0, b"A", -1, who(VSET.proposer(1, 0)))), P)
+    assert pv.block_id is None
+
+
+def test_proposal_from_someone_else_is_ignored_and_reported() -> None:
+    me = non_proposer(1, 0)
+    core, _ = make(me)
+    core.start()
+    other = next(i for i in range(4) if KEYS[i] != VSET.proposer(1, 0) and i != me)
+    out = feed(core, proposal(1, 0, b"A", -1, other))
+    assert not votes_of(out, P) and any(a.__class__.__name__ == "Misbehaviour" for a in out)
+
+
+def test_polka_locks_and_precommits_then_2f1_precommits_decide() -> None:  # lines 36-43, 49-54
+    me = non_proposer(1, 0)
+    core, _ = make(me)
+    core.start()
+    prop = proposal(1, 0, b"A", -1, who(VSET.proposer(1, 0)))
+    others = [i for i in range(4) if i != me]
+    out = feed(core, prop, *[vote(P, 1, 0, b"A", i) for i in others[:2]])
+    (pc,) = votes_of(out, V)
+    assert pc.block_id == vid(b"A") and core.locked_round == 0 and core.valid_round == 0
+    out = feed(core, *[vote(V, 1, 0, b"A", i) for i in others[:2]])
+    (d,) = decisions(out)
+    assert d.height == 1 and d.value == b"A" and len(d.precommits) == 3
+
+
+def test_nil_polka_precommits_nil() -> None:  # lines 44-46
+    me = non_proposer(1, 0)
+    core, _ = make(me)
+    core.start()
+    core.step(TimeoutFired(Step.PROPOSE, 1, 0))
+    out = feed(core, *[vote(P, 1, 0, None, i) for i in range(4) if i != me][:2])
+    (pc,) = votes_of(out, V)
+    assert pc.block_id is None and core.step_ is Step.PRECOMMIT
+
+
+def test_prevote_and_precommit_timeouts_are_scheduled_once() -> None:  # lines 34-35, 47-48
+    me = non_proposer(1, 0)
+    core, _ = make(me)
+    core.start()
+    core.step(TimeoutFired(Step.PROPOSE, 1, 0))
+    others = [i for i in range(4) if i != me]
+    out = feed(core, vote(P, 1, 0, b"A", others[0]), vote(P, 1, 0, None, others[1]))
+    assert [t.step for t in timeouts(out)] == [Step.PREVOTE]
+    assert not timeouts(feed(core, vote(P, 1, 0, b"B", others[2])))
+    core.step(TimeoutFired(Step.PREVOTE, 1, 0))
+    out = feed(core, vote(V, 1, 0, b"A", others[0]), vote(V, 1, 0, None, others[1]))
+    assert [t.step for t in timeouts(out)] == [Step.PRECOMMIT]
+    out = core.step(TimeoutFired(Step.PRECOMMIT, 1, 0))
+    assert core.round == 1
+
+
+def test_stale_timeouts_do_nothing() -> None:
+    me = non_proposer(1, 0)
+    core, _ = make(me)
+    core.start()
+    assert core.step(TimeoutFired(Step.PROPOSE, 1, 5)) == []
+    assert core.step(TimeoutFired(Step.PROPOSE, 2, 0)) == []
+
+
+def test_f_plus_one_messages_of_a_higher_round_skip_to_it() -> None:  # lines 55-56
+    me = non_proposer(1, 0)
+    core, _ = make(me)
+    core.start()
+    others = [i for i in range(4) if i != me]
+    feed(core, vote(P, 1, 3, None, others[0]))
+    assert core.round == 0
+    feed(core, vote(V, 1, 3, None, others[1]))
+    assert core.round == 3
+
+
+def lock_on_a_in_round_zero() -> Tendermint:
+    """Validator 0 (not the round-0 proposer) sees A proposed and a polka for it, and locks A."""
+    assert [VSET.proposer(1, r) for r in range(3)] == [KEYS[1], KEYS[2], KEYS[3]]
+    core, _ = make(0)
+    core.start()
+    feed(core, proposal(1, 0, b"A", -1, 1), vote(P, 1, 0, b"A", 1), vote(P, 1, 0, b"A", 2))
+    assert core.locked_round == 0 and core.locked_value == b"A"
+    core.step(TimeoutFired(Step.PRECOMMIT, 1, 0))
+    assert core.round == 1
+    return core
+
+
+def test_locked_node_prevotes_nil_on_a_fresh_proposal_for_another_value() -> None:  # line 23
+    core = lock_on_a_in_round_zero()
+    (pv,) = votes_of(feed(core, proposal(1, 1, b"B", -1, 2)), P)
+    assert pv.block_id is None
+
+
+def test_a_later_polka_releases_the_lock() -> None:  # lines 28-33
+    core = lock_on_a_in_round_zero()
+    # Round 1: the others form a polka for B; this node never saw round 1's proposal.
+    core.step(TimeoutFired(Step.PROPOSE, 1, 1))
+    feed(core, *[vote(P, 1, 1, b"B", i) for i in (1, 2, 3)])
+    assert core.locked_value == b"A"
+    core.step(TimeoutFired(Step.PREVOTE, 1, 1))
+    core.step(TimeoutFired(Step.PRECOMMIT, 1, 1))
+    assert core.round == 2
+    # Round 2's proposer re-proposes B with the proof of lock (validRound 1 >= lockedRound 0).
+    (pv,) = votes_of(feed(core, proposal(1, 2, b"B", 1, 3)), P)
+    assert pv.block_id == vid(b"B")
+
+
+def test_a_re_proposal_without_its_polka_is_not_prevoted() -> None:  # line 28 needs the polka
+    core = lock_on_a_in_round_zero()
+    core.step(TimeoutFired(Step.PROPOSE, 1, 1))
+    core.step(TimeoutFired(Step.PRECOMMIT, 1, 1))
+    assert votes_of(feed(core, proposal(1, 2, b"B", 1, 3)), P) == []
+
+
+def test_empty_blocks_off_waits_for_transactions_before_proposing() -> None:
+    core, _ = make(who(VSET.proposer(1, 0)), pending=False)
+    assert broadcasts(core.start()) == [] and timeouts(core.start()) == []
+    out = core.step(TxsAvailable())
+    assert any(isinstance(m, Proposal) for m in broadcasts(out))
+
+
+def test_empty_blocks_on_proposes_immediately() -> None:
+    core, _ = make(who(VSET.proposer(1, 0)), pending=False, create_empty_blocks=True)
+    assert any(isinstance(m, Proposal) for m in broadcasts(core.start()))
+
+
+def test_restart_never_signs_a_conflicting_prevote() -> None:
+    me = non_proposer(1, 0)
+    core, app = make(me)
+    core.start()
+    out = feed(core, proposal(1, 0, b"A", -1, who(VSET.proposer(1, 0))))
+    saved = persisted(out)[-1].state
+    restarted = Tendermint(app, FakeSigner(KEYS[me]), 1, TimeoutConfig(), restored=saved)
+    out = restarted.start()
+    assert [m.block_id for m in votes_of(out, P)] == [vid(b"A")]  # sent again, unchanged
+    assert restarted.step_ is Step.PREVOTE
+    # Whatever happens next in round 0, it never signs a different prevote.
+    out = restarted.step(TimeoutFired(Step.PROPOSE, 1, 0))
+    out += feed(restarted, proposal(1, 0, b"Z", -1, who(VSET.proposer(1, 0))))
+    assert all(v.block_id == vid(b"A") for v in votes_of(out, P))
+
+
+def test_messages_for_the_next_height_wait_until_it_starts() -> None:
+    me = non_proposer(2, 0)
+    core, _ = make(me)
+    core.start()
+    early = proposal(2, 0, b"N", -1, who(VSET.proposer(2, 0)))
+    assert votes_of(feed(core, early), P) == []
+    out = core.step(StartHeight(2))
+    (pv,) = votes_of(out, P)
+    assert pv.height == 2 and pv.block_id == vid(b"N")
+
+
+def test_equivocating_votes_count_once_and_are_reported() -> None:
+    me = non_proposer(1, 0)
+    core, _ = make(me)
+    core.start()
+    core.step(TimeoutFired(Step.PROPOSE, 1, 0))
+    b = next(i for i in range(4) if i != me)
+    out = feed(core, vote(P, 1, 0, b"A", b), vote(P, 1, 0, b"B", b))
+    assert any(getattr(a, "reason", "") == "equivocating_vote" for a in out)
+    assert core.log[0].prevotes.total() == 2  # me + b, once
