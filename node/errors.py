@@ -1,0 +1,113 @@
+"""The one error tree of the node package.
+
+Two branches, as h11 does it: `RemoteError` is caused by what a peer, a device or a file from
+elsewhere sent us (reject it, count it, carry on); `LocalError` is misuse or a broken local
+environment (a bug or an operator problem: report it and stop). Callers that face the network
+catch `RemoteError` and never let it crash the node.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Reason(str, Enum):
+    """Why a transaction was rejected; counted per reason and shown in status.
+
+    Lives here rather than in state.py because parsing (transactions.py) already needs it and
+    an exception carrying it must not import the state machinery.
+    """
+
+    MALFORMED = "malformed"
+    BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_DEVICE = "unknown_device"
+    DEVICE_EXISTS = "device_exists"
+    UNAUTHORIZED = "unauthorized"
+    REPLAYED_SEQUENCE = "replayed_sequence"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    OUT_OF_RANGE = "out_of_range"
+    DUPLICATE = "duplicate"
+    # A tx names no chain: a foreign-chain tx fails as bad_signature. The network layer uses this
+    # code for envelopes of another federation.
+    WRONG_CHAIN = "wrong_chain"
+    MEMPOOL_FULL = "mempool_full"
+
+
+class BlockReason(str, Enum):
+    """Why a block (or its commit certificate) was rejected."""
+
+    MALFORMED = "malformed"
+    WRONG_CHAIN = "wrong_chain"
+    BAD_HEIGHT = "bad_height"
+    BAD_PREV_HASH = "bad_prev_hash"
+    BAD_PROPOSER = "bad_proposer"
+    BAD_TIME = "bad_time"
+    BAD_TX_ROOT = "bad_tx_root"
+    BAD_LAST_COMMIT = "bad_last_commit"
+    BAD_COMMIT = "bad_commit"
+    INVALID_TX = "invalid_tx"
+    TAMPERED = "tampered"
+
+
+class FedledgerError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class RemoteError(FedledgerError):
+    """Bad input from outside (peer, device, client, replica file): reject, count, continue."""
+
+
+class LocalError(FedledgerError):
+    """Misuse by the caller or a broken local environment."""
+
+
+class CodecError(RemoteError):
+    """Bytes that are not canonical-codec msgpack, or a value the codec refuses to encode."""
+
+
+class BadSignature(RemoteError):
+    """A signature that does not verify for the key and message it claims."""
+
+
+class InvalidTransaction(RemoteError):
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        self.reason = Reason(reason)
+        self.detail = detail
+        super().__init__(f"invalid transaction ({self.reason.value})" + (f": {detail}" if detail else ""))
+
+
+class InvalidBlock(RemoteError):
+    def __init__(self, reason: BlockReason, height: int | None, detail: str = "") -> None:
+        self.reason = BlockReason(reason)
+        self.height = height
+        self.detail = detail
+        where = f" at height {height}" if height is not None else ""
+        super().__init__(f"invalid block{where} ({self.reason.value})" + (f": {detail}" if detail else ""))
+
+
+class KeyFileError(LocalError):
+    """A key file that is missing, unreadable, encrypted differently, or not ours to overwrite."""
+
+
+class ConfigError(LocalError):
+    """A genesis or config file that is missing or invalid."""
+
+
+class StorageError(LocalError):
+    """The store refused an operation (wrong height, conflicting genesis, I/O failure)."""
+
+
+class ProtocolViolation(RemoteError):
+    """A peer or client broke the wire protocol (bad envelope, bad payload shape, wrong order).
+
+    `reason` is a short stable code (counted per reason in network stats); `detail` is for humans.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"protocol violation ({reason})" + (f": {detail}" if detail else ""))
+
+
+class BadOutgoingMessage(LocalError):
+    """Our own code tried to send a frame that the wire protocol would refuse: a local bug."""

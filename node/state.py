@@ -1,0 +1,226 @@
+"""Ledger state and transaction validation: pure functions over a read-only view.
+
+`check_tx(view, tx, block_time_ms, params)` says whether one tx is acceptable now and, if not,
+why (a `Reason`). `apply_block(view, block, params)` folds a block's txs in order over an overlay
+of the view, so later txs see earlier ones of the same block (register then read; two readings
+of one device with increasing seq), and returns the `StateDelta` the store applies atomically.
+Nothing here writes: the same code validates a proposal, a synced block and a whole replay.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from node.blocks import Block
+from node.errors import BlockReason, InvalidBlock, InvalidTransaction, Reason
+from node.transactions import (
+    MemberVote,
+    ModelCommit,
+    ModelUpdate,
+    Reading,
+    RegisterDevice,
+    TrainRequest,
+    Transaction,
+    parse_tx,
+)
+
+__all__ = [
+    "ChainParams",
+    "DeviceRecord",
+    "MemberRecord",
+    "OverlayView",
+    "ReadingRow",
+    "Reason",
+    "StateDelta",
+    "StateView",
+    "TxRecord",
+    "apply_block",
+    "check_tx",
+]
+
+TEMPERATURE_RANGE_C = (-60.0, 100.0)
+HUMIDITY_RANGE_PCT = (0.0, 100.0)
+
+
+@dataclass(frozen=True)
+class ChainParams:
+    chain_id: str
+    max_skew_ms: int
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    device: bytes
+    owner: bytes
+    name: str
+    last_seq: int | None  # None until the device's first reading is committed
+    registered_height: int
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    key: bytes
+    role: str
+    name: str
+    since_height: int
+
+
+@dataclass(frozen=True)
+class ReadingRow:
+    tx_id: bytes
+    height: int
+    device: bytes
+    seq: int
+    timestamp_ms: int
+    temperature_c: float
+    humidity_pct: float
+    extra: dict[str, Any] | None = field(default=None, hash=False)
+
+
+@dataclass(frozen=True)
+class TxRecord:
+    id: bytes
+    height: int
+    index: int
+    kind: str
+    signer: bytes
+    raw: dict[str, Any] = field(hash=False, compare=False)
+
+
+@dataclass
+class StateDelta:
+    """Everything committing one block changes, for the store to apply in one transaction."""
+
+    height: int
+    txs: list[TxRecord] = field(default_factory=list)
+    new_devices: list[DeviceRecord] = field(default_factory=list)
+    device_seqs: dict[bytes, int] = field(default_factory=dict)  # device -> new last_seq
+    readings: list[ReadingRow] = field(default_factory=list)
+    new_members: list[MemberRecord] = field(default_factory=list)
+
+
+class StateView(Protocol):
+    """What validation needs to read. Stores implement it; OverlayView stacks a block on one."""
+
+    def device(self, device: bytes) -> DeviceRecord | None: ...
+
+    def member(self, key: bytes) -> MemberRecord | None: ...
+
+    def has_tx(self, tx_id: bytes) -> bool: ...
+
+
+class OverlayView:
+    """A view plus the not yet committed effects of earlier txs in the same block."""
+
+    def __init__(self, base: StateView, height: int) -> None:
+        self.base = base
+        self.delta = StateDelta(height)
+        self._devices: dict[bytes, DeviceRecord] = {}
+        self._tx_ids: set[bytes] = set()
+
+    def device(self, device: bytes) -> DeviceRecord | None:
+        rec = self._devices.get(device)
+        return rec if rec is not None else self.base.device(device)
+
+    def member(self, key: bytes) -> MemberRecord | None:
+        return self.base.member(key)
+
+    def has_tx(self, tx_id: bytes) -> bool:
+        return tx_id in self._tx_ids or self.base.has_tx(tx_id)
+
+    def apply(self, tx: Transaction) -> None:
+        """Record the effects of a tx already accepted by check_tx."""
+        d = self.delta
+        d.txs.append(TxRecord(tx.id, d.height, len(d.txs), tx.kind, tx.signer, tx.raw))
+        self._tx_ids.add(tx.id)
+        body = tx.body
+        if isinstance(body, RegisterDevice):
+            rec = DeviceRecord(body.device, body.owner, body.name, None, d.height)
+            d.new_devices.append(rec)
+            self._devices[body.device] = rec
+        elif isinstance(body, Reading):
+            prev = self.device(body.device)
+            assert prev is not None  # check_tx guarantees it
+            self._devices[body.device] = DeviceRecord(
+                prev.device, prev.owner, prev.name, body.seq, prev.registered_height
+            )
+            d.device_seqs[body.device] = body.seq
+            d.readings.append(
+                ReadingRow(
+                    tx.id,
+                    d.height,
+                    body.device,
+                    body.seq,
+                    body.timestamp_ms,
+                    body.temperature_c,
+                    body.humidity_pct,
+                    body.extra,
+                )
+            )
+
+
+def check_tx(
+    view: StateView, tx: Transaction | dict[str, Any], block_time_ms: int, params: ChainParams
+) -> Reason | None:
+    """None if `tx` may enter a block with time `block_time_ms` on top of `view`, else why not.
+
+    Readings are checked in DESIGN.md's order (registered device, signature, sequence, timestamp,
+    values), so the reason reported is the first rule broken in that order.
+    """
+    if not isinstance(tx, Transaction):
+        try:
+            tx = parse_tx(tx)
+        except InvalidTransaction as exc:
+            return exc.reason
+    if view.has_tx(tx.id):
+        return Reason.DUPLICATE
+    body = tx.body
+    if isinstance(body, Reading):
+        dev = view.device(body.device)
+        if dev is None:
+            return Reason.UNKNOWN_DEVICE
+        if not tx.signature_valid(params.chain_id):
+            return Reason.BAD_SIGNATURE
+        if dev.last_seq is not None and body.seq <= dev.last_seq:
+            return Reason.REPLAYED_SEQUENCE
+        if body.timestamp_ms > block_time_ms + params.max_skew_ms:
+            return Reason.FUTURE_TIMESTAMP
+        lo_t, hi_t = TEMPERATURE_RANGE_C
+        lo_h, hi_h = HUMIDITY_RANGE_PCT
+        finite = math.isfinite(body.temperature_c) and math.isfinite(body.humidity_pct)
+        if not (finite and lo_t <= body.temperature_c <= hi_t and lo_h <= body.humidity_pct <= hi_h):
+            return Reason.OUT_OF_RANGE
+        return None
+    if not tx.signature_valid(params.chain_id):
+        return Reason.BAD_SIGNATURE
+    if isinstance(body, RegisterDevice):
+        if view.member(body.owner) is None:
+            return Reason.UNAUTHORIZED
+        if view.device(body.device) is not None:
+            return Reason.DEVICE_EXISTS
+    elif isinstance(body, (TrainRequest, MemberVote)):
+        m = view.member(tx.signer)
+        if m is None or m.role != "authority":
+            return Reason.UNAUTHORIZED
+    elif isinstance(body, (ModelUpdate, ModelCommit)) and view.member(tx.signer) is None:
+        return Reason.UNAUTHORIZED
+    # join_request: anyone may ask; admission is decided by member_vote (not yet implemented).
+    return None
+
+
+def apply_block(view: StateView, block: Block, params: ChainParams) -> StateDelta:
+    """Validate every tx of `block` in order and return the delta; InvalidBlock(INVALID_TX) on the
+    first tx that is not acceptable, naming its index and reason."""
+    overlay = OverlayView(view, block.height)
+    for i, raw in enumerate(block.txs):
+        try:
+            tx = parse_tx(raw)
+        except InvalidTransaction as exc:
+            raise InvalidBlock(BlockReason.INVALID_TX, block.height, f"tx {i}: {exc}") from exc
+        reason = check_tx(overlay, tx, block.header.time_ms, params)
+        if reason is not None:
+            raise InvalidBlock(BlockReason.INVALID_TX, block.height, f"tx {i} ({tx.kind}): {reason.value}")
+        overlay.apply(tx)
+    return overlay.delta

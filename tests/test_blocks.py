@@ -1,0 +1,106 @@
+"""Commit certificates and block wire form."""
+
+import pytest
+
+from consensus.messages import Vote, VoteType
+from node.blocks import Block, Commit, verify_commit
+from node.codec import decode, encode
+from node.errors import BlockReason, InvalidBlock
+from node.keys import sign_vote
+from node.ledger import Ledger
+from node.store import MemoryStore
+from tests.factories import CHAIN_ID, key_from, make_block, make_genesis, sign_commit
+
+BID = b"\x42" * 32
+
+
+@pytest.fixture
+def net():
+    keys, genesis = make_genesis(4)
+    return keys, genesis.validator_set()
+
+
+def test_quorum_of_valid_precommits_verifies(net):
+    keys, vset = net
+    verify_commit(sign_commit(keys[:3], CHAIN_ID, 5, 1, BID), vset, CHAIN_ID, BID, 5)
+
+
+def check_fails(commit, vset, match, block_id=BID, height=5):
+    with pytest.raises(InvalidBlock, match=match) as ei:
+        verify_commit(commit, vset, CHAIN_ID, block_id, height)
+    assert ei.value.reason is BlockReason.BAD_COMMIT
+
+
+def test_too_few_signatures(net):
+    keys, vset = net
+    check_fails(sign_commit(keys[:2], CHAIN_ID, 5, 1, BID), vset, "only 2 valid precommits")
+
+
+def test_duplicate_signer_counts_once(net):
+    keys, vset = net
+    check_fails(sign_commit([keys[0], keys[1], keys[1]], CHAIN_ID, 5, 1, BID), vset, "only 2")
+
+
+def test_non_members_do_not_count(net):
+    keys, vset = net
+    outsiders = [key_from("x"), key_from("y")]
+    check_fails(sign_commit([keys[0], keys[1], *outsiders], CHAIN_ID, 5, 1, BID), vset, "only 2")
+
+
+def test_wrong_block_id_height_or_chain(net):
+    keys, vset = net
+    c = sign_commit(keys, CHAIN_ID, 5, 1, BID)
+    check_fails(c, vset, "different block", block_id=b"\x43" * 32)
+    check_fails(c, vset, "height 5", height=6)
+    check_fails(sign_commit(keys, "other-chain", 5, 1, BID), vset, "only 0")
+
+
+def test_votes_for_another_block_round_or_type_do_not_count(net):
+    keys, vset = net
+    good = sign_commit(keys[:2], CHAIN_ID, 5, 1, BID).precommits
+    other_block = sign_vote(keys[2], CHAIN_ID, Vote(VoteType.PRECOMMIT, 5, 1, b"\x43" * 32, keys[2].public))
+    other_round = sign_vote(keys[2], CHAIN_ID, Vote(VoteType.PRECOMMIT, 5, 0, BID, keys[2].public))
+    prevote = sign_vote(keys[2], CHAIN_ID, Vote(VoteType.PREVOTE, 5, 1, BID, keys[2].public))
+    nil = sign_vote(keys[2], CHAIN_ID, Vote(VoteType.PRECOMMIT, 5, 1, None, keys[2].public))
+    for v in (other_block, other_round, prevote, nil):
+        check_fails(Commit(5, 1, BID, (*good, v)), vset, "only 2")
+
+
+def test_bad_signature_does_not_count_but_a_later_valid_one_does(net):
+    keys, vset = net
+    c = sign_commit(keys[:3], CHAIN_ID, 5, 1, BID)
+    forged = Vote(VoteType.PRECOMMIT, 5, 1, BID, keys[3].public, c.precommits[0].signature)
+    check_fails(Commit(5, 1, BID, (*c.precommits[:2], forged)), vset, "only 2")
+    verify_commit(Commit(5, 1, BID, (forged, *c.precommits)), vset, CHAIN_ID, BID, 5)
+
+
+def test_block_wire_round_trip_and_hash():
+    keys, genesis = make_genesis(4)
+    ledger = Ledger(MemoryStore(), genesis)
+    b1, c1 = make_block(ledger, keys)
+    ledger.commit(b1, c1)
+    b2, _ = make_block(ledger, keys)
+    again = Block.from_wire(decode(encode(b2.to_wire())))
+    assert again == b2 and again.hash == b2.hash and again.last_commit == c1
+    assert Commit.from_dict(decode(encode(c1.to_dict()))) == c1
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda w: w.pop("txs"),
+        lambda w: w["header"].update(height=-1),
+        lambda w: w["header"].update(prev_hash=b"short"),
+        lambda w: w["header"].update(extra=1),
+        lambda w: w.update(txs=[1]),
+        lambda w: w.update(last_commit={"height": 1}),
+        lambda w: w.update(last_commit={"height": 1, "round": 0, "block_id": BID, "precommits": [{"x": 1}]}),
+    ],
+)
+def test_malformed_block_wire(mutate):
+    keys, genesis = make_genesis(4)
+    b, _ = make_block(Ledger(MemoryStore(), genesis), keys)
+    w = b.to_wire()
+    mutate(w)
+    with pytest.raises(InvalidBlock):
+        Block.from_wire(w)
