@@ -93,7 +93,8 @@ Action = PersistState | Broadcast | ScheduleTimeout | Decide | Misbehaviour
 class SignedState:
     """Everything a restarted node needs so that it never contradicts what it already signed.
 
-    `signed` holds this node's own signed messages of `height`, keyed by (round, step).
+    `signed` holds this node's own signed messages of `height`; `proof` the 2f+1 prevotes behind
+    `valid_value` (the polka it locked on), which the host verified when they arrived.
     """
 
     height: int
@@ -104,3 +105,4 @@ class SignedState:
     valid_round: int
     valid_value: Any = field(repr=False)
     signed: tuple[Message, ...] = field(repr=False)
+    proof: tuple[Vote, ...] = field(default=(), repr=False)

@@ -120,7 +120,36 @@ class Tendermint:
             valid_round=self.valid_round,
             valid_value=self.valid_value,
             signed=tuple(self.signed.values()),
+            proof=self._polka_proof(),
         )
+
+    def gossip_messages(self) -> list[Message]:
+        """What the gossip layer keeps re-sending to peers of this height.
+
+        The paper assumes that every message a correct node receives eventually reaches every
+        correct node. What liveness needs of that: this node's own messages, the proposals it
+        holds, the votes of its current round, and every polka it holds for an earlier round
+        (the proof another node needs to accept a re-proposal, lines 28-33), including the one
+        behind its own lock, which survives restarts with the persisted state.
+        """
+        out: list[Message] = list(self.signed.values())
+        q = self.vset.quorum
+        for r, log in self.log.items():
+            out.extend(log.proposals.values())
+            if r == self.round:
+                out.extend(log.prevotes.all_votes())
+                out.extend(log.precommits.all_votes())
+                continue
+            for block_id in log.prevotes.blocks_with(q):
+                out.extend(log.prevotes.for_block(block_id))
+        return out
+
+    def _polka_proof(self) -> tuple[Vote, ...]:
+        """The 2f+1 prevotes behind validValue (a restarted node must still be able to prove it)."""
+        if self.valid_value is None:
+            return ()
+        log = self.log.get(self.valid_round)
+        return log.prevotes.for_block(self.app.value_id(self.valid_value)) if log else ()
 
     @property
     def me(self) -> bytes | None:
@@ -289,11 +318,13 @@ class Tendermint:
                 if p is None or not self._valid(p):
                     continue
                 self.fired.add(("lock", self.round))
+                # Lines 37-43 are one atomic step; validValue is set first so that the state
+                # persisted with the precommit already holds it (validRound >= lockedRound).
+                self.valid_value, self.valid_round = p.value, self.round
                 if self.step_ is Step.PREVOTE:
                     self.locked_value, self.locked_round = p.value, self.round
                     self._vote(VoteType.PRECOMMIT, block_id)
                     self.step_ = Step.PRECOMMIT
-                self.valid_value, self.valid_round = p.value, self.round
                 return True
         if self.step_ is Step.PREVOTE and log.prevotes.count(None) >= q:  # lines 44-46
             self._vote(VoteType.PRECOMMIT, None)
@@ -368,6 +399,9 @@ class Tendermint:
         for msg in sorted(self.signed.values(), key=lambda m: (m.round, isinstance(m, Vote))):
             self._record(msg)
             self._out.append(Broadcast(msg))
+        for vote in s.proof:
+            if vote.validator != self.me:
+                self._record(vote)
         # Timeouts scheduled before the crash are gone; a fresh one for the current step keeps
         # the round moving. Timeouts only ever lead to nil votes or a new round: always safe.
         self._schedule(self.step_)

@@ -12,34 +12,50 @@ from consensus.messages import Proposal, Vote, VoteType
 MAX_PROPOSALS_PER_ROUND = 8
 
 
+# A validator that votes for several values in one round is Byzantine; its votes still count for
+# each value, as the paper counts messages (safety holds: two quorums for different values would
+# need a correct validator in both). Beyond a few values per validator the rest are ignored.
+MAX_VALUES_PER_VALIDATOR = 3
+
+
 @dataclass
 class VoteSet:
-    """Votes of one (round, type). The first vote of each validator counts; a later different
-    vote from the same validator is an equivocation and does not count."""
+    """Votes of one (round, type), counted per value by distinct validator."""
 
-    votes: dict[bytes, Vote] = field(default_factory=dict)
-    tally: Counter[bytes | None] = field(default_factory=Counter)
+    by_value: dict[bytes | None, dict[bytes, Vote]] = field(default_factory=dict)
+    first: dict[bytes, Vote] = field(default_factory=dict)
+    values_of: Counter[bytes] = field(default_factory=Counter)
 
     def add(self, vote: Vote) -> Vote | None:
-        """Adds `vote`; returns the conflicting earlier vote if this one equivocates."""
-        earlier = self.votes.get(vote.validator)
-        if earlier is not None:
-            return earlier if earlier.block_id != vote.block_id else None
-        self.votes[vote.validator] = vote
-        self.tally[vote.block_id] += 1
-        return None
+        """Adds `vote`; returns the validator's earlier vote if this one equivocates."""
+        voters = self.by_value.setdefault(vote.block_id, {})
+        if vote.validator in voters:
+            return None  # the same vote again
+        earlier = self.first.get(vote.validator)
+        if earlier is None:
+            self.first[vote.validator] = vote
+        elif self.values_of[vote.validator] >= MAX_VALUES_PER_VALIDATOR:
+            return earlier
+        voters[vote.validator] = vote
+        self.values_of[vote.validator] += 1
+        return earlier
 
     def count(self, block_id: bytes | None) -> int:
-        return self.tally[block_id]
+        voters = self.by_value.get(block_id)
+        return len(voters) if voters else 0
 
     def total(self) -> int:
-        return len(self.votes)
+        """Distinct validators that voted at all (the "2f+1 of any value" of lines 34 and 47)."""
+        return len(self.first)
 
     def for_block(self, block_id: bytes | None) -> tuple[Vote, ...]:
-        return tuple(v for v in self.votes.values() if v.block_id == block_id)
+        return tuple(self.by_value.get(block_id, {}).values())
 
     def blocks_with(self, threshold: int) -> list[bytes]:
-        return [b for b, c in self.tally.items() if b is not None and c >= threshold]
+        return [b for b, voters in self.by_value.items() if b is not None and len(voters) >= threshold]
+
+    def all_votes(self) -> list[Vote]:
+        return [v for voters in self.by_value.values() for v in voters.values()]
 
 
 @dataclass

@@ -333,6 +333,12 @@ class SqliteStore:
             out.append(ReadingRow(bytes(r[0]), r[1], bytes(r[2]), r[3], r[4], r[5], r[6], extra))
         return out
 
+    def counts(self) -> dict[str, int]:
+        return {
+            table: self._one(f"SELECT COUNT(*) FROM {table}")[0]
+            for table in ("blocks", "txs", "readings", "devices")
+        }
+
     def put_blob(self, data: bytes) -> bytes:
         h = hashlib.sha256(data).digest()
         with self._write() as db:

@@ -67,6 +67,10 @@ class Store(Protocol):
         """Committed readings in ledger order, optionally of one device and/or one height."""
         ...
 
+    def counts(self) -> dict[str, int]:
+        """Sizes for status displays: blocks, txs, readings, devices."""
+        ...
+
     def put_blob(self, data: bytes) -> bytes: ...
 
     def get_blob(self, blob_hash: bytes) -> bytes | None: ...
@@ -188,6 +192,14 @@ class MemoryStore:
             if (device is None or r.device == device) and (height is None or r.height == height)
         ]
         return out[:limit] if limit is not None else out
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "blocks": len(self._blocks),
+            "txs": len(self._txs),
+            "readings": len(self._readings),
+            "devices": len(self._devices),
+        }
 
     def put_blob(self, data: bytes) -> bytes:
         h = hashlib.sha256(data).digest()

@@ -238,3 +238,29 @@ def test_equivocating_votes_count_once_and_are_reported() -> None:
     out = feed(core, vote(P, 1, 0, b"A", b), vote(P, 1, 0, b"B", b))
     assert any(getattr(a, "reason", "") == "equivocating_vote" for a in out)
     assert core.log[0].prevotes.total() == 2  # me + b, once
+
+
+def test_state_persisted_with_a_lock_holds_valid_value_and_its_polka() -> None:
+    """Regression (simulator seed 151): a crash right after the lock's precommit was persisted
+    restored lockedValue without validValue, and the federation stalled."""
+    core, _ = make(0)
+    core.start()
+    out = feed(core, proposal(1, 0, b"A", -1, 1), vote(P, 1, 0, b"A", 1), vote(P, 1, 0, b"A", 2))
+    saved = persisted(out)[-1].state
+    assert saved.locked_round == 0 and saved.valid_round == 0 and saved.valid_value == b"A"
+    assert {v.validator for v in saved.proof} == {KEYS[0], KEYS[1], KEYS[2]}
+
+
+def test_gossip_relays_an_earlier_rounds_polka() -> None:
+    """Regression (simulator seed 75): a polka seen only after moving on must still be relayed,
+    since a re-proposal in a later round needs it as proof."""
+    core, _ = make(0)
+    core.start()
+    core.step(TimeoutFired(Step.PROPOSE, 1, 0))
+    core.step(TimeoutFired(Step.PREVOTE, 1, 0))
+    core.step(TimeoutFired(Step.PRECOMMIT, 1, 0))
+    assert core.round == 1
+    late = [vote(P, 1, 0, b"A", i) for i in (1, 2, 3)]
+    feed(core, *late)
+    gossip = core.gossip_messages()
+    assert all(v in gossip for v in late)

@@ -1,0 +1,5 @@
+"""Deterministic, seeded simulation of a whole fedledger consensus cluster in one process.
+
+One seed fixes everything: the fault mix, message delays, losses, duplications, partitions,
+crashes and Byzantine behaviour. `python scripts/simulate.py --seed N --trace` replays a seed.
+"""
