@@ -1,0 +1,62 @@
+"""`fedledger node run DIR`: run a node until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from node.cli_init import read_passphrase
+from node.datadir import LOG_FILE, PID_FILE
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("node", help="run a node")
+    nsub = p.add_subparsers(dest="node_command", metavar="SUBCOMMAND")
+    nsub.required = True
+    r = nsub.add_parser("run", help="run the node in DIR until Ctrl-C / SIGTERM")
+    r.add_argument("dir", type=Path, metavar="DIR", help="node data directory (made by init, launch or join)")
+    r.add_argument("--host", help="listen address (default: from config.json)")
+    r.add_argument("--port", type=int, help="listen port (default: from config.json)")
+    r.add_argument("--bootstrap", action="append", metavar="URL", help="peer URL to dial (repeatable)")
+    r.add_argument("--passphrase-file", help="file holding the key passphrase, if the key is encrypted")
+    r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    r.set_defaults(func=run)
+
+
+def setup_logging(data_dir: Path, level: str) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(data_dir / LOG_FILE)):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+def run(args: argparse.Namespace) -> int:
+    from node.runtime import Node  # imported here so `fedledger --help` stays fast
+
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise SystemExit("fedledger node run: --port must be between 0 and 65535")
+    passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
+    node = Node(args.dir, passphrase=passphrase, host=args.host, port=args.port, bootstrap=args.bootstrap)
+    setup_logging(args.dir, args.log_level)
+    pid_file = args.dir / PID_FILE
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, node.stop)
+        pid_file.write_text(f"{__import__('os').getpid()}\n")
+        await node.run()
+
+    try:
+        asyncio.run(main())
+    finally:
+        pid_file.unlink(missing_ok=True)
+    return 0

@@ -1,0 +1,194 @@
+"""Per-peer bookkeeping: rate limits, misbehaviour score and counters. Pure: the clock is passed in.
+
+The transport asks `PeerState.admit(nbytes, now)` before it decodes a frame, reports what went
+wrong with `penalize(reason, now)`, and disconnects when that returns True. Keeping this free of
+asyncio lets tests drive hours of simulated traffic in microseconds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+# Misbehaviour points per offence. Malformed input is never an honest accident between two
+# correct implementations of one protocol, so five malformed frames (5 x 20) end the connection.
+# Rate-limit drops cost little: an honest peer can burst during a catch-up, a flood cannot last.
+# A handler error not attributable to the peer (a local bug) costs almost nothing, but a peer
+# that keeps hitting the same crash path is still cut off eventually.
+DEFAULT_PENALTIES: Final[dict[str, float]] = {
+    "oversize": 20.0,
+    "codec": 20.0,
+    "protocol_violation": 20.0,
+    "text_frame": 20.0,
+    "rate_limited": 2.0,
+    "remote_error": 10.0,
+    "handler_error": 1.0,
+}
+DEFAULT_THRESHOLD: Final = 100.0
+DEFAULT_DECAY_PER_S: Final = 0.5  # slow: a peer misbehaving once a minute is still cut off
+
+
+class TokenBucket:
+    """Classic token bucket: `rate` tokens per second, at most `burst` banked."""
+
+    __slots__ = ("_last", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        if rate <= 0 or burst <= 0:
+            raise ValueError("token bucket rate and burst must be positive")
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._last = now
+
+    def _refill(self, now: float) -> None:
+        # max(): a clock that steps backwards must not drain the bucket.
+        elapsed = max(0.0, now - self._last)
+        self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
+        self._last = max(self._last, now)
+
+    def available(self, now: float) -> float:
+        self._refill(now)
+        return self._tokens
+
+    def take(self, amount: float, now: float) -> bool:
+        self._refill(now)
+        if amount > self._tokens:
+            return False
+        self._tokens -= amount
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """Per-peer limits on inbound frames. A single frame larger than `bytes_burst` is always refused,
+    so `bytes_burst` should be at least the frame size limit."""
+
+    messages_per_s: float = 500.0
+    messages_burst: float = 1000.0
+    bytes_per_s: float = 8 * 1024 * 1024
+    bytes_burst: float = 16 * 1024 * 1024
+
+
+class RateLimiter:
+    """Two buckets, one for frames and one for bytes; a frame passes only if both have room."""
+
+    __slots__ = ("bytes", "messages")
+
+    def __init__(self, limits: RateLimits, now: float) -> None:
+        self.messages = TokenBucket(limits.messages_per_s, limits.messages_burst, now)
+        self.bytes = TokenBucket(limits.bytes_per_s, limits.bytes_burst, now)
+
+    def allow(self, nbytes: int, now: float) -> bool:
+        # Check both before taking from either, so a refused frame costs no tokens.
+        if self.messages.available(now) < 1 or self.bytes.available(now) < nbytes:
+            return False
+        self.messages.take(1, now)
+        self.bytes.take(nbytes, now)
+        return True
+
+
+class MisbehaviourScore:
+    """Points for offences, decaying linearly over time; over `threshold` means disconnect."""
+
+    __slots__ = ("_last", "_value", "decay_per_s", "reasons", "threshold")
+
+    def __init__(self, now: float, threshold: float = DEFAULT_THRESHOLD,
+                 decay_per_s: float = DEFAULT_DECAY_PER_S) -> None:
+        self.threshold = threshold
+        self.decay_per_s = decay_per_s
+        self._value = 0.0
+        self._last = now
+        self.reasons: Counter[str] = Counter()
+
+    def value(self, now: float) -> float:
+        elapsed = max(0.0, now - self._last)
+        self._value = max(0.0, self._value - elapsed * self.decay_per_s)
+        self._last = max(self._last, now)
+        return self._value
+
+    def add(self, points: float, reason: str, now: float) -> bool:
+        """Record an offence; True when the score now exceeds the threshold."""
+        self._value = self.value(now) + points
+        self.reasons[reason] += 1
+        return self._value > self.threshold
+
+    @property
+    def exceeded(self) -> bool:
+        return self._value > self.threshold
+
+
+@dataclass
+class Counters:
+    """Traffic counters (per peer, and once more for the whole node)."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)  # inbound frames refused, by reason
+    dropped_out: Counter[str] = field(default_factory=Counter)  # outbound frames not sent, by reason
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "rejected": dict(self.rejected),
+            "dropped_out": dict(self.dropped_out),
+        }
+
+
+class PeerState:
+    """Everything the transport tracks about one connection besides the socket itself."""
+
+    __slots__ = ("counters", "limiter", "penalties", "score", "totals")
+
+    def __init__(
+        self,
+        now: float,
+        limits: RateLimits | None = None,
+        *,
+        threshold: float = DEFAULT_THRESHOLD,
+        decay_per_s: float = DEFAULT_DECAY_PER_S,
+        penalties: dict[str, float] | None = None,
+        totals: Counters | None = None,
+    ) -> None:
+        self.limiter = RateLimiter(limits or RateLimits(), now)
+        self.score = MisbehaviourScore(now, threshold, decay_per_s)
+        self.penalties = penalties if penalties is not None else DEFAULT_PENALTIES
+        self.counters = Counters()
+        # The node-wide counters, updated alongside: peers come and go, the totals must not.
+        self.totals = totals if totals is not None else Counters()
+
+    def received(self, nbytes: int) -> None:
+        for c in (self.counters, self.totals):
+            c.frames_in += 1
+            c.bytes_in += nbytes
+
+    def sent(self, nbytes: int) -> None:
+        for c in (self.counters, self.totals):
+            c.frames_out += 1
+            c.bytes_out += nbytes
+
+    def dropped(self, reason: str) -> None:
+        for c in (self.counters, self.totals):
+            c.dropped_out[reason] += 1
+
+    def admit(self, nbytes: int, now: float) -> bool:
+        """Rate limit one inbound frame (before it is decoded). False: drop it, and it was penalized."""
+        if self.limiter.allow(nbytes, now):
+            return True
+        self.penalize("rate_limited", now)
+        return False
+
+    def penalize(self, reason: str, now: float) -> bool:
+        """Count a rejected frame and score it; True when the peer should be disconnected."""
+        for c in (self.counters, self.totals):
+            c.rejected[reason] += 1
+        return self.score.add(self.penalties.get(reason, 10.0), reason, now)
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        return {**self.counters.to_json(), "score": round(self.score.value(now), 2)}

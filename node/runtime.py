@@ -1,0 +1,378 @@
+"""A running node: the consensus core driven by real timers, the SQLite ledger, the mempool and the
+peer network. This module owns the I/O; every decision is made by consensus/ and node/ledger.py.
+
+Order contract with the core (consensus/events.py): actions run in order; the persisted signed
+state is written (synchronous=FULL) before the message it records is handed to the network; a
+decided block is committed before the next height starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from pathlib import Path
+from typing import Any
+
+from consensus.events import (
+    Action,
+    Broadcast,
+    Decide,
+    Event,
+    MessageReceived,
+    Misbehaviour,
+    PersistState,
+    ScheduleTimeout,
+    StartHeight,
+    TimeoutFired,
+    TxsAvailable,
+)
+from consensus.messages import Proposal, Vote
+from consensus.tendermint import Tendermint, TimeoutConfig
+from consensus.validators import ValidatorSet
+from node import wire
+from node.blocks import Block, Commit
+from node.consensus_wire import (
+    decode_signed_state,
+    encode_signed_state,
+    message_to_wire,
+    proposal_from_wire,
+)
+from node.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
+from node.errors import CodecError, ConfigError, InvalidBlock, ProtocolViolation
+from node.genesis import Genesis
+from node.keys import NodeKey, verify_proposal, verify_vote
+from node.ledger import Ledger
+from node.mempool import Mempool
+from node.signer import KeySigner
+from node.sqlite_store import SqliteStore
+from node.transactions import tx_id
+from node.transport import PeerInfo, PeerNetwork
+
+log = logging.getLogger("fedledger.node")
+
+MAX_BLOCK_TXS = 2000
+SYNC_BATCH = 32
+SYNC_BATCH_BYTES = 2 * 1024 * 1024
+STATUS_PERIOD_S = 0.5
+REGOSSIP_AFTER_S = 1.0  # re-send consensus messages when the height/round has not moved this long
+COMMIT_DELAY_MS = 10  # collect straggling precommits before the next height (CometBFT's commit timeout)
+LATENCY_SAMPLES = 20_000
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Node:
+    """One fedledger node process."""
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        passphrase: bytes | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        bootstrap: list[str] | None = None,
+    ) -> None:
+        self.dir = Path(data_dir)
+        self.config = NodeConfig.load(self.dir)
+        self.key = NodeKey.load(self.dir / KEY_FILE, passphrase)
+        if self.key.public.hex() != self.config.public_key:
+            raise ConfigError(f"{self.dir / KEY_FILE} does not match the public key in its config.json")
+        gpath = self.dir / GENESIS_FILE
+        if not gpath.exists():
+            raise ConfigError(f"{self.dir} has no {GENESIS_FILE}: create a federation with "
+                              "`fedledger launch` or join one with `fedledger join PEER_URL DIR`")
+        self.genesis = Genesis.load(gpath)
+        self.store = SqliteStore(self.dir / DB_FILE)
+        self.ledger = Ledger(self.store, self.genesis)
+        self.mempool = Mempool(self.ledger.params)
+        self.counters: Counter[str] = Counter()
+        self.started_at = time.time()
+        self.host = host or self.config.listen_host
+        self.port = self.config.listen_port if port is None else port
+        self.bootstrap = list(bootstrap if bootstrap is not None else self.config.bootstrap)
+        self.peer_heights: dict[bytes, int] = {}
+        self._sync_pending: dict[bytes, float] = {}
+        self._submitted: dict[bytes, float] = {}
+        self.latencies_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.finalized_txs = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = asyncio.Event()
+        self._progress_mark: tuple[int, int, int] = (0, 0, 0)
+        self._progress_at = time.monotonic()
+        self.core = self._make_core()
+        from node.api import NodeApi  # local import: api imports this module for typing only
+
+        self.api = NodeApi(self)
+        self.net = PeerNetwork(
+            self.key,
+            self.genesis.chain_id,
+            self.ledger.genesis_hash,
+            self.host,
+            self.port,
+            self.bootstrap,
+            self._on_peer_message,
+            http_handler=self.api.handle_http,
+            client_handler=self.api.handle_client,
+            role=self.role,
+        )
+
+    # --- consensus wiring ---------------------------------------------------------------------
+    def _make_core(self) -> Tendermint:
+        height = self.store.height() + 1
+        raw = self.store.load_consensus_state()
+        restored = None
+        if raw is not None:
+            try:
+                restored = decode_signed_state(raw)
+            except CodecError as exc:
+                raise ConfigError(
+                    f"{self.dir / DB_FILE}: {exc}; refusing to start (it could double-sign)"
+                ) from exc
+        t = self.genesis.timeouts
+        timeouts = TimeoutConfig(t.propose_ms, t.propose_delta_ms, t.prevote_ms, t.prevote_delta_ms,
+                                 t.precommit_ms, t.precommit_delta_ms)
+        signer = KeySigner(self.key, self.genesis.chain_id)
+        return Tendermint(self, signer, height, timeouts, self.genesis.create_empty_blocks, restored)
+
+    @property
+    def role(self) -> str:
+        m = self.store.member(self.key.public)
+        return m.role if m is not None else "observer"
+
+    # Application (consensus/app.py)
+    def validators(self, height: int) -> ValidatorSet:
+        return self.ledger.validators_at(height)
+
+    def propose(self, height: int, round: int) -> Block:
+        time_ms = max(wall_ms(), self.ledger.head_time_ms)
+        txs = self.mempool.reap(self.store, time_ms, height, MAX_BLOCK_TXS)
+        return self.ledger.make_next_block(self.key.public, round, time_ms, txs)
+
+    def valid(self, height: int, value: Any) -> bool:
+        if not isinstance(value, Block):
+            return False
+        try:
+            self.ledger.validate_block(value, now_ms=wall_ms())
+        except InvalidBlock as exc:
+            self.counters[f"invalid_proposal:{exc.reason.value}"] += 1
+            log.warning("invalid proposal at height %s: %s", height, exc)
+            return False
+        return True
+
+    def value_id(self, value: Any) -> bytes:
+        return value.hash
+
+    def has_pending(self) -> bool:
+        return len(self.mempool) > 0
+
+    # --- driving the core ---------------------------------------------------------------------
+    def step(self, event: Event) -> None:
+        self.execute(self.core.step(event))
+
+    def execute(self, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, PersistState):
+                self.store.save_consensus_state(encode_signed_state(a.state))
+            elif isinstance(a, Broadcast):
+                type_, payload = message_to_wire(a.message)
+                self.net.broadcast(type_, payload)
+            elif isinstance(a, ScheduleTimeout):
+                ev = TimeoutFired(a.step, a.height, a.round)
+                assert self._loop is not None
+                self._loop.call_later(a.delay_ms / 1000, self.step, ev)
+            elif isinstance(a, Decide):
+                self._on_decide(a)
+            elif isinstance(a, Misbehaviour):
+                self.counters[f"misbehaviour:{a.reason}"] += 1
+
+    def _on_decide(self, a: Decide) -> None:
+        if self.store.height() < a.height:
+            commit = Commit(a.height, a.round, a.value_id, tuple(a.precommits))
+            if not self._apply(a.value, commit):
+                return
+        assert self._loop is not None
+        self._loop.call_later(COMMIT_DELAY_MS / 1000, self._start_next_height)
+
+    def _start_next_height(self) -> None:
+        self.step(StartHeight(self.store.height() + 1))
+        self._send_status()
+
+    def _apply(self, block: Block, commit: Commit) -> bool:
+        try:
+            self.ledger.commit(block, commit)
+        except InvalidBlock as exc:
+            self.counters[f"rejected_block:{exc.reason.value}"] += 1
+            log.error("could not commit block %s: %s", block.height, exc)
+            return False
+        now = time.monotonic()
+        ids = [tx_id(t) for t in block.txs]
+        self.mempool.remove(ids)
+        self.finalized_txs += len(ids)
+        for i in ids:
+            t0 = self._submitted.pop(i, None)
+            if t0 is not None:
+                self.latencies_ms.append((now - t0) * 1000)
+        log.info("committed height %d (%d txs, round %d)", block.height, len(ids), commit.round)
+        return True
+
+    # --- peers --------------------------------------------------------------------------------
+    async def _on_peer_message(self, peer: PeerInfo, type_: str, payload: Any) -> None:
+        try:
+            if type_ == wire.VOTE:
+                self._on_vote(Vote.from_wire(payload))
+            elif type_ == wire.PROPOSAL:
+                self._on_proposal(proposal_from_wire(payload))
+            elif type_ == wire.TX:
+                self.accept_tx(payload, relay_from=peer.key)
+            elif type_ == wire.STATUS:
+                self._on_status(peer, payload)
+            elif type_ == wire.GET_BLOCKS:
+                self._serve_blocks(peer, payload)
+            elif type_ == wire.BLOCKS:
+                self._on_blocks(peer, payload)
+        except ProtocolViolation as exc:
+            self.counters[f"peer_error:{type_}"] += 1
+            log.info("dropped %s from %s: %s", type_, peer.short_id, exc)
+
+    def _relevant(self, height: int) -> bool:
+        return self.core.height <= height <= self.core.height + 1
+
+    def _on_vote(self, vote: Vote) -> None:
+        if not self._relevant(vote.height):
+            self.counters["stale_consensus_message"] += 1
+            return
+        if not verify_vote(self.genesis.chain_id, vote):
+            self.counters["bad_signature:vote"] += 1
+            return
+        self.step(MessageReceived(vote))
+
+    def _on_proposal(self, p: Proposal) -> None:
+        if not self._relevant(p.height):
+            self.counters["stale_consensus_message"] += 1
+            return
+        if not verify_proposal(self.genesis.chain_id, p):
+            self.counters["bad_signature:proposal"] += 1
+            return
+        self.step(MessageReceived(p))
+
+    def accept_tx(self, raw: Any, relay_from: bytes | None = None) -> tuple[bytes | None, str | None]:
+        """Mempool admission for a tx from a client or a peer; new valid txs are gossiped on."""
+        known = False
+        with contextlib.suppress(CodecError, TypeError):
+            known = tx_id(raw) in self.mempool
+        was_empty = len(self.mempool) == 0
+        txid, reason = self.mempool.add(raw, self.store, wall_ms())
+        if reason is not None:
+            self.counters[f"rejected:{reason.value}"] += 1
+            return txid, reason.value
+        if not known:
+            if relay_from is None and txid is not None:
+                self._submitted[txid] = time.monotonic()
+            self.net.broadcast(wire.TX, raw, exclude=relay_from)
+            if was_empty:
+                self.step(TxsAvailable())
+        return txid, None
+
+    def _send_status(self) -> None:
+        self.net.broadcast(wire.STATUS, {"height": self.store.height(), "head_hash": self.ledger.head_hash})
+
+    def _on_status(self, peer: PeerInfo, payload: dict[str, Any]) -> None:
+        self.peer_heights[peer.key] = payload["height"]
+        self._maybe_sync(peer.key)
+
+    def _maybe_sync(self, peer_key: bytes) -> None:
+        ours = self.store.height()
+        theirs = self.peer_heights.get(peer_key, 0)
+        if theirs <= ours:
+            return
+        pending = self._sync_pending.get(peer_key)
+        if pending is not None and time.monotonic() - pending < 5.0:
+            return
+        self._sync_pending[peer_key] = time.monotonic()
+        self.net.send(peer_key, wire.GET_BLOCKS, {"from": ours + 1, "to": min(theirs, ours + SYNC_BATCH)})
+
+    def _serve_blocks(self, peer: PeerInfo, payload: dict[str, Any]) -> None:
+        out: list[dict[str, Any]] = []
+        size = 0
+        for h in range(payload["from"], min(payload["to"], self.store.height()) + 1):
+            block, commit = self.store.block(h), self.store.commit(h)
+            if block is None or commit is None:
+                break
+            item = {"block": block.to_wire(), "commit": commit.to_dict()}
+            size += 200 + sum(len(str(t)) for t in block.txs)  # rough: keeps frames under the limit
+            out.append(item)
+            if size > SYNC_BATCH_BYTES:
+                break
+        self.counters["blocks_served"] += len(out)
+        self.net.send(peer.key, wire.BLOCKS, out)
+
+    def _on_blocks(self, peer: PeerInfo, items: list[dict[str, Any]]) -> None:
+        self._sync_pending.pop(peer.key, None)
+        applied = 0
+        for item in items:
+            try:
+                block = Block.from_wire(item["block"])
+                commit = Commit.from_dict(item["commit"])
+            except (InvalidBlock, KeyError, TypeError) as exc:
+                self.counters["sync_malformed"] += 1
+                log.info("malformed block from %s: %s", peer.short_id, exc)
+                return
+            if block.height != self.store.height() + 1:
+                continue
+            if not self._apply(block, commit):
+                return
+            applied += 1
+        if applied:
+            self.counters["blocks_synced"] += applied
+            self.step(StartHeight(self.store.height() + 1))
+            self._send_status()
+            self._maybe_sync(peer.key)
+
+    # --- background loops ---------------------------------------------------------------------
+    async def _status_loop(self) -> None:
+        while not self._stop.is_set():
+            self._send_status()
+            mark = (self.core.height, self.core.round, int(self.core.step_))
+            now = time.monotonic()
+            if mark != self._progress_mark:
+                self._progress_mark, self._progress_at = mark, now
+            elif now - self._progress_at >= REGOSSIP_AFTER_S:
+                # Stuck: peers may have missed messages (a restart, a dropped frame). Re-send what
+                # the core says matters for this height, as the paper's gossip assumption requires.
+                for msg in self.core.gossip_messages():
+                    type_, payload = message_to_wire(msg)
+                    self.net.broadcast(type_, payload)
+                for pending in self.mempool.pending()[:500]:
+                    self.net.broadcast(wire.TX, pending.raw)
+                self._progress_at = now
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), STATUS_PERIOD_S)
+
+    async def run(self) -> None:
+        """Serve until stop() is called (the CLI wires SIGINT/SIGTERM to it)."""
+        self._loop = asyncio.get_running_loop()
+        await self.net.start()
+        log.info("node %s listening on %s (height %d)", self.key.short_id, self.net.url, self.store.height())
+        self.execute(self.core.start())
+        status = asyncio.create_task(self._status_loop())
+        try:
+            await self._stop.wait()
+        finally:
+            status.cancel()
+            await self.net.stop()
+            height = self.store.height()
+            self.store.close()
+            log.info("node %s stopped at height %d", self.key.short_id, height)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def url(self) -> str:
+        return self.net.url

@@ -1,0 +1,378 @@
+"""PeerNetwork over real localhost sockets: handshake, peer exchange, hostile peers, HTTP, clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from node import wire
+from node.handshake import Handshake
+from node.keys import NodeKey
+from node.peers import RateLimits
+from node.transport import PeerInfo, PeerNetwork, _Conn
+
+CHAIN = "net-test"
+GENESIS = b"\x07" * 32
+H = b"\x11" * 32
+TX = {"kind": "reading", "n": 1}
+STATUS = {"height": 5, "head_hash": H}
+
+
+def _await_chain(task: asyncio.Task[Any]) -> str:
+    """file:line of every coroutine a task is suspended in, outermost first."""
+    parts, c = [], task.get_coro()
+    while c is not None and getattr(c, "cr_frame", None) is not None:
+        f = c.cr_frame  # type: ignore[union-attr]
+        parts.append(f"{f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno}")
+        c = c.cr_await  # type: ignore[union-attr]
+    return " <- ".join(parts)
+
+
+def run(coro: Coroutine[Any, Any, None], timeout: float = 20.0) -> None:
+    """asyncio.run, and afterwards no task may be left behind (stop() must be clean)."""
+
+    async def main() -> None:
+        task = asyncio.ensure_future(coro)
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            hung = [_await_chain(t) for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            task.cancel()
+            raise AssertionError("scenario hung; tasks:\n" + "\n".join(hung))
+        await task
+        await asyncio.sleep(0)
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert not left, f"tasks left running: {left}"
+
+    asyncio.run(main())
+
+
+async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.got: list[tuple[bytes, str, Any]] = []
+
+    def __call__(self, peer: PeerInfo, type_: str, payload: Any) -> None:
+        self.got.append((peer.key, type_, payload))
+
+    def of(self, type_: str) -> list[Any]:
+        return [p for _, t, p in self.got if t == type_]
+
+
+async def start_node(bootstrap: list[str] | None = None, genesis: bytes = GENESIS,
+                     **kw: Any) -> tuple[PeerNetwork, Inbox]:
+    inbox = Inbox()
+    kw.setdefault("reconnect_base", 0.05)
+    kw.setdefault("reconnect_check", 0.05)
+    net = PeerNetwork(NodeKey.generate(), CHAIN, genesis, "127.0.0.1", 0, bootstrap or [], inbox, **kw)
+    await net.start()
+    return net, inbox
+
+
+async def raw_peer(url: str, *, genesis: bytes = GENESIS, tamper_proof: bool = False,
+                   key: NodeKey | None = None) -> tuple[ClientConnection, Handshake]:
+    """A hand-driven peer: the real handshake object, so the test controls every frame after it."""
+    ws = await connect(url, compression=None, proxy=None)
+    hs = Handshake(key or NodeKey.generate(), CHAIN, genesis, os.urandom(32), None)
+    hs.start()
+    while True:
+        for frame in hs.data_to_send():
+            if tamper_proof and wire.decode_frame(frame).type == wire.PROOF:
+                frame = wire.encode_frame(wire.PROOF, {"sig": b"\x00" * 64})
+            await ws.send(frame)
+        if hs.established or hs.refusal is not None:
+            return ws, hs
+        hs.receive_data(await ws.recv())
+
+
+async def close_code(ws: ClientConnection) -> tuple[int, str]:
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), 5)
+    except ConnectionClosed as exc:
+        assert exc.rcvd is not None
+        return exc.rcvd.code, exc.rcvd.reason
+
+
+def test_two_nodes_handshake_and_exchange_messages() -> None:
+    async def scenario() -> None:
+        a, a_in = await start_node()
+        b, b_in = await start_node([a.url])
+        try:
+            assert a.port != 0 and a.url == f"ws://127.0.0.1:{a.port}"
+            await until(lambda: len(a.peers()) == 1 and len(b.peers()) == 1)
+            (pa,) = a.peers()
+            (pb,) = b.peers()
+            assert pa.key == b.key.public and pa.direction == "inbound" and pa.url == b.url
+            assert pb.key == a.key.public and pb.direction == "outbound"
+            assert a.broadcast(wire.TX, TX) == 1
+            assert b.send(a.key.public, wire.STATUS, STATUS)
+            await until(lambda: b_in.of(wire.TX) == [TX] and a_in.of(wire.STATUS) == [STATUS])
+            assert a_in.got[0][0] == b.key.public
+            assert not b.send(b"\x00" * 32, wire.STATUS, STATUS)  # not connected
+            assert a.stats()["frames_out"] >= 1 and pa.state.counters.frames_in >= 1
+        finally:
+            await b.stop()
+            await a.stop()
+
+    run(scenario())
+
+
+def test_three_nodes_reach_a_full_mesh_from_one_bootstrap_address() -> None:
+    async def scenario() -> None:
+        a, a_in = await start_node()
+        b, b_in = await start_node([a.url])
+        c, _ = await start_node([a.url])
+        nets = (a, b, c)
+        try:
+            await until(lambda: all(len(n.peers()) == 2 for n in nets))
+            await asyncio.sleep(0.3)  # any duplicate connections resolved, nothing flapping
+            assert all(len(n.peers()) == 2 for n in nets)
+            assert {p.key for p in c.peers()} == {a.key.public, b.key.public}
+            assert c.broadcast(wire.TX, TX) == 2
+            await until(lambda: a_in.of(wire.TX) == [TX] and b_in.of(wire.TX) == [TX])
+            assert c.broadcast(wire.STATUS, STATUS, exclude=a.key.public) == 1
+            await until(lambda: b_in.of(wire.STATUS) == [STATUS])
+            assert a_in.of(wire.STATUS) == []
+        finally:
+            for n in nets:
+                await n.stop()
+
+    run(scenario())
+
+
+def test_simultaneous_dials_keep_exactly_one_connection() -> None:
+    async def scenario() -> None:
+        a, _ = await start_node()
+        b, _ = await start_node([a.url])
+        a._add_dial_target(b.url, persistent=True)  # both dial each other at once
+        try:
+            await until(lambda: len(a.peers()) == 1 and len(b.peers()) == 1)
+            await asyncio.sleep(0.3)
+            assert len(a.peers()) == len(b.peers()) == 1
+            # Both ends kept the same connection: the one the smaller key dialled.
+            smaller = min(a.key.public, b.key.public)
+            (pa,) = a.peers()
+            assert (pa.direction == "outbound") == (a.key.public == smaller)
+        finally:
+            await a.stop()
+            await b.stop()
+
+    run(scenario())
+
+
+def test_node_of_another_federation_is_refused_with_4001_and_both_count_it() -> None:
+    async def scenario() -> None:
+        a, _ = await start_node()
+        m, _ = await start_node([a.url], genesis=b"\x08" * 32)
+        try:
+            await until(lambda: a.stats()["handshake_refusals"].get("wrong_federation", 0) >= 1
+                        and m.stats()["handshake_refusals"].get("wrong_federation", 0) >= 1)
+            assert a.peers() == [] and m.peers() == []
+            ws, hs = await raw_peer(a.url, genesis=b"\x08" * 32)
+            assert hs.refusal is not None and hs.refusal.reason == "wrong_federation"
+            code, reason = await close_code(ws)
+            assert code == 4001 and reason.startswith("wrong_federation")
+        finally:
+            await m.stop()
+            await a.stop()
+
+    run(scenario())
+
+
+def test_bad_proof_is_refused_with_4002() -> None:
+    async def scenario() -> None:
+        a, _ = await start_node()
+        try:
+            ws, _ = await raw_peer(a.url, tamper_proof=True)
+            code, reason = await close_code(ws)
+            assert code == 4002 and reason.startswith("bad_proof")
+            assert a.stats()["handshake_refusals"] == {"bad_proof": 1}
+            assert a.peers() == []
+        finally:
+            await a.stop()
+
+    run(scenario())
+
+
+def test_garbage_and_oversized_frames_are_counted_and_dropped() -> None:
+    async def scenario() -> None:
+        a, a_in = await start_node(max_frame=64 * 1024)
+        try:
+            ws, _ = await raw_peer(a.url)
+            await ws.send(b"\xc1\xc1\xc1")  # not msgpack
+            await ws.send(b"\x00" * (64 * 1024 + 1))  # over max_frame, under websockets' hard limit
+            await ws.send("a text frame")
+            await ws.send(wire.encode_frame(wire.HELLO, {  # handshake message after the handshake
+                "chain_id": CHAIN, "genesis_hash": GENESIS, "node": H, "nonce": H, "listen_url": None}))
+            await ws.send(wire.encode_frame(wire.STATUS, STATUS))
+            await until(lambda: a_in.of(wire.STATUS) == [STATUS])  # still answering on that link
+            rejected = a.stats()["rejected"]
+            assert rejected == {"codec": 1, "oversize": 1, "text_frame": 1, "protocol_violation": 1}
+            assert len(a.peers()) == 1
+            # ... until the score runs out: then the peer is cut off with 4005.
+            for _ in range(5):
+                await ws.send(b"\xc1")
+            code, reason = await close_code(ws)
+            assert code == 4005 and reason.startswith("misbehaviour")
+            await until(lambda: a.peers() == [])
+            assert a.stats()["disconnects"] == {"misbehaviour": 1}
+            b, _ = await start_node([a.url])  # and the node serves others as before
+            await until(lambda: len(a.peers()) == 1)
+            await b.stop()  # b may still be mid-handshake here: stop() must not leave it running
+        finally:
+            await a.stop()
+
+    run(scenario())
+
+
+def test_handler_exceptions_are_counted_not_fatal() -> None:
+    async def scenario() -> None:
+        def boom(peer: PeerInfo, type_: str, payload: Any) -> None:
+            raise RuntimeError("a bug in the ledger")
+
+        a, _ = await start_node()
+        a.on_message = boom
+        try:
+            ws, _ = await raw_peer(a.url)
+            await ws.send(wire.encode_frame(wire.TX, TX))
+            await until(lambda: a.stats()["rejected"].get("handler_error") == 1)
+            assert len(a.peers()) == 1
+            await ws.close()
+        finally:
+            await a.stop()
+
+    run(scenario())
+
+
+def test_rate_limit_drops_excess_frames() -> None:
+    async def scenario() -> None:
+        a, a_in = await start_node(rate_limits=RateLimits(messages_per_s=1, messages_burst=5))
+        try:
+            ws, _ = await raw_peer(a.url)
+            for i in range(30):
+                await ws.send(wire.encode_frame(wire.TX, {"n": i}))
+            await until(lambda: a.stats()["frames_in"] >= 30 + 2)  # + hello and proof
+            assert 5 <= len(a_in.of(wire.TX)) <= 7
+            assert a.stats()["rejected"]["rate_limited"] >= 23
+            assert len(a.peers()) == 1  # throttled, not (yet) disconnected
+            await ws.close()
+        finally:
+            await a.stop()
+
+    run(scenario())
+
+
+def _http_get(url: str) -> tuple[int, str, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.headers["Content-Type"], json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["Content-Type"], json.loads(e.read())
+
+
+def test_http_get_on_the_same_port() -> None:
+    async def scenario() -> None:
+        def http(path: str, query: dict[str, str]) -> tuple[int, Any] | None:
+            if path == "/status":
+                return 200, {"height": 3, "head": b"\xab\xcd", "q": query}
+            return None
+
+        a, _ = await start_node(http_handler=http)
+        try:
+            base = f"http://127.0.0.1:{a.port}"
+            status, ctype, body = await asyncio.to_thread(_http_get, base + "/status?verbose=1")
+            assert (status, ctype) == (200, "application/json")
+            assert body == {"height": 3, "head": "abcd", "q": {"verbose": "1"}}
+            status, ctype, body = await asyncio.to_thread(_http_get, base + "/nope")
+            assert (status, ctype, body) == (404, "application/json", {"error": "not_found", "path": "/nope"})
+            b, _ = await start_node([a.url])  # peers still welcome on the same port
+            await until(lambda: len(a.peers()) == 1)
+            await b.stop()
+            assert a.stats()["events"]["http_requests"] == 2
+        finally:
+            await a.stop()
+
+    run(scenario())
+
+
+def test_client_submits_a_transaction_without_a_handshake() -> None:
+    async def scenario() -> None:
+        seen: list[Any] = []
+
+        async def client(type_: str, payload: Any) -> tuple[str, Any] | None:
+            seen.append((type_, payload))
+            return wire.TX_RESULT, {"id": H, "accepted": True, "reason": None}
+
+        a, _ = await start_node(client_handler=client)
+        try:
+            async with connect(a.url + "/client", proxy=None) as ws:
+                await ws.send(wire.encode_frame(wire.SUBMIT_TX, TX))
+                reply = wire.decode_frame(await ws.recv())
+                assert reply == wire.Envelope(wire.TX_RESULT, {"id": H, "accepted": True, "reason": None})
+                await ws.send(b"\xc1")  # garbage: told why, not dropped silently
+                reply = wire.decode_frame(await ws.recv())
+                assert reply.type == wire.ERROR and reply.payload["reason"] == "codec"
+                assert a.stats()["clients"] == 1 and a.peers() == []
+            assert seen == [(wire.SUBMIT_TX, TX)]
+        finally:
+            await a.stop()
+
+    run(scenario())
+
+
+def test_stop_closes_peers_with_1001() -> None:
+    async def scenario() -> None:
+        a, _ = await start_node(client_handler=lambda t, p: None)
+        b, _ = await start_node([a.url])
+        await until(lambda: len(a.peers()) == 1)
+        ws, _ = await raw_peer(a.url)
+        client = await connect(a.url + "/client", proxy=None)
+        await until(lambda: len(a.peers()) == 2)
+        await a.stop()
+        assert (await close_code(ws))[0] == 1001
+        assert (await close_code(client))[0] == 1001
+        await until(lambda: b.peers() == [])
+        await b.stop()
+
+    run(scenario())
+
+
+def test_full_send_queue_drops_gossip_and_cuts_off_a_slow_peer() -> None:
+    class FakeWs:
+        closed: tuple[int, str] | None = None
+
+        async def close(self, code: int, reason: str) -> None:
+            self.closed = (code, reason)
+
+    async def scenario() -> None:
+        net = PeerNetwork(NodeKey.generate(), CHAIN, GENESIS, send_queue_frames=4)
+        ws = FakeWs()
+        info = PeerInfo(H, None, "?", "inbound", 0.0, None, net._new_state())
+        conn = _Conn(ws, info)
+        net._conns[H] = conn
+        tx = wire.encode_frame(wire.TX, TX)
+        vote = wire.encode_frame(wire.VOTE, {"type": 2, "height": 1, "round": 0, "block_id": None,
+                                             "validator": H, "signature": b"\x00" * 64})
+        assert [net._enqueue(conn, wire.TX, tx) for _ in range(5)] == [True] * 4 + [False]
+        assert info.state.counters.dropped_out == {"queue_full": 1}
+        assert [net._enqueue(conn, wire.VOTE, vote) for _ in range(5)] == [True] * 4 + [False]
+        await asyncio.sleep(0)
+        assert ws.closed is not None and ws.closed[0] == 4007
+        assert net.stats()["disconnects"] == {"slow_peer": 1}
+
+    run(scenario())
