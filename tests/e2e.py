@@ -1,0 +1,66 @@
+"""Helpers for end-to-end tests with real node processes on localhost."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from node.feeder import Feeder, FeedStats, Target
+from node.federation import create_federation
+from node.genesis import Genesis
+from node.processes import NodeProcess, get_json, wait_until
+from node.sensors import BUNDLED_CSV, csv_devices, csv_readings
+
+
+class LocalFederation:
+    def __init__(self, root: Path, nodes: int = 4) -> None:
+        self.genesis, made = create_federation(root, nodes)
+        self.procs = [NodeProcess(n.dir) for n in made]
+
+    def start(self) -> None:
+        for p in self.procs:
+            p.start()
+        ok = wait_until(lambda: all((s := p.status()) and s["peers"] >= len(self.procs) - 1
+                                    for p in self.procs), 60)
+        assert ok, "nodes did not connect:\n" + "\n".join(p.log_tail() for p in self.procs)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+    def status(self, i: int) -> dict[str, Any]:
+        s = self.procs[i].status()
+        assert s is not None, f"node {i} does not answer:\n{self.procs[i].log_tail()}"
+        return s
+
+    def feeder(self, targets: list[int] | None = None, devices: int = 4) -> Feeder:
+        names = csv_devices(BUNDLED_CSV, limit=devices)
+        idx = targets if targets is not None else range(len(self.procs))
+        return Feeder([Target(self.procs[i].dir, self.procs[i].url) for i in idx], self.genesis.chain_id, names)
+
+    def feed(self, feeder: Feeder, count: int) -> FeedStats:
+        """Register (idempotent) and submit the feeder's next `count` real readings as fast as they
+        are accepted; returns the feeder's cumulative stats."""
+        async def go() -> FeedStats:
+            await feeder.register_devices()
+            assert wait_until(
+                lambda: len(get_json(self.procs[0].url, "/devices")["devices"]) >= len(feeder.owner), 30
+            )
+            if not hasattr(feeder, "source"):
+                feeder.source = csv_readings(BUNDLED_CSV, devices=set(feeder.owner))  # type: ignore[attr-defined]
+            return await feeder.stream(feeder.source, 0, asyncio.Event(), limit=count)  # type: ignore[attr-defined]
+
+        return asyncio.run(go())
+
+    def wait_readings(self, n: int, nodes: list[int] | None = None, timeout: float = 60) -> None:
+        idx = nodes if nodes is not None else range(len(self.procs))
+        ok = wait_until(lambda: all((s := self.procs[i].status()) and s["readings"] >= n for i in idx), timeout)
+        assert ok, f"readings did not reach {n}: {[self.procs[i].status() for i in idx]}"
+
+    def block_hash(self, i: int, height: int) -> str:
+        return get_json(self.procs[i].url, f"/block/{height}")["hash"]
+
+
+def load_genesis(root: Path) -> Genesis:
+    return Genesis.load(root / "node1" / "genesis.json")
