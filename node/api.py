@@ -149,4 +149,7 @@ class NodeApi:
         if type_ == wire.SUBMIT_TX:
             txid, reason = self.node.accept_tx(payload)
             return wire.TX_RESULT, {"id": txid, "accepted": reason is None, "reason": reason}
+        if type_ == wire.SUBMIT_TXS:
+            results = self.node.accept_txs(payload)
+            return wire.TX_RESULTS, [{"id": i, "accepted": r is None, "reason": r} for i, r in results]
         return wire.ERROR, {"reason": "unsupported", "detail": f"clients cannot send {type_}"}

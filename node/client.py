@@ -47,32 +47,47 @@ class LedgerClient:
         if self._ws is not None:
             await self._ws.close()
 
-    async def _result(self) -> TxResult:
+    async def _results(self, expected: int) -> list[TxResult]:
         assert self._ws is not None
         env = wire.decode_frame(await self._ws.recv())  # type: ignore[arg-type]
+        if env.type == wire.TX_RESULTS:
+            return [TxResult(p["id"], p["accepted"], p["reason"]) for p in env.payload]
         if env.type == wire.TX_RESULT:
             p = env.payload
-            return TxResult(p["id"], p["accepted"], p["reason"])
+            return [TxResult(p["id"], p["accepted"], p["reason"])]
         if env.type == wire.ERROR:
-            return TxResult(None, False, env.payload.get("reason", "error"))
+            return [TxResult(None, False, env.payload.get("reason", "error"))] * expected
         raise ClientError(f"unexpected reply {env.type!r} from {self.url}")
 
     async def submit(self, tx: dict[str, Any]) -> TxResult:
         (result,) = await self.submit_many([tx])
         return result
 
-    async def submit_many(self, txs: Iterable[dict[str, Any]], window: int = 512) -> list[TxResult]:
-        """Send transactions without waiting for each reply (at most `window` in flight); the node
-        answers a client in order, so replies match submissions one to one."""
+    async def submit_many(
+        self, txs: Iterable[dict[str, Any]], batch: int = 500, window: int = 4
+    ) -> list[TxResult]:
+        """Send transactions in batches without waiting for each reply (at most `window` batches
+        in flight); the node answers a client in order, so replies match submissions."""
         assert self._ws is not None, "use `async with LedgerClient(url) as c`"
+        batch = max(1, min(batch, wire.MAX_TX_BATCH))
         results: list[TxResult] = []
-        in_flight = 0
+        sizes: list[int] = []
+        chunk: list[dict[str, Any]] = []
+
+        async def send(items: list[dict[str, Any]]) -> None:
+            assert self._ws is not None
+            await self._ws.send(wire.encode_frame(wire.SUBMIT_TXS, items))
+            sizes.append(len(items))
+            if len(sizes) >= window:
+                results.extend(await self._results(sizes.pop(0)))
+
         for tx in txs:
-            await self._ws.send(wire.encode_frame(wire.SUBMIT_TX, tx))
-            in_flight += 1
-            if in_flight >= window:
-                results.append(await self._result())
-                in_flight -= 1
-        for _ in range(in_flight):
-            results.append(await self._result())
+            chunk.append(tx)
+            if len(chunk) >= batch:
+                await send(chunk)
+                chunk = []
+        if chunk:
+            await send(chunk)
+        while sizes:
+            results.extend(await self._results(sizes.pop(0)))
         return results

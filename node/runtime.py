@@ -41,14 +41,14 @@ from node.consensus_wire import (
     proposal_from_wire,
 )
 from node.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
-from node.errors import CodecError, ConfigError, InvalidBlock, ProtocolViolation
+from node.errors import CodecError, ConfigError, InvalidBlock, InvalidTransaction, ProtocolViolation
 from node.genesis import Genesis
 from node.keys import NodeKey, verify_proposal, verify_vote
 from node.ledger import Ledger
 from node.mempool import Mempool
 from node.signer import KeySigner
 from node.sqlite_store import SqliteStore
-from node.transactions import tx_id
+from node.transactions import parse_tx, tx_id
 from node.transport import PeerInfo, PeerNetwork
 
 log = logging.getLogger("fedledger.node")
@@ -60,6 +60,7 @@ STATUS_PERIOD_S = 0.5
 REGOSSIP_AFTER_S = 1.0  # re-send consensus messages when the height/round has not moved this long
 COMMIT_DELAY_MS = 10  # collect straggling precommits before the next height (CometBFT's commit timeout)
 LATENCY_SAMPLES = 20_000
+TX_FLUSH_S = 0.02  # client txs are gossiped in batches at most this late
 
 
 def wall_ms() -> int:
@@ -105,6 +106,7 @@ class Node:
         self._stop = asyncio.Event()
         self._progress_mark: tuple[int, int, int] = (0, 0, 0)
         self._progress_at = time.monotonic()
+        self._outbox: list[Any] = []
         self.core = self._make_core()
         from node.api import NodeApi  # local import: api imports this module for typing only
 
@@ -229,7 +231,9 @@ class Node:
             elif type_ == wire.PROPOSAL:
                 self._on_proposal(proposal_from_wire(payload))
             elif type_ == wire.TX:
-                self.accept_tx(payload, relay_from=peer.key)
+                self.accept_txs([payload], relay_from=peer.key)
+            elif type_ == wire.TXS:
+                self.accept_txs(payload, relay_from=peer.key)
             elif type_ == wire.STATUS:
                 self._on_status(peer, payload)
             elif type_ == wire.GET_BLOCKS:
@@ -262,22 +266,57 @@ class Node:
         self.step(MessageReceived(p))
 
     def accept_tx(self, raw: Any, relay_from: bytes | None = None) -> tuple[bytes | None, str | None]:
-        """Mempool admission for a tx from a client or a peer; new valid txs are gossiped on."""
-        known = False
-        with contextlib.suppress(CodecError, TypeError):
-            known = tx_id(raw) in self.mempool
+        """Mempool admission for one tx from a client or a peer."""
+        return self.accept_txs([raw], relay_from)[0]
+
+    def accept_txs(
+        self, raws: list[Any], relay_from: bytes | None = None
+    ) -> list[tuple[bytes | None, str | None]]:
+        """Mempool admission; txs new to this node that came from a client are gossiped on.
+
+        Txs from peers are not relayed again: the peer network is a full mesh (peer exchange dials
+        every advertised node), the proposal carries its txs anyway, and a node that stalls
+        re-gossips its mempool (see _status_loop).
+        """
         was_empty = len(self.mempool) == 0
-        txid, reason = self.mempool.add(raw, self.store, wall_ms())
-        if reason is not None:
-            self.counters[f"rejected:{reason.value}"] += 1
-            return txid, reason.value
-        if not known:
-            if relay_from is None and txid is not None:
-                self._submitted[txid] = time.monotonic()
-            self.net.broadcast(wire.TX, raw, exclude=relay_from)
-            if was_empty:
-                self.step(TxsAvailable())
-        return txid, None
+        results: list[tuple[bytes | None, str | None]] = []
+        fresh: list[Any] = []
+        now = wall_ms()
+        for raw in raws:
+            try:
+                tx = parse_tx(raw)
+            except InvalidTransaction as exc:
+                self.counters[f"rejected:{exc.reason.value}"] += 1
+                results.append((None, exc.reason.value))
+                continue
+            if tx.id in self.mempool:
+                results.append((tx.id, None))
+                continue
+            txid, reason = self.mempool.add(tx, self.store, now)
+            if reason is not None:
+                self.counters[f"rejected:{reason.value}"] += 1
+                results.append((txid, reason.value))
+                continue
+            results.append((txid, None))
+            if relay_from is None:
+                self._submitted[tx.id] = time.monotonic()
+                fresh.append(raw)
+        self._outbox.extend(fresh)
+        if len(self._outbox) >= wire.MAX_TX_BATCH // 2:
+            self._flush_txs()
+        if was_empty and len(self.mempool) > 0:
+            self.step(TxsAvailable())
+        return results
+
+    def _flush_txs(self) -> None:
+        while self._outbox:
+            batch, self._outbox = self._outbox[: wire.MAX_TX_BATCH], self._outbox[wire.MAX_TX_BATCH :]
+            self.net.broadcast(wire.TXS, batch)
+
+    async def _tx_gossip_loop(self) -> None:
+        while not self._stop.is_set():
+            self._flush_txs()
+            await asyncio.sleep(TX_FLUSH_S)
 
     def _send_status(self) -> None:
         self.net.broadcast(wire.STATUS, {"height": self.store.height(), "head_hash": self.ledger.head_hash})
@@ -348,8 +387,9 @@ class Node:
                 for msg in self.core.gossip_messages():
                     type_, payload = message_to_wire(msg)
                     self.net.broadcast(type_, payload)
-                for pending in self.mempool.pending()[:500]:
-                    self.net.broadcast(wire.TX, pending.raw)
+                pending = [t.raw for t in self.mempool.pending()[: wire.MAX_TX_BATCH]]
+                if pending:
+                    self.net.broadcast(wire.TXS, pending)
                 self._progress_at = now
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), STATUS_PERIOD_S)
@@ -360,11 +400,12 @@ class Node:
         await self.net.start()
         log.info("node %s listening on %s (height %d)", self.key.short_id, self.net.url, self.store.height())
         self.execute(self.core.start())
-        status = asyncio.create_task(self._status_loop())
+        loops = [asyncio.create_task(self._status_loop()), asyncio.create_task(self._tx_gossip_loop())]
         try:
             await self._stop.wait()
         finally:
-            status.cancel()
+            for task in loops:
+                task.cancel()
             await self.net.stop()
             height = self.store.height()
             self.store.close()

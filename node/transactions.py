@@ -281,7 +281,20 @@ class Transaction:
     raw: dict[str, Any] = field(compare=False, repr=False, hash=False)
 
     def signature_valid(self, chain_id: str) -> bool:
-        return verify(self.signer, self.sig, tx_sign_kind(self.kind), chain_id, signed_part(self.raw))
+        # A node checks each tx when it enters the mempool and again inside the proposal that
+        # carries it; the id covers every signed byte and the signature, so one check is enough.
+        key = (chain_id, self.id)
+        ok = _VERIFIED.get(key)
+        if ok is None:
+            ok = verify(self.signer, self.sig, tx_sign_kind(self.kind), chain_id, signed_part(self.raw))
+            if len(_VERIFIED) >= MAX_VERIFIED_CACHE:
+                del _VERIFIED[next(iter(_VERIFIED))]  # oldest first
+            _VERIFIED[key] = ok
+        return ok
+
+
+MAX_VERIFIED_CACHE = 200_000
+_VERIFIED: dict[tuple[str, bytes], bool] = {}
 
 
 def tx_sign_kind(kind: str) -> bytes:

@@ -42,6 +42,7 @@ PROOF: Final = "proof"
 # Peer protocol.
 PEERS: Final = "peers"
 TX: Final = "tx"
+TXS: Final = "txs"  # a batch of txs: gossip at thousands of txs/s in few frames
 PROPOSAL: Final = "proposal"
 VOTE: Final = "vote"
 STATUS: Final = "status"
@@ -50,17 +51,20 @@ BLOCKS: Final = "blocks"
 # Client protocol (websocket clients at /client; no handshake).
 SUBMIT_TX: Final = "submit_tx"
 TX_RESULT: Final = "tx_result"
+SUBMIT_TXS: Final = "submit_txs"  # a batch, answered by one tx_results in the same order
+TX_RESULTS: Final = "tx_results"
+MAX_TX_BATCH: Final = 2000
 ERROR: Final = "error"
 
 HANDSHAKE_TYPES: Final = frozenset({HELLO, PROOF})
-PEER_TYPES: Final = frozenset({PEERS, TX, PROPOSAL, VOTE, STATUS, GET_BLOCKS, BLOCKS})
-CLIENT_TYPES: Final = frozenset({SUBMIT_TX, TX_RESULT, ERROR})
+PEER_TYPES: Final = frozenset({PEERS, TX, TXS, PROPOSAL, VOTE, STATUS, GET_BLOCKS, BLOCKS})
+CLIENT_TYPES: Final = frozenset({SUBMIT_TX, TX_RESULT, SUBMIT_TXS, TX_RESULTS, ERROR})
 
 # Frames a full send queue may drop: losing them costs latency, never safety or liveness (a tx is
 # re-gossiped or re-submitted, peer lists and status are re-sent periodically). Everything else
 # (consensus messages, block sync, replies) is kept until the hard queue bound, then the peer is
 # cut off as too slow: it can catch up by block sync.
-DROPPABLE_TYPES: Final = frozenset({TX, PEERS, STATUS, SUBMIT_TX})
+DROPPABLE_TYPES: Final = frozenset({TX, TXS, PEERS, STATUS, SUBMIT_TX})
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +224,20 @@ def _tx_result(p: Any) -> None:
         _str(m["reason"], "reason", MAX_REASON_LEN)
 
 
+def _txs(p: Any) -> None:
+    if not isinstance(p, list) or not 1 <= len(p) <= MAX_TX_BATCH:
+        raise _bad(f"a tx batch must be a list of 1 to {MAX_TX_BATCH} txs")
+    for i, t in enumerate(p):
+        _map(t, f"txs[{i}]")
+
+
+def _tx_results(p: Any) -> None:
+    if not isinstance(p, list) or len(p) > MAX_TX_BATCH:
+        raise _bad(f"tx_results must be a list of at most {MAX_TX_BATCH} results")
+    for r in p:
+        _tx_result(r)
+
+
 def _error(p: Any) -> None:
     m = _fields(p, "error", frozenset({"reason"}), frozenset({"detail"}))
     _str(m["reason"], "reason", MAX_REASON_LEN)
@@ -237,8 +255,11 @@ VALIDATORS: Final[dict[str, Callable[[Any], None]]] = {
     STATUS: _status,
     GET_BLOCKS: _get_blocks,
     BLOCKS: _blocks,
+    TXS: _txs,
     SUBMIT_TX: _tx,
     TX_RESULT: _tx_result,
+    SUBMIT_TXS: _txs,
+    TX_RESULTS: _tx_results,
     ERROR: _error,
 }
 MESSAGE_TYPES: Final = frozenset(VALIDATORS)

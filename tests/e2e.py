@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from node.feeder import Feeder, FeedStats, Target
 from node.federation import create_federation
+from node.feeder import Feeder, FeedStats, Target
 from node.genesis import Genesis
 from node.processes import NodeProcess, get_json, wait_until
 from node.sensors import BUNDLED_CSV, csv_devices, csv_readings
@@ -37,7 +37,8 @@ class LocalFederation:
     def feeder(self, targets: list[int] | None = None, devices: int = 4) -> Feeder:
         names = csv_devices(BUNDLED_CSV, limit=devices)
         idx = targets if targets is not None else range(len(self.procs))
-        return Feeder([Target(self.procs[i].dir, self.procs[i].url) for i in idx], self.genesis.chain_id, names)
+        targets = [Target(self.procs[i].dir, self.procs[i].url) for i in idx]
+        return Feeder(targets, self.genesis.chain_id, names)
 
     def feed(self, feeder: Feeder, count: int) -> FeedStats:
         """Register (idempotent) and submit the feeder's next `count` real readings as fast as they
@@ -48,14 +49,18 @@ class LocalFederation:
                 lambda: len(get_json(self.procs[0].url, "/devices")["devices"]) >= len(feeder.owner), 30
             )
             if not hasattr(feeder, "source"):
-                feeder.source = csv_readings(BUNDLED_CSV, devices=set(feeder.owner))  # type: ignore[attr-defined]
-            return await feeder.stream(feeder.source, 0, asyncio.Event(), limit=count)  # type: ignore[attr-defined]
+                source = csv_readings(BUNDLED_CSV, devices=set(feeder.owner))
+                feeder.source = source  # type: ignore[attr-defined]
+            source = feeder.source  # type: ignore[attr-defined]
+            return await feeder.stream(source, 0, asyncio.Event(), limit=count)
 
         return asyncio.run(go())
 
     def wait_readings(self, n: int, nodes: list[int] | None = None, timeout: float = 60) -> None:
         idx = nodes if nodes is not None else range(len(self.procs))
-        ok = wait_until(lambda: all((s := self.procs[i].status()) and s["readings"] >= n for i in idx), timeout)
+        ok = wait_until(
+            lambda: all((s := self.procs[i].status()) and s["readings"] >= n for i in idx), timeout
+        )
         assert ok, f"readings did not reach {n}: {[self.procs[i].status() for i in idx]}"
 
     def block_hash(self, i: int, height: int) -> str:

@@ -60,7 +60,8 @@ def test_tampering_with_a_stored_reading_fails_verify_at_its_height(fed: LocalFe
     fed.stop()
     db = fed.procs[1].dir / "node.db"
     with sqlite3.connect(db) as c:
-        tx_id, height = c.execute("SELECT tx_id, height FROM readings ORDER BY height DESC LIMIT 1").fetchone()
+        query = "SELECT tx_id, height FROM readings ORDER BY height DESC LIMIT 1"
+        tx_id, height = c.execute(query).fetchone()
         c.execute("UPDATE readings SET temperature_c = temperature_c + 5 WHERE tx_id = ?", (tx_id,))
     for i, p in enumerate(fed.procs):
         store = SqliteStore(p.dir / "node.db")

@@ -29,6 +29,10 @@ GOOD = {
     wire.BLOCKS: [{"block": {"h": 1}, "commit": {"sigs": []}}],
     wire.SUBMIT_TX: {"kind": "reading"},
     wire.TX_RESULT: {"id": H, "accepted": False, "reason": "bad_signature"},
+    wire.TXS: [{"kind": "reading"}, {"kind": "register_device"}],
+    wire.SUBMIT_TXS: [{"kind": "reading"}],
+    wire.TX_RESULTS: [{"id": H, "accepted": True, "reason": None}, {"id": None, "accepted": False,
+                                                                  "reason": "malformed"}],
     wire.ERROR: {"reason": "codec", "detail": ""},
 }
 
@@ -51,6 +55,10 @@ BAD = [
     (wire.GET_BLOCKS, {"from": 1, "to": 1 + wire.MAX_BLOCKS_BATCH}),
     (wire.BLOCKS, [{"block": {}}]),
     (wire.TX_RESULT, {"id": H, "accepted": 1, "reason": None}),
+    (wire.TXS, []),
+    (wire.TXS, [{"kind": "reading"}] * (wire.MAX_TX_BATCH + 1)),
+    (wire.SUBMIT_TXS, [[1]]),
+    (wire.TX_RESULTS, [{"id": H, "accepted": "yes", "reason": None}]),
 ]
 
 
