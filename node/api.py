@@ -7,6 +7,8 @@ GET /block/H                      one block with its transactions and commit cer
 GET /tx/ID                        one committed transaction (ID in hex)
 GET /peers                        connected peers
 GET /devices                      registered devices and their last sequence numbers
+GET /finality?last=K              the latest K finality latencies (ms from submission to this node
+                                  until its commit), for txs submitted to this node
 """
 
 from __future__ import annotations
@@ -100,7 +102,8 @@ class NodeApi:
             "rejected": rejected,
             "counters": dict(n.counters),
             "finalized_txs_since_start": n.finalized_txs,
-            "finality_ms": {"p50": percentile(lat, 50), "p99": percentile(lat, 99), "samples": len(lat)},
+            "finality_ms": {"p50": percentile(lat, 50), "p99": percentile(lat, 99), "samples": len(lat),
+                            "count": n.latency_count},
             "url": n.url,
             "uptime_s": round(time.time() - n.started_at, 1),
             "network": n.net.stats(),
@@ -135,6 +138,10 @@ class NodeApi:
             if parts == ["peers"]:
                 now = time.time()
                 return 200, {"peers": [hexify(p.to_json(now)) for p in self.node.net.peers()]}
+            if parts == ["finality"]:
+                k = int(query.get("last", 1000))
+                lat = list(self.node.latencies_ms)
+                return 200, {"count": self.node.latency_count, "ms": lat[-k:] if k > 0 else []}
             if parts == ["devices"]:
                 return 200, {"devices": [
                     {"device": d.device.hex(), "id": short_id(d.device), "owner": short_id(d.owner),

@@ -11,15 +11,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from consensus.messages import Vote, VoteType
 from consensus.validators import ValidatorSet
 from node import merkle
-from node.codec import digest
-from node.errors import BlockReason, InvalidBlock
+from node.codec import digest, encode
+from node.errors import BlockReason, InvalidBlock, InvalidTransaction
 from node.keys import verify_vote
-from node.transactions import tx_id
+from node.transactions import Transaction, parse_tx, tx_id
 
 EMPTY_HASH = hashlib.sha256(b"").digest()
 MAX_BLOCK_TXS = 10_000
@@ -50,7 +51,7 @@ class Header:
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in HEADER_FIELDS}
 
-    @property
+    @cached_property
     def hash(self) -> bytes:
         return digest(self.to_dict())
 
@@ -89,7 +90,7 @@ class Commit:
             "precommits": [v.to_wire() for v in self.precommits],
         }
 
-    @property
+    @cached_property
     def hash(self) -> bytes:
         return digest(self.to_dict())
 
@@ -144,6 +145,30 @@ class Block:
     @property
     def height(self) -> int:
         return self.header.height
+
+    @cached_property
+    def wire_bytes(self) -> bytes:
+        """Canonical encoding of to_wire(), computed once (the signed state persists the locked
+        and valid blocks at every vote)."""
+        return encode(self.to_wire())
+
+    @cached_property
+    def parsed_txs(self) -> tuple[Transaction | InvalidTransaction, ...]:
+        """Each tx parsed once per block object (parsing computes the tx id, an encode); a
+        malformed tx is kept as its error so validation can name it."""
+        out: list[Transaction | InvalidTransaction] = []
+        for raw in self.txs:
+            try:
+                out.append(parse_tx(raw))
+            except InvalidTransaction as exc:
+                out.append(exc)
+        return tuple(out)
+
+    @cached_property
+    def tx_ids(self) -> tuple[bytes, ...]:
+        """Ids of the txs (raises CodecError if one cannot even be encoded)."""
+        return tuple(p.id if isinstance(p, Transaction) else tx_id(raw)
+                     for p, raw in zip(self.parsed_txs, self.txs, strict=True))
 
     def to_wire(self) -> dict[str, Any]:
         return {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,26 +68,31 @@ class LedgerClient:
     ) -> list[TxResult]:
         """Send transactions in batches without waiting for each reply (at most `window` batches
         in flight); the node answers a client in order, so replies match submissions."""
+        return await self.submit_frames(batch_frames(txs, batch), window)
+
+    async def submit_frames(self, frames: Iterable[tuple[bytes, int]], window: int = 4) -> list[TxResult]:
+        """Send pre-encoded submit_txs frames (frame bytes, number of txs in it), pipelined."""
         assert self._ws is not None, "use `async with LedgerClient(url) as c`"
-        batch = max(1, min(batch, wire.MAX_TX_BATCH))
         results: list[TxResult] = []
         sizes: list[int] = []
-        chunk: list[dict[str, Any]] = []
-
-        async def send(items: list[dict[str, Any]]) -> None:
-            assert self._ws is not None
-            await self._ws.send(wire.encode_frame(wire.SUBMIT_TXS, items))
-            sizes.append(len(items))
+        for frame, n in frames:
+            await self._ws.send(frame)
+            sizes.append(n)
             if len(sizes) >= window:
                 results.extend(await self._results(sizes.pop(0)))
-
-        for tx in txs:
-            chunk.append(tx)
-            if len(chunk) >= batch:
-                await send(chunk)
-                chunk = []
-        if chunk:
-            await send(chunk)
         while sizes:
             results.extend(await self._results(sizes.pop(0)))
         return results
+
+
+def batch_frames(txs: Iterable[dict[str, Any]], batch: int = 500) -> Iterator[tuple[bytes, int]]:
+    """submit_txs frames of at most `batch` transactions each."""
+    batch = max(1, min(batch, wire.MAX_TX_BATCH))
+    chunk: list[dict[str, Any]] = []
+    for tx in txs:
+        chunk.append(tx)
+        if len(chunk) >= batch:
+            yield wire.encode_frame(wire.SUBMIT_TXS, chunk), len(chunk)
+            chunk = []
+    if chunk:
+        yield wire.encode_frame(wire.SUBMIT_TXS, chunk), len(chunk)

@@ -33,6 +33,14 @@ def proposal_from_wire(m: dict[str, Any]) -> Proposal:
     )
 
 
+def _proposal_to_state(p: Proposal) -> dict[str, Any]:
+    return {**p.signing_fields(), "signature": p.signature, "block": p.value.wire_bytes}
+
+
+def _proposal_from_state(m: dict[str, Any]) -> Proposal:
+    return proposal_from_wire({**m, "block": codec.decode(m["block"])})
+
+
 def message_to_wire(msg: Message) -> tuple[str, dict[str, Any]]:
     if isinstance(msg, Proposal):
         return "proposal", proposal_to_wire(msg)
@@ -46,10 +54,13 @@ def encode_signed_state(s: SignedState) -> bytes:
             "round": s.round,
             "step": int(s.step),
             "locked_round": s.locked_round,
-            "locked_value": s.locked_value.to_wire() if s.locked_value is not None else None,
+            "locked_value": s.locked_value.wire_bytes if s.locked_value is not None else None,
             "valid_round": s.valid_round,
-            "valid_value": s.valid_value.to_wire() if s.valid_value is not None else None,
-            "signed": [list(message_to_wire(m)) for m in s.signed],
+            "valid_value": s.valid_value.wire_bytes if s.valid_value is not None else None,
+            "signed": [
+                ["proposal", _proposal_to_state(m)] if isinstance(m, Proposal) else ["vote", m.to_wire()]
+                for m in s.signed
+            ],
             "proof": [v.to_wire() for v in s.proof],
         }
     )
@@ -62,17 +73,21 @@ def decode_signed_state(data: bytes) -> SignedState:
     try:
         signed: list[Message] = []
         for kind, m in d["signed"]:
-            signed.append(proposal_from_wire(m) if kind == "proposal" else Vote.from_wire(m))
+            signed.append(_proposal_from_state(m) if kind == "proposal" else Vote.from_wire(m))
         return SignedState(
             height=d["height"],
             round=d["round"],
             step=Step(d["step"]),
             locked_round=d["locked_round"],
-            locked_value=Block.from_wire(d["locked_value"]) if d["locked_value"] is not None else None,
+            locked_value=_block(d["locked_value"]),
             valid_round=d["valid_round"],
-            valid_value=Block.from_wire(d["valid_value"]) if d["valid_value"] is not None else None,
+            valid_value=_block(d["valid_value"]),
             signed=tuple(signed),
             proof=tuple(Vote.from_wire(v) for v in d["proof"]),
         )
     except (KeyError, TypeError, ValueError, InvalidBlock, ProtocolViolation) as exc:
         raise CodecError(f"persisted consensus state is unreadable: {exc}") from exc
+
+
+def _block(data: bytes | None) -> Block | None:
+    return None if data is None else Block.from_wire(codec.decode(data))

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from consensus.validators import ValidatorSet
-from node.blocks import Block, Commit, commit_hash, make_block, tx_root, verify_commit
+from node import merkle
+from node.blocks import Block, Commit, commit_hash, make_block, verify_commit
 from node.errors import BlockReason, CodecError, InvalidBlock
 from node.genesis import Genesis
 from node.state import ChainParams, MemberRecord, Reason, StateDelta, apply_block, check_tx
@@ -27,6 +28,7 @@ class Ledger:
         self.chain_id = genesis.chain_id
         self.params = ChainParams(genesis.chain_id, genesis.max_clock_skew_ms)
         self._vset = genesis.validator_set()
+        self._validated: dict[bytes, tuple[bytes, StateDelta]] = {}
         self._head_time: tuple[int, int] = (-1, 0)
         store.initialize(
             self.genesis_hash,
@@ -100,13 +102,22 @@ class Ledger:
         if now_ms is not None and hdr.time_ms > now_ms + self.params.max_skew_ms:
             raise InvalidBlock(BlockReason.BAD_TIME, h, "block time is in the future")
         try:
-            root = tx_root(block.txs)
+            root = merkle.root(list(block.tx_ids))
         except CodecError as exc:
             raise InvalidBlock(BlockReason.MALFORMED, h, f"unencodable tx: {exc}") from exc
         if hdr.tx_root != root:
             raise InvalidBlock(BlockReason.BAD_TX_ROOT, h, "tx_root does not match the transactions")
         self._check_last_commit(block)
-        return apply_block(self.store, block, self.params)
+        cached = self._validated.get(block.hash)
+        if cached is not None and cached[0] == self.head_hash:
+            return cached[1]
+        delta = apply_block(self.store, block, self.params)
+        # A proposal is validated when it arrives and again when it is committed, on the same
+        # head: keep the result (a few blocks' worth) instead of re-checking every tx.
+        if len(self._validated) >= 8:
+            del self._validated[next(iter(self._validated))]
+        self._validated[block.hash] = (self.head_hash, delta)
+        return delta
 
     def _check_last_commit(self, block: Block) -> None:
         h = block.height

@@ -48,7 +48,7 @@ from node.ledger import Ledger
 from node.mempool import Mempool
 from node.signer import KeySigner
 from node.sqlite_store import SqliteStore
-from node.transactions import parse_tx, tx_id
+from node.transactions import parse_tx
 from node.transport import PeerInfo, PeerNetwork
 
 log = logging.getLogger("fedledger.node")
@@ -102,6 +102,7 @@ class Node:
         self._submitted: dict[bytes, float] = {}
         self.latencies_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.finalized_txs = 0
+        self.latency_count = 0  # samples ever taken (the deque keeps the latest)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._progress_mark: tuple[int, int, int] = (0, 0, 0)
@@ -213,13 +214,14 @@ class Node:
             log.error("could not commit block %s: %s", block.height, exc)
             return False
         now = time.monotonic()
-        ids = [tx_id(t) for t in block.txs]
+        ids = list(block.tx_ids)
         self.mempool.remove(ids)
         self.finalized_txs += len(ids)
         for i in ids:
             t0 = self._submitted.pop(i, None)
             if t0 is not None:
                 self.latencies_ms.append((now - t0) * 1000)
+                self.latency_count += 1
         log.info("committed height %d (%d txs, round %d)", block.height, len(ids), commit.round)
         return True
 

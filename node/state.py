@@ -214,11 +214,9 @@ def apply_block(view: StateView, block: Block, params: ChainParams) -> StateDelt
     """Validate every tx of `block` in order and return the delta; InvalidBlock(INVALID_TX) on the
     first tx that is not acceptable, naming its index and reason."""
     overlay = OverlayView(view, block.height)
-    for i, raw in enumerate(block.txs):
-        try:
-            tx = parse_tx(raw)
-        except InvalidTransaction as exc:
-            raise InvalidBlock(BlockReason.INVALID_TX, block.height, f"tx {i}: {exc}") from exc
+    for i, tx in enumerate(block.parsed_txs):
+        if isinstance(tx, InvalidTransaction):
+            raise InvalidBlock(BlockReason.INVALID_TX, block.height, f"tx {i}: {tx}") from tx
         reason = check_tx(overlay, tx, block.header.time_ms, params)
         if reason is not None:
             raise InvalidBlock(BlockReason.INVALID_TX, block.height, f"tx {i} ({tx.kind}): {reason.value}")
