@@ -152,4 +152,9 @@ def digest(obj: Any) -> bytes:
 
 def sign_bytes(kind: bytes, chain_id: str, obj: Any) -> bytes:
     """Domain-separated bytes: a signature for one purpose or federation is useless in another."""
-    return _PREFIX + kind + b"/" + chain_id.encode() + b"/" + encode(obj)
+    return sign_prefix(kind, chain_id) + encode(obj)
+
+
+def sign_prefix(kind: bytes, chain_id: str) -> bytes:
+    """sign_bytes without the object: for callers that already hold its canonical encoding."""
+    return _PREFIX + kind + b"/" + chain_id.encode() + b"/"

@@ -148,8 +148,19 @@ def verify(public: bytes, signature: bytes, kind: bytes, chain_id: str, obj: Any
     if not (isinstance(kind, bytes) and isinstance(chain_id, str)):
         return False
     try:
-        crypto_sign_open(signature + sign_bytes(kind, chain_id, obj), public)
-    except (BadSignatureError, CodecError, ValueError, TypeError):
+        message = sign_bytes(kind, chain_id, obj)
+    except (CodecError, ValueError, TypeError):
+        return False
+    return verify_message(public, signature, message)
+
+
+def verify_message(public: bytes, signature: bytes, message: bytes) -> bool:
+    """Ed25519 verification of exact bytes (callers build domain-separated messages)."""
+    if len(public) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
+        return False
+    try:
+        crypto_sign_open(signature + message, public)
+    except (BadSignatureError, ValueError, TypeError):
         return False
     return True
 

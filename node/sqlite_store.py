@@ -108,6 +108,7 @@ class SqliteStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
+        self._device_cache: dict[bytes, DeviceRecord | None] = {}
         try:
             # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so a block is one transaction.
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -220,13 +221,22 @@ class SqliteStore:
         return self._one("SELECT 1 FROM txs WHERE id = ?", (tx_id,)) is not None
 
     def commit_block(self, block: Block, commit: Commit, delta: StateDelta) -> None:
+        try:
+            self._commit_block(block, commit, delta)
+        finally:
+            for d in delta.new_devices:
+                self._device_cache.pop(d.device, None)
+            for dev in delta.device_seqs:
+                self._device_cache.pop(dev, None)
+
+    def _commit_block(self, block: Block, commit: Commit, delta: StateDelta) -> None:
         with self._write() as db:
             # Re-read the height inside the write lock: another connection may have written.
             check_commit_args(self.height(), block, commit, delta)
             self._insert_block(db, block, commit)
             db.executemany(
                 "INSERT INTO txs(id, height, idx, kind, signer, raw) VALUES (?, ?, ?, ?, ?, ?)",
-                [(t.id, t.height, t.index, t.kind, t.signer, encode(t.raw)) for t in delta.txs],
+                [(t.id, t.height, t.index, t.kind, t.signer, t.encoded or encode(t.raw)) for t in delta.txs],
             )
             db.executemany(
                 "INSERT INTO devices(device, owner, name, last_seq, registered_height)"
@@ -286,10 +296,18 @@ class SqliteStore:
         )
 
     def device(self, device: bytes) -> DeviceRecord | None:
+        # Every reading looks its device up (mempool admission, proposal validation): keep them in
+        # memory; commit_block drops the entries it changes.
+        if device in self._device_cache:
+            return self._device_cache[device]
         row = self._one(
             "SELECT device, owner, name, last_seq, registered_height FROM devices WHERE device = ?", (device,)
         )
-        return None if row is None else DeviceRecord(bytes(row[0]), bytes(row[1]), row[2], row[3], row[4])
+        rec = None if row is None else DeviceRecord(bytes(row[0]), bytes(row[1]), row[2], row[3], row[4])
+        if len(self._device_cache) >= 100_000:
+            self._device_cache.clear()
+        self._device_cache[device] = rec
+        return rec
 
     def devices(self) -> list[DeviceRecord]:
         rows = self._db.execute(

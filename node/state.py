@@ -87,6 +87,7 @@ class TxRecord:
     kind: str
     signer: bytes
     raw: dict[str, Any] = field(hash=False, compare=False)
+    encoded: bytes = field(default=b"", hash=False, compare=False, repr=False)  # encode(raw), if known
 
 
 @dataclass
@@ -133,7 +134,7 @@ class OverlayView:
     def apply(self, tx: Transaction) -> None:
         """Record the effects of a tx already accepted by check_tx."""
         d = self.delta
-        d.txs.append(TxRecord(tx.id, d.height, len(d.txs), tx.kind, tx.signer, tx.raw))
+        d.txs.append(TxRecord(tx.id, d.height, len(d.txs), tx.kind, tx.signer, tx.raw, tx.encoded))
         self._tx_ids.add(tx.id)
         body = tx.body
         if isinstance(body, RegisterDevice):
@@ -174,17 +175,17 @@ def check_tx(
             tx = parse_tx(tx)
         except InvalidTransaction as exc:
             return exc.reason
-    if view.has_tx(tx.id):
-        return Reason.DUPLICATE
     body = tx.body
     if isinstance(body, Reading):
+        # No ledger lookup for duplicates on this hot path: a committed reading has raised its
+        # device's last_seq to at least its own seq, so only a seq at or below it can be one.
         dev = view.device(body.device)
         if dev is None:
             return Reason.UNKNOWN_DEVICE
         if not tx.signature_valid(params.chain_id):
             return Reason.BAD_SIGNATURE
         if dev.last_seq is not None and body.seq <= dev.last_seq:
-            return Reason.REPLAYED_SEQUENCE
+            return Reason.DUPLICATE if view.has_tx(tx.id) else Reason.REPLAYED_SEQUENCE
         if body.timestamp_ms > block_time_ms + params.max_skew_ms:
             return Reason.FUTURE_TIMESTAMP
         lo_t, hi_t = TEMPERATURE_RANGE_C
@@ -193,6 +194,8 @@ def check_tx(
         if not (finite and lo_t <= body.temperature_c <= hi_t and lo_h <= body.humidity_pct <= hi_h):
             return Reason.OUT_OF_RANGE
         return None
+    if view.has_tx(tx.id):
+        return Reason.DUPLICATE
     if not tx.signature_valid(params.chain_id):
         return Reason.BAD_SIGNATURE
     if isinstance(body, RegisterDevice):

@@ -11,14 +11,15 @@ whether a tx is acceptable given the ledger state is state.py's job.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from node.codec import digest, encode
+from node.codec import digest, encode, sign_prefix
 from node.errors import CodecError, InvalidTransaction, Reason
-from node.keys import NodeKey, verify
+from node.keys import NodeKey, verify, verify_message
 
 MAX_TX_BYTES = 64 * 1024
 MAX_NAME = 64
@@ -279,6 +280,8 @@ class Transaction:
     sig: bytes
     id: bytes
     raw: dict[str, Any] = field(compare=False, repr=False, hash=False)
+    encoded: bytes = field(default=b"", compare=False, repr=False, hash=False)  # encode(raw)
+    signed_encoded: bytes = field(default=b"", compare=False, repr=False, hash=False)
 
     def signature_valid(self, chain_id: str) -> bool:
         # A node checks each tx when it enters the mempool and again inside the proposal that
@@ -286,7 +289,11 @@ class Transaction:
         key = (chain_id, self.id)
         ok = _VERIFIED.get(key)
         if ok is None:
-            ok = verify(self.signer, self.sig, tx_sign_kind(self.kind), chain_id, signed_part(self.raw))
+            if self.signed_encoded:
+                message = sign_prefix(tx_sign_kind(self.kind), chain_id) + self.signed_encoded
+                ok = verify_message(self.signer, self.sig, message)
+            else:
+                ok = verify(self.signer, self.sig, tx_sign_kind(self.kind), chain_id, signed_part(self.raw))
             if len(_VERIFIED) >= MAX_VERIFIED_CACHE:
                 del _VERIFIED[next(iter(_VERIFIED))]  # oldest first
             _VERIFIED[key] = ok
@@ -332,12 +339,28 @@ def parse_tx(obj: Any) -> Transaction:
     if body.signer != signer:
         raise _fail(f"{kind} must be signed by its {body.SIGNER_FIELD}")
     try:
-        raw = encode(obj)
+        whole, signed = encode_tx(obj)
     except CodecError as exc:
         raise _fail(str(exc)) from exc
-    if len(raw) > MAX_TX_BYTES:
-        raise _fail(f"transaction of {len(raw)} bytes exceeds {MAX_TX_BYTES}")
-    return Transaction(kind=kind, body=body, signer=signer, sig=sig, id=digest(obj), raw=obj)
+    if len(whole) > MAX_TX_BYTES:
+        raise _fail(f"transaction of {len(whole)} bytes exceeds {MAX_TX_BYTES}")
+    return Transaction(kind=kind, body=body, signer=signer, sig=sig, id=hashlib.sha256(whole).digest(),
+                       raw=obj, encoded=whole, signed_encoded=signed)
+
+
+# Encoded map keys. A canonical map is its sorted (key bytes, value bytes) pairs, so a tx and the
+# part its signature covers share the encoding of the body: encode it once for both.
+_K_BODY, _K_KIND, _K_SIG, _K_SIGNER = (encode(k) for k in ("body", "kind", "sig", "signer"))
+assert sorted([_K_BODY, _K_KIND, _K_SIG, _K_SIGNER]) == [_K_SIG, _K_BODY, _K_KIND, _K_SIGNER]
+
+
+def encode_tx(obj: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    """(encode(obj), encode(signed_part(obj))) for a wire tx with exactly kind, body, signer, sig."""
+    body, signer = encode(obj["body"]), encode(obj["signer"])
+    whole = b"".join(
+        (b"\x84", _K_SIG, encode(obj["sig"]), _K_BODY, body, _K_KIND, encode(obj["kind"]), _K_SIGNER, signer)
+    )
+    return whole, b"\x82" + _K_BODY + body + _K_SIGNER + signer
 
 
 def sign_tx(key: NodeKey, chain_id: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:

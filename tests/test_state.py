@@ -124,5 +124,9 @@ def test_block_validation_sees_earlier_txs_of_the_same_block(view, txs, detail):
 def test_already_committed_tx_is_duplicate(view):
     raw = reading()
     delta = apply_block(view, block_of([raw]), PARAMS)
+    # what committing the block does: the tx is stored and its device's last_seq rises
     view._txs[delta.txs[0].id] = delta.txs[0]
+    old = view._devices[DEV.public]
+    view._devices[DEV.public] = DeviceRecord(old.device, old.owner, old.name, delta.device_seqs[DEV.public],
+                                             old.registered_height)
     assert check_tx(view, raw, NOW, PARAMS) is Reason.DUPLICATE

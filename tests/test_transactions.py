@@ -3,6 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.errors import InvalidTransaction, Reason
+from node.keys import NodeKey
 from node.transactions import (
     BODY_TYPES,
     Reading,
@@ -117,3 +118,31 @@ def test_signature_is_bound_to_kind_and_extra():
 def test_reading_accepts_int_values_for_floats():
     tx = parse_tx(make_reading(DEV, CHAIN_ID, 1, 1000, 21, 40))
     assert isinstance(tx.body, Reading) and tx.body.temperature_c == 21.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seq=st.integers(0, 2**40),
+    ts=st.integers(0, 2**50),
+    temp=st.floats(-60, 100),
+    hum=st.floats(0, 100),
+    extra=st.none()
+    | st.dictionaries(
+        st.text(min_size=1, max_size=8), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8), max_size=3
+    ),
+)
+def test_composed_tx_encoding_is_the_canonical_encoding(
+    seq: int, ts: int, temp: float, hum: float, extra: dict | None
+) -> None:
+    """parse_tx builds the tx bytes and the signed bytes from one encoding of the body."""
+    from node.codec import encode, sign_bytes
+    from node.transactions import encode_tx, parse_tx, signed_part, tx_id, tx_sign_kind
+
+    key = NodeKey.from_seed(b"\x07" * 32)
+    raw = make_reading(key, "c", seq, ts, temp, hum, extra or None)
+    whole, signed = encode_tx(raw)
+    assert whole == encode(raw) and signed == encode(signed_part(raw))
+    tx = parse_tx(raw)
+    assert tx.id == tx_id(raw)
+    assert sign_bytes(tx_sign_kind("reading"), "c", signed_part(raw)).endswith(tx.signed_encoded)
+    assert tx.signature_valid("c") and not parse_tx(raw).signature_valid("other-chain")
