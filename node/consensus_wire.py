@@ -13,13 +13,13 @@ from node.errors import CodecError, InvalidBlock, ProtocolViolation
 
 
 def proposal_to_wire(p: Proposal) -> dict[str, Any]:
-    return {**p.signing_fields(), "signature": p.signature, "block": p.value.to_wire()}
+    return {**p.signing_fields(), "signature": p.signature, "block": p.value.wire_bytes}
 
 
 def proposal_from_wire(m: dict[str, Any]) -> Proposal:
     """A Proposal whose block is structurally sound; the core checks block hash == block_id."""
     try:
-        block = Block.from_wire(m["block"])
+        block = Block.from_wire(codec.decode(m["block"]))
     except (InvalidBlock, CodecError) as exc:
         raise ProtocolViolation(f"proposal carries a malformed block: {exc}") from exc
     return Proposal(
@@ -31,14 +31,6 @@ def proposal_from_wire(m: dict[str, Any]) -> Proposal:
         proposer=m["proposer"],
         signature=m["signature"],
     )
-
-
-def _proposal_to_state(p: Proposal) -> dict[str, Any]:
-    return {**p.signing_fields(), "signature": p.signature, "block": p.value.wire_bytes}
-
-
-def _proposal_from_state(m: dict[str, Any]) -> Proposal:
-    return proposal_from_wire({**m, "block": codec.decode(m["block"])})
 
 
 def message_to_wire(msg: Message) -> tuple[str, dict[str, Any]]:
@@ -58,8 +50,7 @@ def encode_signed_state(s: SignedState) -> bytes:
             "valid_round": s.valid_round,
             "valid_value": s.valid_value.wire_bytes if s.valid_value is not None else None,
             "signed": [
-                ["proposal", _proposal_to_state(m)] if isinstance(m, Proposal) else ["vote", m.to_wire()]
-                for m in s.signed
+                list(message_to_wire(m)) for m in s.signed
             ],
             "proof": [v.to_wire() for v in s.proof],
         }
@@ -73,7 +64,7 @@ def decode_signed_state(data: bytes) -> SignedState:
     try:
         signed: list[Message] = []
         for kind, m in d["signed"]:
-            signed.append(_proposal_from_state(m) if kind == "proposal" else Vote.from_wire(m))
+            signed.append(proposal_from_wire(m) if kind == "proposal" else Vote.from_wire(m))
         return SignedState(
             height=d["height"],
             round=d["round"],

@@ -107,7 +107,7 @@ class Node:
         self._stop = asyncio.Event()
         self._progress_mark: tuple[int, int, int] = (0, 0, 0)
         self._progress_at = time.monotonic()
-        self._outbox: list[Any] = []
+        self._outbox: list[bytes] = []  # encoded client txs waiting to be gossiped
         self.core = self._make_core()
         from node.api import NodeApi  # local import: api imports this module for typing only
 
@@ -302,7 +302,7 @@ class Node:
             results.append((txid, None))
             if relay_from is None:
                 self._submitted[tx.id] = time.monotonic()
-                fresh.append(raw)
+                fresh.append(tx.encoded)
         self._outbox.extend(fresh)
         if len(self._outbox) >= wire.MAX_TX_BATCH // 2:
             self._flush_txs()
@@ -313,7 +313,7 @@ class Node:
     def _flush_txs(self) -> None:
         while self._outbox:
             batch, self._outbox = self._outbox[: wire.MAX_TX_BATCH], self._outbox[wire.MAX_TX_BATCH :]
-            self.net.broadcast(wire.TXS, batch)
+            self.net.broadcast_frame(wire.TXS, wire.encode_txs_frame(batch))
 
     async def _tx_gossip_loop(self) -> None:
         while not self._stop.is_set():

@@ -229,6 +229,11 @@ class PeerNetwork:
         skip = {exclude} if isinstance(exclude, bytes) else set(exclude or ())
         return sum(self._enqueue(c, type_, data) for k, c in list(self._conns.items()) if k not in skip)
 
+    def broadcast_frame(self, type_: str, data: bytes, exclude: bytes | Iterable[bytes] | None = None) -> int:
+        """broadcast() for a frame the caller already encoded (see wire.encode_txs_frame)."""
+        skip = {exclude} if isinstance(exclude, bytes) else set(exclude or ())
+        return sum(self._enqueue(c, type_, data) for k, c in list(self._conns.items()) if k not in skip)
+
     def peers(self) -> list[PeerInfo]:
         return [c.info for c in self._conns.values()]
 

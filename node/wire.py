@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+import msgpack
+
 from node.codec import decode, encode
 from node.errors import BadOutgoingMessage, ProtocolViolation
 
@@ -176,7 +178,10 @@ def _proposal(p: Any) -> None:
     _int(m["valid_round"], "valid_round", -1)  # -1 is the paper's "nil" validRound
     _bytes(m["proposer"], "proposer", KEY_SIZE)
     _bytes(m["signature"], "signature", SIGNATURE_SIZE)
-    _map(m["block"], "proposal.block")
+    # The block travels as its canonical encoding (the proposer has it cached); the receiver
+    # decodes it with the same limits as a frame.
+    if not isinstance(m["block"], bytes) or len(m["block"]) > DEFAULT_MAX_FRAME:
+        raise _bad("proposal.block must be the encoded block (bytes)")
 
 
 def _vote(p: Any) -> None:
@@ -287,6 +292,26 @@ def encode_frame(type_: str, payload: Any, *, max_frame: int = DEFAULT_MAX_FRAME
     if len(data) > max_frame:
         raise BadOutgoingMessage(f"{type_!r} frame of {len(data)} bytes exceeds max_frame {max_frame}")
     return data
+
+
+_TXS_HEAD = b"\x83" + encode("p")
+_TXS_TAIL = encode("t") + encode(TXS) + encode("v") + encode(VERSION)
+
+
+def encode_txs_frame(encoded_txs: list[bytes], *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    """A `txs` frame from txs already encoded canonically (parse_tx keeps their bytes): the same
+    bytes as encode_frame(TXS, txs) without encoding each tx again. A canonical list is its
+    header followed by its elements' encodings, and the envelope keys sort as p < t < v."""
+    if not 1 <= len(encoded_txs) <= MAX_TX_BATCH:
+        raise BadOutgoingMessage(f"a tx batch holds 1 to {MAX_TX_BATCH} txs, not {len(encoded_txs)}")
+    data = b"".join((_TXS_HEAD, _array_header(len(encoded_txs)), *encoded_txs, _TXS_TAIL))
+    if len(data) > max_frame:
+        raise BadOutgoingMessage(f"txs frame of {len(data)} bytes exceeds max_frame {max_frame}")
+    return data
+
+
+def _array_header(n: int) -> bytes:
+    return msgpack.Packer().pack_array_header(n)
 
 
 def decode_frame(data: bytes, *, max_frame: int = DEFAULT_MAX_FRAME) -> Envelope:

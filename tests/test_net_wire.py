@@ -22,7 +22,7 @@ GOOD = {
     wire.PEERS: ["ws://127.0.0.1:9000", "wss://x.example:443/peer"],
     wire.TX: {"kind": "reading", "anything": [1, 2]},
     wire.PROPOSAL: {"height": 1, "round": 0, "block_id": H, "valid_round": -1, "proposer": K,
-                    "signature": SIG, "block": {"header": {}}},
+                    "signature": SIG, "block": b"\x83encoded block"},
     wire.VOTE: {"type": 1, "height": 3, "round": 2, "block_id": None, "validator": K, "signature": SIG},
     wire.STATUS: {"height": 0, "head_hash": H},
     wire.GET_BLOCKS: {"from": 1, "to": 64},
@@ -45,7 +45,7 @@ BAD = [
     (wire.PEERS, {"urls": []}),
     (wire.TX, [1, 2]),
     (wire.PROPOSAL, {**GOOD[wire.PROPOSAL], "valid_round": -2}),
-    (wire.PROPOSAL, {**GOOD[wire.PROPOSAL], "block": b"x"}),
+    (wire.PROPOSAL, {**GOOD[wire.PROPOSAL], "block": {"header": {}}}),
     (wire.VOTE, {**GOOD[wire.VOTE], "type": 3}),
     (wire.VOTE, {**GOOD[wire.VOTE], "type": True}),
     (wire.VOTE, {**GOOD[wire.VOTE], "height": True}),
@@ -136,3 +136,13 @@ _values = st.recursive(
 def test_random_envelopes_only_raise_remote_errors(type_: str, payload: object, v: int) -> None:
     with contextlib.suppress(ProtocolViolation, CodecError):
         wire.decode_frame(encode({"v": v, "t": type_, "p": payload}))
+
+
+def test_txs_frame_from_encoded_txs_is_the_canonical_frame() -> None:
+    from node.codec import encode as enc
+
+    txs = [{"kind": "reading", "body": {"seq": i, "t": 21.5}, "signer": K, "sig": SIG} for i in range(300)]
+    assert wire.encode_txs_frame([enc(t) for t in txs]) == wire.encode_frame(wire.TXS, txs)
+    assert wire.decode_frame(wire.encode_txs_frame([enc(t) for t in txs[:1]])).payload == txs[:1]
+    with pytest.raises(BadOutgoingMessage):
+        wire.encode_txs_frame([])
