@@ -94,3 +94,19 @@ def test_a_peer_of_another_federation_is_refused(tmp_path: Path) -> None:
             intruder.stop()
     finally:
         ours.stop()
+
+
+def test_launch_runs_a_federation_and_reports_agreeing_replicas(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "node", "launch", "--dir", str(tmp_path / "run"), "--duration", "6",
+         "--rate", "300", "--json"],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["agree"] and summary["nodes_alive"] == 4
+    assert summary["finalized_readings"] > 0 and summary["accepted"] == summary["submitted"]
