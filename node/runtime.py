@@ -41,7 +41,7 @@ from node.consensus_wire import (
     proposal_from_wire,
 )
 from node.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
-from node.errors import CodecError, ConfigError, InvalidBlock, InvalidTransaction, ProtocolViolation
+from node.errors import CodecError, ConfigError, InvalidBlock, InvalidTransaction, ProtocolViolation, Reason
 from node.genesis import Genesis
 from node.keys import NodeKey, verify_proposal, verify_vote
 from node.ledger import Ledger
@@ -296,7 +296,11 @@ class Node:
                 continue
             txid, reason = self.mempool.add(tx, self.store, now)
             if reason is not None:
-                self.counters[f"rejected:{reason.value}"] += 1
+                if relay_from is not None and reason in (Reason.DUPLICATE, Reason.REPLAYED_SEQUENCE):
+                    # Gossip racing the block that already carried the tx here: not a rejection.
+                    self.counters["gossip_already_committed"] += 1
+                else:
+                    self.counters[f"rejected:{reason.value}"] += 1
                 results.append((txid, reason.value))
                 continue
             results.append((txid, None))

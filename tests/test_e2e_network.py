@@ -37,6 +37,33 @@ def test_four_nodes_replicate_identical_verified_ledgers(fed: LocalFederation) -
     assert len({fed.block_hash(i, common) for i in range(4)}) == 1
 
 
+def test_bad_readings_are_rejected_with_reasons_and_counted(fed: LocalFederation) -> None:
+    import asyncio
+
+    from node.client import LedgerClient
+    from node.transactions import make_reading
+
+    feeder = fed.sensors  # type: ignore[attr-defined]
+    name = next(iter(feeder.owner))
+    node = feeder.owner[name]
+    key = feeder.keys[name]
+    seq = feeder.seq[name]
+    replay = make_reading(key, fed.genesis.chain_id, seq, 1_377_300_000_000, 22.0, 50.0)  # seq already used
+    forged = make_reading(key, fed.genesis.chain_id, seq + 10_000, 1_377_300_000_000, 22.0, 50.0)
+    forged = {**forged, "sig": bytes(64)}
+    impossible = make_reading(key, fed.genesis.chain_id, seq + 20_000, 1_377_300_000_000, 250.0, 50.0)
+
+    async def go() -> list:  # type: ignore[type-arg]
+        async with LedgerClient(fed.procs[node].url) as c:
+            return await c.submit_many([replay, forged, impossible])
+
+    results = asyncio.run(go())
+    assert [r.reason for r in results] == ["replayed_sequence", "bad_signature", "out_of_range"]
+    rejected = fed.status(node)["rejected"]
+    assert rejected.get("replayed_sequence", 0) >= 1 and rejected.get("bad_signature", 0) >= 1
+    assert rejected.get("out_of_range", 0) >= 1 and "duplicate" not in rejected
+
+
 def test_chain_keeps_finalizing_without_a_killed_node_which_then_catches_up(fed: LocalFederation) -> None:
     before = fed.status(0)["readings"]
     fed.procs[3].kill()  # kill -9: f = 1 of 4 may fail
