@@ -33,6 +33,7 @@ from consensus.messages import Proposal, Vote
 from consensus.tendermint import Tendermint, TimeoutConfig
 from consensus.validators import ValidatorSet
 from node import wire
+from node.api import NodeApi
 from node.blocks import Block, Commit
 from node.consensus_wire import (
     decode_signed_state,
@@ -109,8 +110,6 @@ class Node:
         self._progress_at = time.monotonic()
         self._outbox: list[bytes] = []  # encoded client txs waiting to be gossiped
         self.core = self._make_core()
-        from node.api import NodeApi  # local import: api imports this module for typing only
-
         self.api = NodeApi(self)
         self.net = PeerNetwork(
             self.key,
@@ -349,11 +348,10 @@ class Node:
             block, commit = self.store.block(h), self.store.commit(h)
             if block is None or commit is None:
                 break
-            item = {"block": block.to_wire(), "commit": commit.to_dict()}
-            size += 200 + sum(len(str(t)) for t in block.txs)  # rough: keeps frames under the limit
-            out.append(item)
-            if size > SYNC_BATCH_BYTES:
-                break
+            size += len(block.wire_bytes) + 200 * len(commit.precommits)
+            if out and size > SYNC_BATCH_BYTES:
+                break  # keeps the frame under the limit; the peer asks for the rest
+            out.append({"block": block.to_wire(), "commit": commit.to_dict()})
         self.counters["blocks_served"] += len(out)
         self.net.send(peer.key, wire.BLOCKS, out)
 
