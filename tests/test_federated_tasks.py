@@ -132,5 +132,5 @@ def test_export_load_predict(task: str, tmp_path: Path) -> None:
         assert got.shape == (len(rows), 2)
         np.testing.assert_allclose(got, expected, atol=1e-4)
         np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-4)
-    with pytest.raises(ValueError, match=".keras"):
+    with pytest.raises(ValueError, match=r"\.keras"):
         export_keras(task, res.weights, tmp_path / "model.h5", num_classes=nc)

@@ -45,9 +45,12 @@ def test_hash_is_sha256_of_encoding_and_stable() -> None:
     assert weights_hash(other) == weights_hash(ws)
     # Pinned: a change to the format must be deliberate (it changes every model id on the ledger).
     pinned = weights_hash([np.arange(6, dtype=np.float32).reshape(2, 3)])
-    assert pinned.hex() == hashlib.sha256(
-        MAGIC + struct.pack("<IBBII", 1, 1, 2, 2, 3) + np.arange(6, dtype="<f4").tobytes()
-    ).hexdigest()
+    assert (
+        pinned.hex()
+        == hashlib.sha256(
+            MAGIC + struct.pack("<IBBII", 1, 1, 2, 2, 3) + np.arange(6, dtype="<f4").tobytes()
+        ).hexdigest()
+    )
     changed = [w.copy() for w in ws]
     changed[1][0] = np.nextafter(changed[1][0], np.float32(np.inf))
     assert weights_hash(changed) != weights_hash(ws)
