@@ -9,10 +9,13 @@ Nothing here writes: the same code validates a proposal, a synced block and a wh
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from federated.aggregate import STRATEGIES, Update, aggregate
+from federated.weights import decode_weights, weights_hash
 from node.blocks import Block
 from node.errors import BlockReason, InvalidBlock, InvalidTransaction, Reason
 from node.transactions import (
@@ -111,6 +114,8 @@ class StateView(Protocol):
 
     def has_tx(self, tx_id: bytes) -> bool: ...
 
+    def tx(self, tx_id: bytes) -> TxRecord | None: ...
+
 
 class OverlayView:
     """A view plus the not yet committed effects of earlier txs in the same block."""
@@ -130,6 +135,11 @@ class OverlayView:
 
     def has_tx(self, tx_id: bytes) -> bool:
         return tx_id in self._tx_ids or self.base.has_tx(tx_id)
+
+    def tx(self, tx_id: bytes) -> TxRecord | None:
+        if tx_id in self._tx_ids:
+            return next(t for t in self.delta.txs if t.id == tx_id)
+        return self.base.tx(tx_id)
 
     def apply(self, tx: Transaction) -> None:
         """Record the effects of a tx already accepted by check_tx."""
@@ -207,8 +217,15 @@ def check_tx(
         m = view.member(tx.signer)
         if m is None or m.role != "authority":
             return Reason.UNAUTHORIZED
-    elif isinstance(body, (ModelUpdate, ModelCommit)) and view.member(tx.signer) is None:
-        return Reason.UNAUTHORIZED
+    elif isinstance(body, ModelUpdate):
+        if view.member(tx.signer) is None:
+            return Reason.UNAUTHORIZED
+        return check_model_update(body)
+    elif isinstance(body, ModelCommit):
+        m = view.member(tx.signer)
+        if m is None or m.role != "authority":
+            return Reason.UNAUTHORIZED  # the coordinator is an authority (DESIGN.md section 5)
+        return check_model_commit(view, body)
     # join_request: anyone may ask; admission is decided by member_vote (not yet implemented).
     return None
 
@@ -225,3 +242,39 @@ def apply_block(view: StateView, block: Block, params: ChainParams) -> StateDelt
             raise InvalidBlock(BlockReason.INVALID_TX, block.height, f"tx {i} ({tx.kind}): {reason.value}")
         overlay.apply(tx)
     return overlay.delta
+
+
+def check_model_update(body: ModelUpdate) -> Reason | None:
+    """The weights are the ones hashed, decode as a model, and come from at least one example."""
+    if hashlib.sha256(body.weights).digest() != body.weights_hash or body.num_examples < 1:
+        return Reason.BAD_WEIGHTS
+    try:
+        decode_weights(body.weights)
+    except ValueError:
+        return Reason.BAD_WEIGHTS
+    return None
+
+
+def check_model_commit(view: StateView, body: ModelCommit) -> Reason | None:
+    """Every replica re-computes the aggregation from the updates on its own ledger; a commit is
+    valid only if that gives exactly the committed weights (bytes of the canonical encoding)."""
+    ids = body.update_ids
+    if body.strategy not in STRATEGIES or not ids or len(set(ids)) != len(ids):
+        return Reason.MALFORMED
+    updates: list[Update] = []
+    for uid in body.update_ids:
+        rec = view.tx(uid)
+        if rec is None or rec.kind != ModelUpdate.KIND:
+            return Reason.UNKNOWN_UPDATE
+        upd = parse_tx(rec.raw).body
+        assert isinstance(upd, ModelUpdate)
+        if upd.task != body.task or upd.round != body.round:
+            return Reason.UNKNOWN_UPDATE
+        updates.append(Update(uid, decode_weights(upd.weights), upd.num_examples))
+    try:
+        weights = aggregate(body.strategy, updates)
+    except ValueError:
+        return Reason.AGGREGATE_MISMATCH
+    if weights_hash(weights) != body.weights_hash:
+        return Reason.AGGREGATE_MISMATCH
+    return None

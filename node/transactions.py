@@ -98,6 +98,20 @@ def _scalar_map(value_types: tuple[type, ...]) -> Checker:
     return check
 
 
+def _blob(max_len: int) -> Checker:
+    def check(name: str, v: Any) -> bytes:
+        if not isinstance(v, bytes) or not 0 < len(v) <= max_len:
+            raise _fail(f"{name} must be 1 to {max_len} bytes")
+        return v
+
+    return check
+
+
+# Model weights travel inside model_update txs so every replica can re-compute every aggregate
+# from the ledger alone; the paper's models are a few thousand parameters (tens of KiB at most).
+MAX_WEIGHTS_BYTES = 48 * 1024
+
+
 def _id_list(name: str, v: Any) -> tuple[bytes, ...]:
     if not isinstance(v, list) or len(v) > MAX_UPDATE_IDS:
         raise _fail(f"{name} must be a list of at most {MAX_UPDATE_IDS} tx ids")
@@ -228,6 +242,7 @@ class ModelUpdate(Body):
         "round": _int(0),
         "base_model_hash": _hash,
         "weights_hash": _hash,
+        "weights": _blob(MAX_WEIGHTS_BYTES),
         "num_examples": _int(0),
         "metrics": _scalar_map((int, float)),
         "readings_root": _hash,
@@ -237,6 +252,7 @@ class ModelUpdate(Body):
     round: int
     base_model_hash: bytes
     weights_hash: bytes
+    weights: bytes = field(repr=False)
     num_examples: int
     metrics: dict[str, float] = field(hash=False)
     readings_root: bytes
@@ -432,17 +448,19 @@ def make_model_update(
     task: str,
     round: int,
     base_model_hash: bytes,
-    weights_hash: bytes,
+    weights: bytes,
     num_examples: int,
     metrics: dict[str, float],
     readings_root: bytes,
 ) -> dict[str, Any]:
+    """`weights` is federated.weights.encode_weights(...); its sha256 is recorded as weights_hash."""
     body = {
         "node": node.public,
         "task": task,
         "round": round,
         "base_model_hash": base_model_hash,
-        "weights_hash": weights_hash,
+        "weights_hash": hashlib.sha256(weights).digest(),
+        "weights": weights,
         "num_examples": num_examples,
         "metrics": metrics,
         "readings_root": readings_root,
