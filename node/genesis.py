@@ -10,12 +10,14 @@ because it covers building, sending and validating a whole block; votes are smal
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from consensus.tendermint import TimeoutConfig
 from consensus.validators import ValidatorSet
 from node.codec import digest
 from node.errors import CodecError, ConfigError
@@ -34,26 +36,8 @@ class GenesisMember:
         return {"key": self.key, "name": self.name}
 
 
-@dataclass(frozen=True)
-class Timeouts:
-    propose_ms: int = 1000
-    propose_delta_ms: int = 500
-    prevote_ms: int = 500
-    prevote_delta_ms: int = 250
-    precommit_ms: int = 500
-    precommit_delta_ms: int = 250
-
-    def propose(self, round: int) -> int:
-        return self.propose_ms + round * self.propose_delta_ms
-
-    def prevote(self, round: int) -> int:
-        return self.prevote_ms + round * self.prevote_delta_ms
-
-    def precommit(self, round: int) -> int:
-        return self.precommit_ms + round * self.precommit_delta_ms
-
-    def to_dict(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+# The consensus core's timeout settings are what genesis records: one type, no translation.
+Timeouts = TimeoutConfig
 
 
 @dataclass(frozen=True)
@@ -78,7 +62,7 @@ class Genesis:
             "genesis_time_ms": self.genesis_time_ms,
             "authorities": [m.to_dict() for m in self.authorities],
             "participants": [m.to_dict() for m in self.participants],
-            "timeouts": self.timeouts.to_dict(),
+            "timeouts": dataclasses.asdict(self.timeouts),
             "create_empty_blocks": self.create_empty_blocks,
             "max_clock_skew_ms": self.max_clock_skew_ms,
             "admission": self.admission,
@@ -232,7 +216,7 @@ def _validate(g: Genesis) -> None:
         if m.key in seen:
             raise ConfigError(f"member key {m.key.hex()} listed twice")
         seen.add(m.key)
-    for k, v in g.timeouts.to_dict().items():
+    for k, v in dataclasses.asdict(g.timeouts).items():
         if not _is_int(v) or v < 0:
             raise ConfigError(f"timeouts.{k} must be a non-negative integer (ms)")
     if not isinstance(g.create_empty_blocks, bool):

@@ -30,7 +30,7 @@ from consensus.events import (
     TxsAvailable,
 )
 from consensus.messages import Proposal, Vote
-from consensus.tendermint import Tendermint, TimeoutConfig
+from consensus.tendermint import Tendermint
 from consensus.validators import ValidatorSet
 from node import wire
 from node.api import NodeApi
@@ -136,9 +136,7 @@ class Node:
                 raise ConfigError(
                     f"{self.dir / DB_FILE}: {exc}; refusing to start (it could double-sign)"
                 ) from exc
-        t = self.genesis.timeouts
-        timeouts = TimeoutConfig(t.propose_ms, t.propose_delta_ms, t.prevote_ms, t.prevote_delta_ms,
-                                 t.precommit_ms, t.precommit_delta_ms)
+        timeouts = self.genesis.timeouts
         signer = KeySigner(self.key, self.genesis.chain_id)
         return Tendermint(self, signer, height, timeouts, self.genesis.create_empty_blocks, restored)
 

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from consensus.messages import Step
 from node.errors import ConfigError
 from node.genesis import Genesis
 from tests.factories import make_genesis
@@ -23,7 +24,7 @@ def test_validator_set_and_defaults():
     keys, g = make_genesis(4)
     assert g.validator_set().members == tuple(k.public for k in keys)
     assert g.admission == "votes" and g.create_empty_blocks is False
-    assert g.timeouts.propose(2) == 2000 and g.timeouts.prevote(1) == 750
+    assert g.timeouts.for_step(Step.PROPOSE, 2) == 2000 and g.timeouts.for_step(Step.PREVOTE, 1) == 750
 
 
 def test_hash_depends_on_every_field():

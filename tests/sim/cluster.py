@@ -27,7 +27,7 @@ from consensus.tendermint import Tendermint, TimeoutConfig
 from consensus.validators import ValidatorSet
 from node.blocks import Block, Commit
 from node.errors import InvalidBlock
-from node.genesis import Genesis, GenesisMember, Timeouts
+from node.genesis import Genesis, GenesisMember
 from node.keys import NodeKey, verify_proposal, verify_vote
 from node.ledger import Ledger
 from node.mempool import Mempool
@@ -271,7 +271,7 @@ class Cluster:
             chain_id=CHAIN_ID,
             genesis_time_ms=0,
             authorities=tuple(GenesisMember(k.public, f"v{i}") for i, k in enumerate(keys)),
-            timeouts=Timeouts(*[getattr(SIM_TIMEOUTS, f) for f in SIM_TIMEOUTS.__dataclass_fields__]),
+            timeouts=SIM_TIMEOUTS,
             max_clock_skew_ms=1000,
         )
         self.nodes = [SimNode(i, k, self) for i, k in enumerate(keys)]
