@@ -1,0 +1,145 @@
+"""Run settings and the record layout shared by the ServerApp and the ClientApp.
+
+Message layout (RecordDict keys):
+
+* instruction (server -> node), train and evaluate: ``arrays`` (ArrayRecord, the global weights in
+  layer order) and ``config`` (ConfigRecord: ``server-round``, ``task``, the TrainConfig keys,
+  ``classes`` for traceability, ``base-hash`` = hex weights hash of the global weights).
+* train reply: ``arrays`` (ArrayRecord, the new weights), ``metrics`` (MetricRecord with the int
+  ``num-examples`` and the trainer's float metrics) and ``update`` (ConfigRecord: whatever
+  ``fl_hooks.sign_update`` returned; it must hold ``weights-hash``).
+* evaluate reply: ``metrics`` (MetricRecord with ``num-examples`` and the evaluation metrics).
+
+No TensorFlow here; flwr only for the record types.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from federated.aggregate import STRATEGIES
+from federated.tasks import TASKS
+from federated.weights import weights_hash
+
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+UPDATE = "update"
+NUM_EXAMPLES = "num-examples"
+
+# run-config key -> federated.tasks.TrainConfig field, forwarded to every ClientApp.
+TRAIN_KEYS = {
+    "epochs": "epochs",
+    "batch-size": "batch_size",
+    "learning-rate": "learning_rate",
+    "patience": "patience",
+    "seed": "seed",
+}
+
+
+def _get(rc: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
+    value = rc.get(key, default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool) is not (kind is bool):
+        raise ValueError(f"run config {key!r} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The typed view of a run's ``context.run_config`` (defaults: federated/flower/pyproject.toml)."""
+
+    task: str = "humidity"
+    strategy: str = "fedavg"
+    num_rounds: int = 3
+    min_nodes: int = 2
+    fraction_evaluate: float = 1.0
+    round_timeout: float = 300.0
+    node_wait_timeout: float = 120.0
+    trainer: str = ""
+    initial_weights: str = ""
+    seed: int = 0
+    classes: tuple[str, ...] = ()
+    beta: float = 0.2
+    krum_f: int = 0
+    commit_log: str = ""
+    train_config: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def from_run_config(cls, rc: Mapping[str, Any]) -> RunSettings:
+        d = cls()
+        classes_text = _get(rc, "classes", str, "")
+        s = cls(
+            task=_get(rc, "task", str, d.task),
+            strategy=_get(rc, "strategy", str, d.strategy),
+            num_rounds=_get(rc, "num-rounds", int, d.num_rounds),
+            min_nodes=_get(rc, "min-nodes", int, d.min_nodes),
+            fraction_evaluate=_get(rc, "fraction-evaluate", float, d.fraction_evaluate),
+            round_timeout=_get(rc, "round-timeout", float, d.round_timeout),
+            node_wait_timeout=_get(rc, "node-wait-timeout", float, d.node_wait_timeout),
+            trainer=_get(rc, "trainer", str, d.trainer),
+            initial_weights=_get(rc, "initial-weights", str, d.initial_weights),
+            seed=_get(rc, "seed", int, d.seed),
+            classes=tuple(c.strip() for c in classes_text.split(",") if c.strip()),
+            beta=_get(rc, "beta", float, d.beta),
+            krum_f=_get(rc, "krum-f", int, d.krum_f),
+            commit_log=_get(rc, "commit-log", str, d.commit_log),
+            train_config=tuple((field, rc[key]) for key, field in TRAIN_KEYS.items() if key in rc),
+        )
+        if s.task not in TASKS:
+            raise ValueError(f"run config task {s.task!r}: expected one of {', '.join(TASKS)}")
+        if s.strategy not in STRATEGIES:
+            raise ValueError(f"run config strategy {s.strategy!r}: expected one of {', '.join(STRATEGIES)}")
+        if s.num_rounds < 1 or s.min_nodes < 1:
+            raise ValueError("num-rounds and min-nodes must be >= 1")
+        if s.round_timeout <= 0 or s.node_wait_timeout <= 0:
+            raise ValueError("round-timeout and node-wait-timeout must be > 0")
+        if s.task == "traceability" and len(s.classes) < 2:
+            raise ValueError("traceability needs run config classes='dev1,dev2,...' (at least 2)")
+        return s
+
+    @property
+    def num_classes(self) -> int | None:
+        return len(self.classes) if self.task == "traceability" else None
+
+    @property
+    def aggregation_params(self) -> dict[str, Any]:
+        """Keyword parameters of ``federated.aggregate.aggregate`` for this strategy."""
+        if self.strategy == "fedtrimmedavg":
+            return {"beta": self.beta}
+        if self.strategy == "krum":
+            return {"f": self.krum_f}
+        return {}
+
+    def instruction_config(self) -> dict[str, Any]:
+        """The ConfigRecord content sent with every train/evaluate instruction (Flower adds
+        ``server-round``; the strategy adds ``base-hash``)."""
+        out: dict[str, Any] = {"task": self.task, **dict(self.train_config)}
+        if self.classes:
+            out["classes"] = list(self.classes)
+        return out
+
+
+def train_config_from(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The TrainConfig part of an instruction's ConfigRecord."""
+    fields = set(TRAIN_KEYS.values())
+    return {k: config[k] for k in config if k in fields}
+
+
+def finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Only finite numeric metrics (a MetricRecord refuses other types; NaN would poison averages)."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v)):
+            out[str(k)] = float(v)
+    return out
+
+
+def weights_hex(weights: Sequence[np.ndarray]) -> str:
+    return weights_hash(weights).hex()
