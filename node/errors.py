@@ -34,6 +34,11 @@ class Reason(str, Enum):
     BAD_WEIGHTS = "bad_weights"  # model_update weights that do not match their hash or do not decode
     UNKNOWN_UPDATE = "unknown_update"  # model_commit names an update not on the ledger (or of another round)
     AGGREGATE_MISMATCH = "aggregate_mismatch"  # re-computing the aggregation gives other weights
+    UNKNOWN_RUN = "unknown_run"  # a model tx naming no train_request of that task
+    WRONG_ROUND = "wrong_round"  # beyond the run's rounds, or the previous round is not committed
+    ROUND_COMMITTED = "round_committed"  # the round already has its commit (a late update)
+    BASE_MISMATCH = "base_mismatch"  # an update not trained from the previous round's model
+    DUPLICATE_UPDATE = "duplicate_update"  # a second update of one node in one round
 
 
 class BlockReason(str, Enum):

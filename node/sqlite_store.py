@@ -17,6 +17,8 @@ Schema (also in docs/schema.md; keys, hashes and signatures are raw BLOBs, use h
     readings(tx_id PRIMARY KEY -> txs, height -> blocks, device -> devices, seq, timestamp_ms,
              temperature_c REAL, humidity_pct REAL, extra BLOB)   -- UNIQUE(device, seq)
     members(key BLOB PRIMARY KEY, role, name, since_height)       -- since_height 0 = genesis
+    models(tx_id PRIMARY KEY -> txs, height, kind 'update'|'commit', run, round, node,
+           weights_hash)        -- one commit per (run, round), one update per (run, round, node)
     blobs(hash BLOB PRIMARY KEY, data BLOB)                       -- hash = sha256(data)
     consensus_state(id INTEGER PRIMARY KEY CHECK (id = 1), raw BLOB)
 
@@ -37,7 +39,7 @@ from typing import Any
 from node.blocks import Block, Commit, Header
 from node.codec import decode, encode
 from node.errors import CodecError, InvalidBlock, StorageError
-from node.state import DeviceRecord, MemberRecord, ReadingRow, StateDelta, TxRecord
+from node.state import DeviceRecord, MemberRecord, ModelRow, ReadingRow, StateDelta, TxRecord
 from node.store import check_commit_args
 
 SCHEMA_VERSION = "1"
@@ -98,6 +100,17 @@ CREATE TABLE IF NOT EXISTS members (
     name TEXT NOT NULL,
     since_height INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS models (
+    tx_id BLOB PRIMARY KEY REFERENCES txs(id),
+    height INTEGER NOT NULL REFERENCES blocks(height),
+    kind TEXT NOT NULL CHECK (kind IN ('update', 'commit')),
+    run BLOB NOT NULL,
+    round INTEGER NOT NULL,
+    node BLOB NOT NULL,
+    weights_hash BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS models_commit ON models(run, round) WHERE kind = 'commit';
+CREATE UNIQUE INDEX IF NOT EXISTS models_update ON models(run, round, node) WHERE kind = 'update';
 CREATE TABLE IF NOT EXISTS blobs (hash BLOB PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS consensus_state (id INTEGER PRIMARY KEY CHECK (id = 1), raw BLOB NOT NULL);
 """
@@ -268,6 +281,11 @@ class SqliteStore:
                 "INSERT OR REPLACE INTO members(key, role, name, since_height) VALUES (?, ?, ?, ?)",
                 [(m.key, m.role, m.name, m.since_height) for m in delta.new_members],
             )
+            db.executemany(
+                "INSERT INTO models(tx_id, height, kind, run, round, node, weights_hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(m.tx_id, m.height, m.kind, m.run, m.round, m.node, m.weights_hash) for m in delta.models],
+            )
 
     def _insert_block(self, db: sqlite3.Connection, block: Block, commit: Commit) -> None:
         h: Header = block.header
@@ -357,6 +375,30 @@ class SqliteStore:
             for table in ("blocks", "txs", "readings", "devices")
         }
 
+    _MODEL_COLS = "m.kind, m.tx_id, m.height, m.run, m.round, m.node, m.weights_hash"
+
+    def _model_row(self, sql: str, args: Sequence[Any]) -> ModelRow | None:
+        row = self._one(f"SELECT {self._MODEL_COLS} FROM models m WHERE {sql}", args)
+        return None if row is None else _model(row)
+
+    def model_commit(self, run: bytes, round: int) -> ModelRow | None:
+        return self._model_row("kind = 'commit' AND run = ? AND round = ?", (run, round))
+
+    def model_update(self, run: bytes, round: int, node: bytes) -> ModelRow | None:
+        return self._model_row("kind = 'update' AND run = ? AND round = ? AND node = ?", (run, round, node))
+
+    def model_rows(self, run: bytes | None = None, kind: str | None = None) -> list[ModelRow]:
+        sql = f"SELECT {self._MODEL_COLS} FROM models m JOIN txs t ON t.id = m.tx_id WHERE 1=1"
+        args: list[Any] = []
+        if run is not None:
+            sql += " AND m.run = ?"
+            args.append(run)
+        if kind is not None:
+            sql += " AND m.kind = ?"
+            args.append(kind)
+        sql += " ORDER BY m.height, t.idx"
+        return [_model(r) for r in self._db.execute(sql, args)]
+
     def put_blob(self, data: bytes) -> bytes:
         h = hashlib.sha256(data).digest()
         with self._write() as db:
@@ -378,3 +420,7 @@ class SqliteStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _model(r: Sequence[Any]) -> ModelRow:
+    return ModelRow(r[0], bytes(r[1]), r[2], bytes(r[3]), r[4], bytes(r[5]), bytes(r[6]))

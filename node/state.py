@@ -9,15 +9,13 @@ Nothing here writes: the same code validates a proposal, a synced block and a wh
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from federated.aggregate import STRATEGIES, Update, aggregate
-from federated.weights import decode_weights, weights_hash
 from node.blocks import Block
 from node.errors import BlockReason, InvalidBlock, InvalidTransaction, Reason
+from node.runs import ModelRow, check_model_commit, check_model_update, check_train_request
 from node.transactions import (
     MemberVote,
     ModelCommit,
@@ -33,6 +31,7 @@ __all__ = [
     "ChainParams",
     "DeviceRecord",
     "MemberRecord",
+    "ModelRow",
     "OverlayView",
     "ReadingRow",
     "Reason",
@@ -103,6 +102,7 @@ class StateDelta:
     device_seqs: dict[bytes, int] = field(default_factory=dict)  # device -> new last_seq
     readings: list[ReadingRow] = field(default_factory=list)
     new_members: list[MemberRecord] = field(default_factory=list)
+    models: list[ModelRow] = field(default_factory=list)
 
 
 class StateView(Protocol):
@@ -116,6 +116,10 @@ class StateView(Protocol):
 
     def tx(self, tx_id: bytes) -> TxRecord | None: ...
 
+    def model_commit(self, run: bytes, round: int) -> ModelRow | None: ...
+
+    def model_update(self, run: bytes, round: int, node: bytes) -> ModelRow | None: ...
+
 
 class OverlayView:
     """A view plus the not yet committed effects of earlier txs in the same block."""
@@ -125,6 +129,7 @@ class OverlayView:
         self.delta = StateDelta(height)
         self._devices: dict[bytes, DeviceRecord] = {}
         self._tx_ids: set[bytes] = set()
+        self._models: dict[tuple[str, bytes, int, bytes], ModelRow] = {}
 
     def device(self, device: bytes) -> DeviceRecord | None:
         rec = self._devices.get(device)
@@ -141,13 +146,31 @@ class OverlayView:
             return next(t for t in self.delta.txs if t.id == tx_id)
         return self.base.tx(tx_id)
 
+    def model_commit(self, run: bytes, round: int) -> ModelRow | None:
+        for row in self.delta.models:
+            if row.kind == "commit" and row.run == run and row.round == round:
+                return row
+        return self.base.model_commit(run, round)
+
+    def model_update(self, run: bytes, round: int, node: bytes) -> ModelRow | None:
+        row = self._models.get(("update", run, round, node))
+        return row if row is not None else self.base.model_update(run, round, node)
+
     def apply(self, tx: Transaction) -> None:
         """Record the effects of a tx already accepted by check_tx."""
         d = self.delta
         d.txs.append(TxRecord(tx.id, d.height, len(d.txs), tx.kind, tx.signer, tx.raw, tx.encoded))
         self._tx_ids.add(tx.id)
         body = tx.body
-        if isinstance(body, RegisterDevice):
+        if isinstance(body, ModelUpdate):
+            row = ModelRow("update", tx.id, d.height, body.run, body.round, body.node, body.weights_hash)
+            d.models.append(row)
+            self._models[("update", body.run, body.round, body.node)] = row
+        elif isinstance(body, ModelCommit):
+            d.models.append(
+                ModelRow("commit", tx.id, d.height, body.run, body.round, tx.signer, body.weights_hash)
+            )
+        elif isinstance(body, RegisterDevice):
             rec = DeviceRecord(body.device, body.owner, body.name, None, d.height)
             d.new_devices.append(rec)
             self._devices[body.device] = rec
@@ -217,15 +240,15 @@ def check_tx(
         m = view.member(tx.signer)
         if m is None or m.role != "authority":
             return Reason.UNAUTHORIZED
+        if isinstance(body, TrainRequest):
+            return check_train_request(body)
     elif isinstance(body, ModelUpdate):
-        if view.member(tx.signer) is None:
-            return Reason.UNAUTHORIZED
-        return check_model_update(body)
+        return check_model_update(view, body)
     elif isinstance(body, ModelCommit):
         m = view.member(tx.signer)
         if m is None or m.role != "authority":
             return Reason.UNAUTHORIZED  # the coordinator is an authority (DESIGN.md section 5)
-        return check_model_commit(view, body)
+        return check_model_commit(view, body, tx.signer)
     # join_request: anyone may ask; admission is decided by member_vote (not yet implemented).
     return None
 
@@ -242,39 +265,3 @@ def apply_block(view: StateView, block: Block, params: ChainParams) -> StateDelt
             raise InvalidBlock(BlockReason.INVALID_TX, block.height, f"tx {i} ({tx.kind}): {reason.value}")
         overlay.apply(tx)
     return overlay.delta
-
-
-def check_model_update(body: ModelUpdate) -> Reason | None:
-    """The weights are the ones hashed, decode as a model, and come from at least one example."""
-    if hashlib.sha256(body.weights).digest() != body.weights_hash or body.num_examples < 1:
-        return Reason.BAD_WEIGHTS
-    try:
-        decode_weights(body.weights)
-    except ValueError:
-        return Reason.BAD_WEIGHTS
-    return None
-
-
-def check_model_commit(view: StateView, body: ModelCommit) -> Reason | None:
-    """Every replica re-computes the aggregation from the updates on its own ledger; a commit is
-    valid only if that gives exactly the committed weights (bytes of the canonical encoding)."""
-    ids = body.update_ids
-    if body.strategy not in STRATEGIES or not ids or len(set(ids)) != len(ids):
-        return Reason.MALFORMED
-    updates: list[Update] = []
-    for uid in body.update_ids:
-        rec = view.tx(uid)
-        if rec is None or rec.kind != ModelUpdate.KIND:
-            return Reason.UNKNOWN_UPDATE
-        upd = parse_tx(rec.raw).body
-        assert isinstance(upd, ModelUpdate)
-        if upd.task != body.task or upd.round != body.round:
-            return Reason.UNKNOWN_UPDATE
-        updates.append(Update(uid, decode_weights(upd.weights), upd.num_examples))
-    try:
-        weights = aggregate(body.strategy, updates)
-    except ValueError:
-        return Reason.AGGREGATE_MISMATCH
-    if weights_hash(weights) != body.weights_hash:
-        return Reason.AGGREGATE_MISMATCH
-    return None

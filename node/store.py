@@ -19,7 +19,7 @@ from typing import Protocol
 
 from node.blocks import Block, Commit
 from node.errors import StorageError
-from node.state import DeviceRecord, MemberRecord, ReadingRow, StateDelta, TxRecord
+from node.state import DeviceRecord, MemberRecord, ModelRow, ReadingRow, StateDelta, TxRecord
 
 
 class Store(Protocol):
@@ -71,6 +71,14 @@ class Store(Protocol):
         """Sizes for status displays: blocks, txs, readings, devices."""
         ...
 
+    def model_commit(self, run: bytes, round: int) -> ModelRow | None: ...
+
+    def model_update(self, run: bytes, round: int, node: bytes) -> ModelRow | None: ...
+
+    def model_rows(self, run: bytes | None = None, kind: str | None = None) -> list[ModelRow]:
+        """Model update and commit index rows in ledger order, optionally of one run and/or kind."""
+        ...
+
     def put_blob(self, data: bytes) -> bytes: ...
 
     def get_blob(self, blob_hash: bytes) -> bytes | None: ...
@@ -107,6 +115,8 @@ class MemoryStore:
         self._devices: dict[bytes, DeviceRecord] = {}
         self._members: dict[bytes, MemberRecord] = {}
         self._readings: list[ReadingRow] = []
+        self._models: list[ModelRow] = []
+        self._model_index: dict[tuple[str, bytes, int, bytes | None], ModelRow] = {}
         self._blobs: dict[bytes, bytes] = {}
         self._consensus: bytes | None = None
 
@@ -160,6 +170,9 @@ class MemoryStore:
         for t in delta.txs:
             if t.id in self._txs:
                 raise StorageError(f"tx {t.id.hex()} already stored")
+        for m in delta.models:
+            if _model_key(m) in self._model_index:
+                raise StorageError(f"model {m.kind} for round {m.round} already stored")
         self._blocks.append(block)
         self._commits.append(commit)
         self._by_hash[block.hash] = block.height
@@ -170,6 +183,8 @@ class MemoryStore:
             self._devices[dev] = DeviceRecord(r.device, r.owner, r.name, seq, r.registered_height)
         self._readings.extend(delta.readings)
         self._members.update((m.key, m) for m in delta.new_members)
+        self._models.extend(delta.models)
+        self._model_index.update((_model_key(m), m) for m in delta.models)
 
     def device(self, device: bytes) -> DeviceRecord | None:
         return self._devices.get(device)
@@ -201,6 +216,15 @@ class MemoryStore:
             "devices": len(self._devices),
         }
 
+    def model_commit(self, run: bytes, round: int) -> ModelRow | None:
+        return self._model_index.get(("commit", run, round, None))
+
+    def model_update(self, run: bytes, round: int, node: bytes) -> ModelRow | None:
+        return self._model_index.get(("update", run, round, node))
+
+    def model_rows(self, run: bytes | None = None, kind: str | None = None) -> list[ModelRow]:
+        return [m for m in self._models if (run is None or m.run == run) and (kind is None or m.kind == kind)]
+
     def put_blob(self, data: bytes) -> bytes:
         h = hashlib.sha256(data).digest()
         self._blobs[h] = bytes(data)
@@ -217,3 +241,8 @@ class MemoryStore:
 
     def close(self) -> None:
         pass
+
+
+def _model_key(m: ModelRow) -> tuple[str, bytes, int, bytes | None]:
+    # One commit per (run, round) whoever signs it; one update per (run, round, node).
+    return (m.kind, m.run, m.round, m.node if m.kind == "update" else None)

@@ -238,6 +238,7 @@ class ModelUpdate(Body):
     SIGNER_FIELD: ClassVar[str] = "node"
     FIELDS: ClassVar[dict[str, Checker]] = {
         "node": _key,
+        "run": _hash,
         "task": _str(MAX_NAME),
         "round": _int(0),
         "base_model_hash": _hash,
@@ -248,6 +249,7 @@ class ModelUpdate(Body):
         "readings_root": _hash,
     }
     node: bytes
+    run: bytes  # the train_request's tx id
     task: str
     round: int
     base_model_hash: bytes
@@ -264,6 +266,7 @@ class ModelCommit(Body):
     SIGNER_FIELD: ClassVar[str] = "coordinator"
     FIELDS: ClassVar[dict[str, Checker]] = {
         "coordinator": _key,
+        "run": _hash,
         "task": _str(MAX_NAME),
         "round": _int(0),
         "strategy": _str(MAX_NAME),
@@ -272,6 +275,7 @@ class ModelCommit(Body):
         "metrics": _scalar_map((int, float)),
     }
     coordinator: bytes
+    run: bytes
     task: str
     round: int
     strategy: str
@@ -445,6 +449,7 @@ def make_train_request(
 def make_model_update(
     node: NodeKey,
     chain_id: str,
+    run: bytes,
     task: str,
     round: int,
     base_model_hash: bytes,
@@ -456,6 +461,7 @@ def make_model_update(
     """`weights` is federated.weights.encode_weights(...); its sha256 is recorded as weights_hash."""
     body = {
         "node": node.public,
+        "run": run,
         "task": task,
         "round": round,
         "base_model_hash": base_model_hash,
@@ -471,6 +477,7 @@ def make_model_update(
 def make_model_commit(
     coordinator: NodeKey,
     chain_id: str,
+    run: bytes,
     task: str,
     round: int,
     strategy: str,
@@ -480,6 +487,7 @@ def make_model_commit(
 ) -> dict[str, Any]:
     body = {
         "coordinator": coordinator.public,
+        "run": run,
         "task": task,
         "round": round,
         "strategy": strategy,

@@ -3,7 +3,7 @@
 Every block is replayed through a fresh Ledger on a MemoryStore: hash links, proposer, Merkle
 roots, every tx signature and validity rule, every last_commit and every stored commit
 certificate. Then the derived rows of the replica (readings per height, tx index columns,
-devices, members) are compared with what the replay derived, so editing `readings` with sqlite3
+devices, members, model index) are compared with what the replay derived, so editing `readings` with sqlite3
 is caught as surely as editing raw tx bytes (which breaks the tx root).
 """
 
@@ -106,5 +106,9 @@ def _compare_final_state(store: Store, replay: MemoryStore) -> None:
         raise _tampered(first, f"devices rows differ from the replay ({len(bad)} devices)")
     if store.members() != replay.members():
         raise _tampered(0, "members rows differ from genesis and ledger")
+    mine_models, want_models = store.model_rows(), replay.model_rows()
+    if mine_models != want_models:
+        diff = [m for m in (*mine_models, *want_models) if (m in mine_models) != (m in want_models)]
+        raise _tampered(min(m.height for m in diff), "models rows differ from the model txs in the blocks")
     if len(store.readings()) != len(replay.readings()):
         raise _tampered(store.height(), "readings table holds rows no block produced")

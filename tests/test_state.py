@@ -64,7 +64,9 @@ def test_valid_reading(view):
         (lambda: make_train_request(PART, CHAIN_ID, "humidity", 1), Reason.UNAUTHORIZED),
         (lambda: make_member_vote(PART, CHAIN_ID, STRANGER.public, "observer", "add"), Reason.UNAUTHORIZED),
         (
-            lambda: make_model_update(STRANGER, CHAIN_ID, "t", 0, bytes(32), bytes(32), 1, {}, bytes(32)),
+            lambda: make_model_update(
+                STRANGER, CHAIN_ID, bytes(32), "t", 0, bytes(32), bytes(32), 1, {}, bytes(32)
+            ),
             Reason.UNAUTHORIZED,
         ),
     ],

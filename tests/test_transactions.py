@@ -31,8 +31,8 @@ def all_kinds():
         make_join_request(OWNER, CHAIN_ID, "participant", "n", "ws://h:1"),
         make_member_vote(OWNER, CHAIN_ID, DEV.public, "observer", "add"),
         make_train_request(OWNER, CHAIN_ID, "humidity", 3, params={"lr": 0.01}),
-        make_model_update(OWNER, CHAIN_ID, "humidity", 0, H, H, 10, {"loss": 0.5}, H),
-        make_model_commit(OWNER, CHAIN_ID, "humidity", 0, "fedavg", [H], H, {"loss": 0.4}),
+        make_model_update(OWNER, CHAIN_ID, H, "humidity", 0, H, H, 10, {"loss": 0.5}, H),
+        make_model_commit(OWNER, CHAIN_ID, H, "humidity", 0, "fedavg", [H], H, {"loss": 0.4}),
     ]
 
 
