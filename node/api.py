@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from node import wire
 from node.blocks import Block, Commit
 from node.keys import short_id
+from node.models import runs
 from node.transactions import tx_id
 
 if TYPE_CHECKING:
@@ -107,6 +108,7 @@ class NodeApi:
             "url": n.url,
             "uptime_s": round(time.time() - n.started_at, 1),
             "network": n.net.stats(),
+            "training": {"runs": [r.to_json() for r in runs(store)], "local": n.training.status()},
         }
 
     def handle_http(self, path: str, query: dict[str, str]) -> tuple[int, Any] | None:

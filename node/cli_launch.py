@@ -6,6 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from federated.aggregate import STRATEGIES
+from node.runs import TASKS
+
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
@@ -25,6 +28,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--devices", type=int, default=8, help="number of devices to use (default 8)")
     p.add_argument("--rate", type=float, default=200.0, help="readings per second, 0 = max (default 200)")
     p.add_argument("--json", action="store_true", help="print only a JSON summary at the end")
+    t = p.add_argument_group("federated training (needs the `federated` extra; on by default)")
+    t.add_argument("--task", default="humidity", choices=TASKS, help="learning task (default humidity)")
+    t.add_argument("--rounds", type=int, default=3, help="federated rounds (default 3)")
+    t.add_argument("--strategy", default="fedavg", choices=STRATEGIES, help="aggregation (default fedavg)")
+    t.add_argument("--no-train", action="store_true", help="only replicate readings, no training")
+    t.add_argument("--train-after", type=float, default=10.0, metavar="SECONDS",
+                   help="stream readings this long before the train request (default 10)")
     p.set_defaults(func=run)
 
 
@@ -35,7 +45,13 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("fedledger launch: --duration must be positive")
     if args.devices < 1:
         raise SystemExit("fedledger launch: --devices must be at least 1")
+    if args.rounds < 1 and not args.no_train:
+        raise SystemExit("fedledger launch: --rounds must be at least 1 (or use --no-train)")
+    if args.train_after < 0:
+        raise SystemExit("fedledger launch: --train-after must be >= 0")
     return run_launch(LaunchOptions(
         nodes=args.nodes, dir=args.dir, duration=args.duration, keep_running=args.keep_running,
         csv=args.csv, simulated=args.simulated, devices=args.devices, rate=args.rate, json=args.json,
+        task=args.task, rounds=0 if args.no_train else args.rounds, strategy=args.strategy,
+        train_after=args.train_after,
     ))

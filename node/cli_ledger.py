@@ -31,6 +31,7 @@ from node.datadir import DB_FILE, GENESIS_FILE, PID_FILE, NodeConfig
 from node.errors import ConfigError, RemoteError, StorageError
 from node.genesis import Genesis
 from node.keys import short_id
+from node.models import runs
 from node.sqlite_store import SqliteStore
 from node.verify import verify_chain
 
@@ -161,6 +162,7 @@ def offline_status(node: LocalNode) -> dict[str, Any]:
         "rejected": {},
         "url": cfg.url,
         "running": False,
+        "training": {"runs": [r.to_json() for r in runs(store)], "local": None},
     }
 
 
@@ -386,7 +388,30 @@ def status_lines(st: dict[str, Any]) -> list[str]:
         ["rejected", sum(v for v in rejected.values() if isinstance(v, int)),
          " ".join(f"{k}={v}" for k, v in sorted(rejected.items()))],
         ["url", g("url"), ""],
+        *training_rows(st.get("training")),
     ])
+
+
+def training_rows(training: Any) -> list[list[Any]]:
+    """One row per run: its progress on the ledger and, on a live node, this node's part in it."""
+    if not isinstance(training, dict) or not isinstance(training.get("runs"), list):
+        return []
+    local = training.get("local") if isinstance(training.get("local"), dict) else {}
+    states = {r.get("run"): r for r in local.get("runs", []) if isinstance(r, dict)}
+    rows: list[list[Any]] = []
+    for r in training["runs"][-5:]:
+        if not isinstance(r, dict):
+            continue
+        mine = states.get(r.get("run"), {})
+        state = mine.get("state", "")
+        if mine.get("error"):
+            state += f": {str(mine['error'])[:80]}"
+        rows.append([
+            "training",
+            f"{str(r.get('run', ''))[:12]} {r.get('task')}/{r.get('strategy')}",
+            f"round {r.get('committed_rounds')}/{r.get('rounds')}" + (f" ({state})" if state else ""),
+        ])
+    return rows
 
 
 def cmd_status(args: argparse.Namespace) -> int:

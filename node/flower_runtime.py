@@ -196,6 +196,7 @@ class ManagedProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at: float | None = None
         self._tree: dict[int, str] = {}  # descendants seen so far (pid -> start time)
+        self.extra_env: dict[str, str] = {}  # added to the child's environment (and its children's)
 
     # subclasses
     def command(self) -> list[str]:
@@ -228,7 +229,7 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.workdir,
-                env=flower_env(self.flwr_home, self.bin_dir),
+                env=flower_env(self.flwr_home, self.bin_dir, self.extra_env),
                 start_new_session=True,  # own process group: stop() can reap Flower's grandchildren
             )
         self.started_at = time.monotonic()

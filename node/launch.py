@@ -16,11 +16,13 @@ from typing import Any
 from node.errors import ConfigError
 from node.federation import create_federation
 from node.feeder import Feeder, FeedStats, Target
+from node.launch_training import TrainingWatch, print_training
 from node.processes import NodeProcess, get_json, wait_until
 from node.sensors import BUNDLED_CSV, CsvStats, csv_devices, csv_readings, simulated_readings
 
 READY_TIMEOUT_S = 60
 DRAIN_TIMEOUT_S = 30
+TRAIN_TIMEOUT_S = 1800
 
 
 @dataclass
@@ -34,6 +36,11 @@ class LaunchOptions:
     devices: int = 8
     rate: float = 200.0
     json: bool = False
+    task: str = "humidity"
+    rounds: int = 3  # 0 = no training
+    strategy: str = "fedavg"
+    train_after: float = 10.0  # seconds of streaming before the train request
+    train_timeout: float = TRAIN_TIMEOUT_S
 
 
 class Display:
@@ -166,14 +173,34 @@ async def _run(
     started = time.monotonic()
     first = (procs[0].status() or {}).get("readings", 0)
     feed_task = asyncio.create_task(feeder.stream(source, opts.rate, stop))
-    while not feed_task.done():
+    train = TrainingWatch(opts, procs) if opts.rounds > 0 else None
+    while not (feed_task.done() and (train is None or train.finished or interrupted)):
         st = await asyncio.to_thread(statuses, procs)
-        out.progress(progress_line(st, feeder.stats, started, first))
-        if opts.duration is not None and time.monotonic() - started >= opts.duration:
+        elapsed = time.monotonic() - started
+        line = progress_line(st, feeder.stats, started, first)
+        if train is not None and not interrupted:
+            if train.run is None and elapsed >= opts.train_after and not train.finished:
+                out.say(f"Starting {opts.rounds} rounds of {opts.task} ({opts.strategy}) from node1; "
+                        "every node trains on its own validated readings")
+                await asyncio.to_thread(train.start)
+                if train.error:
+                    out.say(f"training could not start: {train.error}")
+            train.observe(st)
+            for msg in train.news():
+                out.say(msg)
+            line += train.progress()
+            if train.finished and opts.duration is None:
+                stop.set()  # the default run ends when training does
+        out.progress(line)
+        if opts.duration is not None and elapsed >= opts.duration:
             stop.set()
+        if train is not None and train.run is not None and elapsed > opts.train_after + opts.train_timeout:
+            train.fail(f"not complete after {opts.train_timeout:.0f} s")
         if any(not p.alive for p in procs):
             out.say("a node process exited; stopping the feed")
             stop.set()
+            if train is not None and not train.finished:
+                train.fail("a node process exited")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(feed_task), 0.5)
     stats = feed_task.result()
@@ -188,12 +215,15 @@ async def _run(
         await asyncio.to_thread(wait_until, drained, DRAIN_TIMEOUT_S, 0.3)
     await asyncio.sleep(1.0)  # the last block reaches every replica
     summary = await asyncio.to_thread(summarize, procs, stats, csv_stats, time.monotonic() - started)
+    if train is not None:
+        summary["training"] = await asyncio.to_thread(train.summary)
     loop.remove_signal_handler(signal.SIGINT)
     if opts.json:
         print(json.dumps(summary, indent=2))
     else:
         print_summary(summary, root, procs, opts.keep_running, out)
-    return 0 if summary["agree"] and summary["nodes_alive"] == n else 1
+    trained = train is None or summary["training"]["complete_on_every_replica"]
+    return 0 if summary["agree"] and summary["nodes_alive"] == n and trained else 1
 
 
 def summarize(
@@ -244,6 +274,9 @@ def print_summary(s: dict[str, Any], root: Path, procs: list[NodeProcess], keep:
                 f"head {head}  readings {node['readings']}")
     verdict = "all replicas agree" if s["agree"] else "REPLICAS DISAGREE"
     out.say(f"  {verdict} at common height {s['common_height']}")
+    t = s.get("training")
+    if t:
+        print_training(t, root, out)
     out.say("")
     out.say("Look next:")
     out.say(f"  fedledger ledger status {root}/node1")

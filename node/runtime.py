@@ -49,6 +49,7 @@ from node.ledger import Ledger
 from node.mempool import Mempool
 from node.signer import KeySigner
 from node.sqlite_store import SqliteStore
+from node.training import SYNC_SLACK, Training
 from node.transactions import parse_tx
 from node.transport import PeerInfo, PeerNetwork
 
@@ -110,6 +111,8 @@ class Node:
         self._progress_at = time.monotonic()
         self._outbox: list[bytes] = []  # encoded client txs waiting to be gossiped
         self.core = self._make_core()
+        self.training = Training(self.dir, self.key.public, self.store, lambda: self.url, self.host,
+                                 lambda: self.role, passphrase)
         self.api = NodeApi(self)
         self.net = PeerNetwork(
             self.key,
@@ -220,6 +223,7 @@ class Node:
                 self.latencies_ms.append((now - t0) * 1000)
                 self.latency_count += 1
         log.info("committed height %d (%d txs, round %d)", block.height, len(ids), commit.round)
+        self.training.on_block(block)
         return True
 
     # --- peers --------------------------------------------------------------------------------
@@ -379,6 +383,8 @@ class Node:
     async def _status_loop(self) -> None:
         while not self._stop.is_set():
             self._send_status()
+            best_peer = max(self.peer_heights.values(), default=0)
+            self.training.tick(caught_up=self.store.height() >= best_peer - SYNC_SLACK)
             mark = (self.core.height, self.core.round, int(self.core.step_))
             now = time.monotonic()
             if mark != self._progress_mark:
@@ -409,6 +415,7 @@ class Node:
             for task in loops:
                 task.cancel()
             await self.net.stop()
+            await asyncio.to_thread(self.training.close)
             height = self.store.height()
             self.store.close()
             log.info("node %s stopped at height %d", self.key.short_id, height)

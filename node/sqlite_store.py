@@ -375,6 +375,15 @@ class SqliteStore:
             for table in ("blocks", "txs", "readings", "devices")
         }
 
+    def txs_of_kind(self, kind: str) -> list[TxRecord]:
+        rows = self._db.execute(
+            "SELECT id, height, idx, kind, signer, raw FROM txs WHERE kind = ? ORDER BY height, idx", (kind,)
+        )
+        try:
+            return [TxRecord(bytes(r[0]), r[1], r[2], r[3], bytes(r[4]), decode(r[5])) for r in rows]
+        except CodecError as exc:
+            raise StorageError(f"a stored {kind} tx in {self.path} is corrupt: {exc}") from exc
+
     _MODEL_COLS = "m.kind, m.tx_id, m.height, m.run, m.round, m.node, m.weights_hash"
 
     def _model_row(self, sql: str, args: Sequence[Any]) -> ModelRow | None:

@@ -71,6 +71,10 @@ class Store(Protocol):
         """Sizes for status displays: blocks, txs, readings, devices."""
         ...
 
+    def txs_of_kind(self, kind: str) -> list[TxRecord]:
+        """Committed txs of one kind in ledger order (for the rare kinds: requests, votes)."""
+        ...
+
     def model_commit(self, run: bytes, round: int) -> ModelRow | None: ...
 
     def model_update(self, run: bytes, round: int, node: bytes) -> ModelRow | None: ...
@@ -215,6 +219,9 @@ class MemoryStore:
             "readings": len(self._readings),
             "devices": len(self._devices),
         }
+
+    def txs_of_kind(self, kind: str) -> list[TxRecord]:
+        return sorted((t for t in self._txs.values() if t.kind == kind), key=lambda t: (t.height, t.index))
 
     def model_commit(self, run: bytes, round: int) -> ModelRow | None:
         return self._model_index.get(("commit", run, round, None))

@@ -3,15 +3,12 @@
 It never imports TensorFlow: it loads the node's rows through ``fl_hooks.load_rows``, hands the
 global weights and the rows to the node's long-lived trainer (``node_config["trainer"]``, a
 TrainerClient address) and replies with the new weights, the metrics, and the ``fl_hooks.sign_update``
-result. Node config keys: ``data-dir`` (the node's directory), ``trainer``, and whatever load_rows
-needs (stub: rows-file, or rows-csv + devices/every/limit-per-device).
+result. Node config keys: ``data-dir`` (the node's directory), ``node-url``, ``trainer``, and in
+file mode what load_rows needs (rows-file, or rows-csv + devices/every/limit-per-device).
 """
 
 from __future__ import annotations
 
-import hashlib
-
-import msgpack
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -45,21 +42,17 @@ def _classes(config: ConfigRecord) -> list[str] | None:
     return [str(c) for c in value] if value else None
 
 
-def rows_digest(rows: list) -> str:
-    """sha256 over the canonical msgpack of the rows: a stand-in for the reading-ids Merkle root."""
-    return hashlib.sha256(msgpack.packb([list(r) for r in rows], use_bin_type=True)).hexdigest()
-
-
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     config = msg.content[CONFIG]
     task = str(config["task"])
     weights = msg.content[ARRAYS].to_numpy_ndarrays()
-    rows = fl_hooks.load_rows(context.node_config)
+    loaded = fl_hooks.load_rows(context.node_config)
     with _trainer(context) as trainer:
-        result = trainer.train(task, weights, rows, train_config_from(config), _classes(config))
+        result = trainer.train(task, weights, loaded.rows, train_config_from(config), _classes(config))
     metrics = finite_metrics(result.metrics)
     update = {
+        "run": str(config.get("run", "")),
         "task": task,
         "round": int(config.get("server-round", 0)),
         "base-hash": str(config.get("base-hash", "")),
@@ -67,7 +60,7 @@ def train(msg: Message, context: Context) -> Message:
         "weights-hash": weights_hex(result.weights),
         "num-examples": result.num_examples,
         "metrics": metrics,
-        "rows-digest": rows_digest(rows),
+        "rows-digest": loaded.root.hex(),
     }
     signed = fl_hooks.sign_update(context.node_config, update)
     content = RecordDict(
@@ -84,7 +77,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     config = msg.content[CONFIG]
     weights = msg.content[ARRAYS].to_numpy_ndarrays()
-    rows = fl_hooks.load_rows(context.node_config)
+    rows = fl_hooks.load_rows(context.node_config).rows
     with _trainer(context) as trainer:
         metrics = trainer.evaluate(str(config["task"]), weights, rows, _classes(config))
     metrics = {k: v for k, v in finite_metrics(metrics).items() if k != "num_examples"}

@@ -1,25 +1,32 @@
-"""The hook points where the ledger plugs into the Flower App. Stubs for now; see docs/flower.md.
+"""The hook points where the ledger plugs into the Flower App; see docs/flower.md.
 
 Each hook runs inside a Flower app process (a fresh ``flwr-clientapp`` per message on a node, the
-``flwr-serverapp`` on the coordinator), never inside the node process: to reach the node, use IPC
-(the node's API) or files. The stubs below only touch files so the App runs without a ledger.
+``flwr-serverapp`` on the coordinator), never inside the node process. Two modes:
 
-* ``load_rows(node_config) -> rows`` (ClientApp): the node's validated, committed readings
-  ``(device, seq, timestamp_ms, temperature_c, humidity_pct)``.
-* ``sign_update(node_config, update) -> dict`` (ClientApp): turn the new update into what travels to
-  the strategy in the reply's ``update`` ConfigRecord (later: a signed ``model_update`` submitted to
-  the node). Values must be ConfigRecord-compatible (str, int, float, bool, bytes or lists of one
-  of them). Must contain ``weights-hash`` (hex).
+* ledger mode, for runs a node starts from a committed ``train_request`` (the run config's ``run``
+  holds its id): the hooks call ``fl_ledger``, which reads the node's replica and submits signed
+  transactions to the node;
+* file mode, for experiments without a ledger (the deployment test, plain Flower use): rows from
+  files named in the node config, commits appended to a JSON-lines ``commit-log``.
+
+* ``load_rows(node_config) -> LoadedRows`` (ClientApp): the node's validated, committed readings
+  ``(device, seq, timestamp_ms, temperature_c, humidity_pct)`` and the root over their ids.
+* ``sign_update(node_config, update) -> dict`` (ClientApp): what travels to the strategy in the
+  reply's ``update`` ConfigRecord (ConfigRecord-compatible values; must contain ``weights-hash``).
+* ``check_update(run_config, round, signed, weights_hash) -> str | None`` (ServerApp): why an
+  update must not be aggregated.
+* ``publish_initial(run_config, task, weights) -> str`` (ServerApp): record round 0's model.
 * ``commit_round(run_config, server_round, strategy, updates, aggregate, metrics) -> dict``
   (ServerApp): record the round's aggregate and block until it is final; the next round starts only
   after it returns. Raise to fail the run.
 
-The hook functions are looked up at call time (``fl_hooks.load_rows``), so a test or the node
-wiring can also replace them by monkeypatching this module.
+The hook functions are looked up at call time (``fl_hooks.load_rows``), so a test can replace them
+by monkeypatching this module.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -34,10 +41,20 @@ from federated.weights import encode_weights, weights_hash
 
 
 @dataclass(frozen=True)
+class LoadedRows:
+    rows: list[list[Any]]
+    root: bytes  # ledger: Merkle root of the readings' tx ids; file mode: sha256 of the rows
+
+
+def ledger_mode(config: Mapping[str, Any]) -> bool:
+    return bool(config.get("run"))
+
+
+@dataclass(frozen=True)
 class AcceptedUpdate:
     """One train reply that passed the strategy's checks (what commit_round receives)."""
 
-    update_id: bytes  # today the weights hash; later the model_update transaction id
+    update_id: bytes  # the model_update tx id (ledger mode) or the weights hash (file mode)
     weights: list[np.ndarray]
     num_examples: int
     metrics: dict[str, float]
@@ -49,9 +66,22 @@ class AcceptedUpdate:
 # --- ClientApp side ---------------------------------------------------------------------------
 
 
-def load_rows(node_config: Mapping[str, Any]) -> list[list[Any]]:
-    """STUB: rows from a file named in node_config (the lead replaces this with a read of the
-    node's SQLite replica under ``node_config["data-dir"]``).
+def load_rows(node_config: Mapping[str, Any]) -> LoadedRows:
+    """The node's rows. File mode when the node config names a rows file, else the node's replica."""
+    if node_config.get("rows-file") or node_config.get("rows-csv"):
+        rows = load_file_rows(node_config)
+        digest = hashlib.sha256(msgpack.packb(rows, use_bin_type=True)).digest()
+        return LoadedRows(rows, digest)
+    if not node_config.get("data-dir"):
+        raise ValueError("node config names neither a node directory (data-dir) nor rows-file/rows-csv")
+    from federated.flower import fl_ledger
+
+    found = fl_ledger.load_rows(node_config)
+    return LoadedRows(found.rows, found.root)
+
+
+def load_file_rows(node_config: Mapping[str, Any]) -> list[list[Any]]:
+    """Rows from a file named in node_config:
 
     * ``rows-file``: a msgpack file holding a list of 5-element rows, or
     * ``rows-csv``: a bundled-format CSV(.gz), narrowed by ``devices`` (comma-separated),
@@ -74,18 +104,22 @@ def load_rows(node_config: Mapping[str, Any]) -> list[list[Any]]:
             limit_per_device=limit,
         )
         return [list(r) for r in rows]
-    raise ValueError(
-        "node config names no rows: set rows-file or rows-csv (until the replica reader is wired)"
-    )
+    raise ValueError("node config names no rows: set rows-file or rows-csv")
 
 
 def sign_update(node_config: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """STUB: no signature yet, just the identity of the update and of the node.
+    """``update`` has: run (hex, "" in file mode), task, round, base-hash (hex of the global weights
+    trained from), weights (list of arrays), weights-hash (hex), num-examples, metrics (dict),
+    rows-digest (hex: the Merkle root of the reading ids in ledger mode).
 
-    ``update`` has: task, round, base-hash (hex of the global weights trained from), weights
-    (list of arrays), weights-hash (hex), num-examples, metrics (dict), rows-digest (hex sha256 of
-    the rows used, a stand-in for the Merkle root of the reading ids).
+    Ledger mode: a signed model_update, final on the ledger before this returns. File mode: just
+    the identity of the update and of the node.
     """
+    if ledger_mode(update):
+        from federated.flower import fl_ledger
+
+        blob = encode_weights(update["weights"])
+        return fl_ledger.sign_update(node_config, update, bytes.fromhex(str(update["rows-digest"])), blob)
     return {
         "weights-hash": str(update["weights-hash"]),
         "node-dir": str(node_config.get("data-dir", "")),
@@ -96,6 +130,27 @@ def sign_update(node_config: Mapping[str, Any], update: Mapping[str, Any]) -> di
 # --- ServerApp side ---------------------------------------------------------------------------
 
 
+def check_update(
+    run_config: Mapping[str, Any], server_round: int, signed: Mapping[str, Any], weights_hash_: bytes
+) -> str | None:
+    """Why an accepted-looking reply must still be dropped (ledger mode: its model_update is not
+    final on the coordinator's replica for this run and round, or carries other weights)."""
+    if not ledger_mode(run_config):
+        return None
+    from federated.flower import fl_ledger
+
+    return fl_ledger.check_update(run_config, server_round, signed, weights_hash_)
+
+
+def publish_initial(run_config: Mapping[str, Any], task: str, weights: Sequence[np.ndarray]) -> str:
+    """Round 0's model (hex weights hash). Ledger mode: published and committed on the ledger."""
+    if not ledger_mode(run_config):
+        return weights_hash(weights).hex()
+    from federated.flower import fl_ledger
+
+    return fl_ledger.publish_initial(run_config, task, encode_weights(weights))
+
+
 def commit_round(
     run_config: Mapping[str, Any],
     server_round: int,
@@ -104,12 +159,20 @@ def commit_round(
     aggregate: Sequence[np.ndarray],
     metrics: Mapping[str, float],
 ) -> dict[str, Any]:
-    """STUB: append one JSON line per round to run config ``commit-log`` and store the update and
+    """Ledger mode: submit the round's ``model_commit`` and wait until it is final (or raise).
+
+    File mode: append one JSON line per round to run config ``commit-log`` and store the update and
     aggregate blobs (FLW1 encoding) content-addressed in ``<commit-log>.blobs/<hash>.flw``, so a
     verifier can recompute the aggregate. Returns the committed record. No-op when commit-log is "".
-
-    The ledger version submits a ``model_commit`` and waits until it is final (or raises).
     """
+    if ledger_mode(run_config):
+        from federated.flower import fl_ledger
+
+        ordered = sorted(updates, key=lambda u: u.update_id)
+        return fl_ledger.commit_round(
+            run_config, server_round, strategy, str(run_config.get("task", "")),
+            [u.update_id for u in ordered], weights_hash(aggregate), metrics,
+        )
     agg_blob = encode_weights(aggregate)
     record: dict[str, Any] = {
         "round": int(server_round),

@@ -69,6 +69,8 @@ class RunSettings:
     beta: float = 0.2
     krum_f: int = 0
     commit_log: str = ""
+    run: str = ""  # the train_request id (hex): ledger mode
+    data_dir: str = ""  # the coordinator's node directory (ledger mode)
     train_config: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
@@ -90,6 +92,8 @@ class RunSettings:
             beta=_get(rc, "beta", float, d.beta),
             krum_f=_get(rc, "krum-f", int, d.krum_f),
             commit_log=_get(rc, "commit-log", str, d.commit_log),
+            run=_get(rc, "run", str, d.run),
+            data_dir=_get(rc, "data-dir", str, d.data_dir),
             train_config=tuple((field, rc[key]) for key, field in TRAIN_KEYS.items() if key in rc),
         )
         if s.task not in TASKS:
@@ -100,6 +104,8 @@ class RunSettings:
             raise ValueError("num-rounds and min-nodes must be >= 1")
         if s.round_timeout <= 0 or s.node_wait_timeout <= 0:
             raise ValueError("round-timeout and node-wait-timeout must be > 0")
+        if s.run and not s.data_dir:
+            raise ValueError("a ledger run (run config 'run') needs the coordinator's 'data-dir'")
         if s.task == "traceability" and len(s.classes) < 2:
             raise ValueError("traceability needs run config classes='dev1,dev2,...' (at least 2)")
         return s
@@ -121,6 +127,8 @@ class RunSettings:
         """The ConfigRecord content sent with every train/evaluate instruction (Flower adds
         ``server-round``; the strategy adds ``base-hash``)."""
         out: dict[str, Any] = {"task": self.task, **dict(self.train_config)}
+        if self.run:
+            out["run"] = self.run
         if self.classes:
             out["classes"] = list(self.classes)
         return out

@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from federated.flower import fl_hooks
 from federated.flower.fl_records import RunSettings
 from federated.flower.fl_strategy import make_strategy
 from federated.trainer import TrainerClient
@@ -38,6 +39,7 @@ def initial_weights(settings: RunSettings) -> list:
 def main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_run_config(context.run_config)
     weights = initial_weights(settings)
+    fl_hooks.publish_initial(context.run_config, settings.task, weights)
     log(
         INFO,
         "fedledger run: task=%s strategy=%s rounds=%d initial=%s",

@@ -92,6 +92,7 @@ class LedgerStrategyMixin:
         self.node_wait_timeout = node_wait_timeout
         self.current_arrays: ArrayRecord | None = None
         self.current_hash = ""
+        self.current_round = 0
         self.commits: dict[int, dict[str, Any]] = {}
         self.rejected: dict[int, list[tuple[int, str]]] = {}
         self.evaluations: dict[int, dict[str, float]] = {}
@@ -117,6 +118,7 @@ class LedgerStrategyMixin:
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.round_started[server_round] = time.monotonic()
+        self.current_round = server_round
         self.current_arrays = arrays
         self.current_hash = weights_hex(arrays.to_numpy_ndarrays())
         config["base-hash"] = self.current_hash
@@ -161,6 +163,9 @@ class LedgerStrategyMixin:
         wh = weights_hash(weights)
         if signed.get("weights-hash") != wh.hex():
             return "update weights-hash does not match the arrays"
+        refused = fl_hooks.check_update(self.run_config, self.current_round, signed, wh)
+        if refused:
+            return refused
         return AcceptedUpdate(
             update_id=self.update_id(wh, signed),
             weights=weights,
@@ -171,8 +176,14 @@ class LedgerStrategyMixin:
         )
 
     def update_id(self, weights_hash_bytes: bytes, signed: Mapping[str, Any]) -> bytes:
-        """Sort key and identity of an update. Today the weights hash; with the ledger it becomes the
-        model_update transaction id (override or change here, and in the verifier alike)."""
+        """Sort key and identity of an update: the model_update tx id on the ledger (the order the
+        ledger's re-computation uses too), else the weights hash."""
+        tx = signed.get("tx-id")
+        if isinstance(tx, str) and len(tx) == 64:
+            try:
+                return bytes.fromhex(tx)
+            except ValueError:
+                pass
         return weights_hash_bytes
 
     # --- aggregation -----------------------------------------------------------------------------

@@ -1,0 +1,231 @@
+"""The ledger side of the Flower App: what the hooks do when a run comes from a `train_request`.
+
+Runs inside Flower's app processes on the node's own machine (a fresh ``flwr-clientapp`` per
+message, the ``flwr-serverapp`` on the coordinator), started by that node. They reach the node two
+ways: its SQLite replica, opened read-only (WAL lets readers run beside the node's writer), for
+everything that is already final; and its websocket client API for submitting signed
+transactions. The node key is read from the node directory (the passphrase, if any, comes from
+the ``FEDLEDGER_PASSPHRASE`` environment variable the node passes to its Flower processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from node.client import LedgerClient
+from node.codec import decode
+from node.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
+from node.genesis import Genesis
+from node.keys import NodeKey
+from node.merkle import root as merkle_root
+from node.transactions import ModelUpdate, make_model_commit, make_model_update, parse_tx, tx_id
+
+PASSPHRASE_ENV = "FEDLEDGER_PASSPHRASE"
+FINALITY_TIMEOUT_S = 120.0
+POLL_S = 0.1
+
+
+class LedgerHookError(RuntimeError):
+    """The node refused a transaction, or it did not become final in time."""
+
+
+@dataclass(frozen=True)
+class LedgerRows:
+    rows: list[list[Any]]  # (device name, seq, timestamp_ms, temperature_c, humidity_pct)
+    reading_ids: list[bytes]
+
+    @property
+    def root(self) -> bytes:
+        return merkle_root(self.reading_ids) if self.reading_ids else bytes(32)
+
+
+class NodeLink:
+    """One node as seen from a Flower app process: its key, chain, replica and URL."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], node_url: str = "") -> None:
+        self.dir = Path(data_dir)
+        self.config = NodeConfig.load(self.dir)
+        passphrase = os.environ.get(PASSPHRASE_ENV)
+        self.key = NodeKey.load(self.dir / KEY_FILE, passphrase.encode() if passphrase else None)
+        self.chain_id = Genesis.load(self.dir / GENESIS_FILE).chain_id
+        self.url = node_url or self.config.url
+
+    def _db(self) -> sqlite3.Connection:
+        return sqlite3.connect(f"file:{self.dir / DB_FILE}?mode=ro", uri=True, timeout=10)
+
+    # --- reading the replica ---------------------------------------------------------------------
+
+    def own_rows(self) -> LedgerRows:
+        """The committed readings of the devices this node owns, in ledger order. Only readings
+        that passed every validation rule are in the table, so these are the validated rows."""
+        db = self._db()
+        try:
+            cur = db.execute(
+                "SELECT r.tx_id, d.name, r.seq, r.timestamp_ms, r.temperature_c, r.humidity_pct"
+                " FROM readings r JOIN devices d ON d.device = r.device"
+                " WHERE d.owner = ? ORDER BY r.height, r.rowid",
+                (self.key.public,),
+            )
+            ids, rows = [], []
+            for tid, name, seq, ts, t, h in cur:
+                ids.append(bytes(tid))
+                rows.append([name, seq, ts, t, h])
+        finally:
+            db.close()
+        return LedgerRows(rows, ids)
+
+    def committed_tx(self, txid: bytes) -> tuple[str, dict[str, Any]] | None:
+        db = self._db()
+        try:
+            row = db.execute("SELECT kind, raw FROM txs WHERE id = ?", (txid,)).fetchone()
+        finally:
+            db.close()
+        return None if row is None else (row[0], decode(bytes(row[1])))
+
+    def wait_final(self, txid: bytes, timeout: float = FINALITY_TIMEOUT_S) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.committed_tx(txid)
+            if found is not None:
+                return found[1]
+            if time.monotonic() >= deadline:
+                raise LedgerHookError(f"tx {txid.hex()[:16]} not final after {timeout:.0f} s")
+            time.sleep(POLL_S)
+
+    # --- submitting ----------------------------------------------------------------------------
+
+    def submit_and_wait(self, txs: Sequence[dict[str, Any]], timeout: float = FINALITY_TIMEOUT_S) -> None:
+        async def send() -> list[Any]:
+            async with LedgerClient(self.url) as client:
+                return await client.submit_many(list(txs))
+
+        for tx, result in zip(txs, asyncio.run(send()), strict=True):
+            # "duplicate": already in the mempool or on the ledger (a retried message); still wait.
+            if not result.accepted and result.reason != "duplicate":
+                raise LedgerHookError(f"node refused {tx['kind']}: {result.reason}")
+        for tx in txs:
+            self.wait_final(tx_id(tx), timeout)
+
+
+# --- the hooks' ledger versions --------------------------------------------------------------
+
+
+def load_rows(node_config: Mapping[str, Any]) -> LedgerRows:
+    return NodeLink(str(node_config["data-dir"]), str(node_config.get("node-url", ""))).own_rows()
+
+
+def sign_update(
+    node_config: Mapping[str, Any], update: Mapping[str, Any], readings_root: bytes, weights_blob: bytes
+) -> dict[str, Any]:
+    """Sign the update as this node, submit it and wait until it is final: the strategy only
+    accepts updates it can find on the ledger."""
+    link = NodeLink(str(node_config["data-dir"]), str(node_config.get("node-url", "")))
+    metrics = {k: float(v) for k, v in update["metrics"].items()}
+    tx = make_model_update(
+        link.key,
+        link.chain_id,
+        bytes.fromhex(str(update["run"])),
+        str(update["task"]),
+        int(update["round"]),
+        bytes.fromhex(str(update["base-hash"])),
+        weights_blob,
+        int(update["num-examples"]),
+        metrics,
+        readings_root,
+    )
+    link.submit_and_wait([tx])
+    return {
+        "weights-hash": str(update["weights-hash"]),
+        "tx-id": tx_id(tx).hex(),
+        "node": link.key.public.hex(),
+        "readings-root": readings_root.hex(),
+    }
+
+
+def check_update(
+    run_config: Mapping[str, Any], server_round: int, signed: Mapping[str, Any], weights_hash: bytes
+) -> str | None:
+    """Why an update must not be aggregated, or None: it has to be a final model_update of this
+    run and round on the coordinator's replica, carrying exactly these weights. The ledger has
+    already checked its signature, its signer's membership and its base model."""
+    link = NodeLink(str(run_config["data-dir"]), str(run_config.get("node-url", "")))
+    try:
+        txid = bytes.fromhex(str(signed.get("tx-id", "")))
+    except ValueError:
+        return "update names no transaction"
+    found = link.committed_tx(txid)
+    if found is None:
+        return f"update {txid.hex()[:16]} is not on the ledger"
+    kind, raw = found
+    if kind != ModelUpdate.KIND:
+        return f"transaction {txid.hex()[:16]} is a {kind}, not a model_update"
+    body = parse_tx(raw).body
+    assert isinstance(body, ModelUpdate)
+    if body.run.hex() != str(run_config["run"]) or body.round != server_round:
+        return f"update {txid.hex()[:16]} belongs to another run or round"
+    if body.weights_hash != weights_hash:
+        return f"update {txid.hex()[:16]} on the ledger has other weights than the reply"
+    return None
+
+
+def publish_initial(run_config: Mapping[str, Any], task: str, weights_blob: bytes) -> str:
+    """Round 0: the coordinator publishes the initial model and commits it alone, so every
+    model of the run has a lineage that starts on the ledger. Returns its weights hash (hex)."""
+    link = NodeLink(str(run_config["data-dir"]), str(run_config.get("node-url", "")))
+    run = bytes.fromhex(str(run_config["run"]))
+    update = make_model_update(
+        link.key, link.chain_id, run, task, 0, bytes(32), weights_blob, 1, {}, bytes(32)
+    )
+    wh = update["body"]["weights_hash"]
+    commit = make_model_commit(
+        link.key,
+        link.chain_id,
+        run,
+        task,
+        0,
+        str(run_config.get("strategy", "fedavg")),
+        [tx_id(update)],
+        wh,
+        {},
+    )
+    link.submit_and_wait([update])  # the mempool checks a commit against final updates only
+    link.submit_and_wait([commit])
+    return bytes(wh).hex()
+
+
+def commit_round(
+    run_config: Mapping[str, Any],
+    server_round: int,
+    strategy: str,
+    task: str,
+    update_ids: Sequence[bytes],
+    aggregate_hash: bytes,
+    metrics: Mapping[str, float],
+) -> dict[str, Any]:
+    link = NodeLink(str(run_config["data-dir"]), str(run_config.get("node-url", "")))
+    tx = make_model_commit(
+        link.key,
+        link.chain_id,
+        bytes.fromhex(str(run_config["run"])),
+        task,
+        server_round,
+        strategy,
+        list(update_ids),
+        aggregate_hash,
+        {k: float(v) for k, v in metrics.items()},
+    )
+    link.submit_and_wait([tx])
+    return {
+        "round": server_round,
+        "tx-id": tx_id(tx).hex(),
+        "aggregate_hash": aggregate_hash.hex(),
+        "updates": [u.hex() for u in update_ids],
+        "metrics": dict(metrics),
+    }
