@@ -130,7 +130,7 @@ def test_launch_runs_a_federation_and_reports_agreeing_replicas(tmp_path: Path) 
 
     out = subprocess.run(
         [sys.executable, "-m", "node", "launch", "--dir", str(tmp_path / "run"), "--duration", "6",
-         "--rate", "300", "--json"],
+         "--rate", "300", "--no-train", "--json"],
         capture_output=True, text=True, timeout=180,
     )
     assert out.returncode == 0, out.stdout + out.stderr
