@@ -156,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{directory} is not a node directory of a federation")
     if args.rounds < 1:
         raise ConfigError("--rounds must be at least 1")
+    if probe_status(NodeConfig.load(directory)) is None:
+        raise ConfigError(f"the node in {directory} is not running (fedledger node run {directory})")
     passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
     params = request_params(directory, args.task, args)
     run_id = submit_request(directory, args.task, args.rounds, args.strategy, params, passphrase)
