@@ -262,3 +262,21 @@ def test_import_rules() -> None:
     assert not _loaded_after(
         "import federated.flower.fl_client, federated.flower.fl_server, federated.flower.fl_strategy"
     ) & {"tensorflow", "keras"}
+
+
+def test_simulation_partitions_give_whole_devices_then_time_slices() -> None:
+    from federated.data import MAIN_SLICE, read_csv_rows
+
+    devices = sorted({r[0] for r in read_csv_rows(MAIN_SLICE, every=8)})
+
+    def part(i: int, n: int) -> list[list[Any]]:
+        return fl_hooks.partition_rows({"partition-id": i, "num-partitions": n, "every": 8})
+
+    four = [part(i, 4) for i in range(4)]
+    assert [sorted({r[0] for r in p}) for p in four] == [devices[i::4] for i in range(4)]
+    sixteen = [part(i, 16) for i in range(16)]
+    for i, rows in enumerate(sixteen):
+        assert rows and {r[0] for r in rows} == {devices[i % len(devices)]}
+    first_device = sixteen[0] + sixteen[8]
+    assert len(first_device) == len({(r[0], r[1]) for r in first_device})  # slices do not overlap
+    assert sum(map(len, sixteen)) == sum(map(len, four))

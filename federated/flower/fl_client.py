@@ -9,6 +9,8 @@ file mode what load_rows needs (rows-file, or rows-csv + devices/every/limit-per
 
 from __future__ import annotations
 
+from typing import Any
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -27,14 +29,51 @@ from federated.trainer import TrainerClient
 
 app = ClientApp()
 
+SIMULATION_KEYS = ("rows-csv", "every")
+
 TRAINER_TIMEOUT = 900.0
 
 
-def _trainer(context: Context) -> TrainerClient:
+class InProcessTrainer:
+    """The trainer's interface on federated.tasks in this process: for Flower's Simulation Engine,
+    whose Ray actors are long-lived (Keras is imported once per actor, models are cached), and
+    which has no node trainer to hand the work to. Never used in a deployment (the SuperNodes
+    fedledger starts always name their node's trainer)."""
+
+    def __enter__(self) -> InProcessTrainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def train(self, task: str, weights: Any, rows: Any, config: Any, classes: Any) -> Any:
+        from federated import tasks
+
+        return tasks.train(task, weights, rows, config, classes)
+
+    def evaluate(self, task: str, weights: Any, rows: Any, classes: Any) -> dict[str, float]:
+        from federated import tasks
+
+        return tasks.evaluate(task, weights, rows, classes)
+
+
+def _trainer(context: Context) -> TrainerClient | InProcessTrainer:
     address = context.node_config.get("trainer")
     if not address:
+        if "partition-id" in context.node_config:  # Simulation Engine
+            return InProcessTrainer()
         raise ValueError("node config has no 'trainer' address")
     return TrainerClient(str(address), timeout=TRAINER_TIMEOUT)
+
+
+def _rows_config(context: Context) -> dict[str, Any]:
+    """The node config, plus in the Simulation Engine (virtual nodes have only partition-id and
+    num-partitions) the run config's file-mode keys, so every virtual node gets its partition."""
+    config = dict(context.node_config)
+    if "partition-id" in config:
+        for key in SIMULATION_KEYS:
+            config.setdefault(key, context.run_config.get(key, ""))
+    return config
 
 
 def _classes(config: ConfigRecord) -> list[str] | None:
@@ -47,7 +86,7 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content[CONFIG]
     task = str(config["task"])
     weights = msg.content[ARRAYS].to_numpy_ndarrays()
-    loaded = fl_hooks.load_rows(context.node_config)
+    loaded = fl_hooks.load_rows(_rows_config(context))
     with _trainer(context) as trainer:
         result = trainer.train(task, weights, loaded.rows, train_config_from(config), _classes(config))
     metrics = finite_metrics(result.metrics)
@@ -77,7 +116,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     config = msg.content[CONFIG]
     weights = msg.content[ARRAYS].to_numpy_ndarrays()
-    rows = fl_hooks.load_rows(context.node_config).rows
+    rows = fl_hooks.load_rows(_rows_config(context)).rows
     with _trainer(context) as trainer:
         metrics = trainer.evaluate(str(config["task"]), weights, rows, _classes(config))
     metrics = {k: v for k, v in finite_metrics(metrics).items() if k != "num_examples"}

@@ -68,6 +68,10 @@ class AcceptedUpdate:
 
 def load_rows(node_config: Mapping[str, Any]) -> LoadedRows:
     """The node's rows. File mode when the node config names a rows file, else the node's replica."""
+    if "partition-id" in node_config:  # Flower's Simulation Engine: a virtual node
+        rows = partition_rows(node_config)
+        digest = hashlib.sha256(msgpack.packb(rows, use_bin_type=True)).digest()
+        return LoadedRows(rows, digest)
     if node_config.get("rows-file") or node_config.get("rows-csv"):
         rows = load_file_rows(node_config)
         digest = hashlib.sha256(msgpack.packb(rows, use_bin_type=True)).digest()
@@ -78,6 +82,28 @@ def load_rows(node_config: Mapping[str, Any]) -> LoadedRows:
 
     found = fl_ledger.load_rows(node_config)
     return LoadedRows(found.rows, found.root)
+
+
+def partition_rows(node_config: Mapping[str, Any]) -> list[list[Any]]:
+    """Virtual node `partition-id` of `num-partitions`: whole devices while there are at least as
+    many devices as partitions (as in the paper, where a device belongs to one node), otherwise
+    an equal time slice of one device. Rows from `rows-csv` (default: the bundled slice)."""
+    from federated.data import MAIN_SLICE, read_csv_rows
+
+    pid, n = int(node_config["partition-id"]), int(node_config["num-partitions"])
+    path = str(node_config.get("rows-csv") or MAIN_SLICE)
+    rows = [list(r) for r in read_csv_rows(path, every=int(node_config.get("every") or 1))]
+    devices = sorted({r[0] for r in rows})
+    if not devices or not 0 <= pid < n:
+        raise ValueError(f"partition {pid} of {n}: no rows in {path}")
+    if n <= len(devices):
+        mine = set(devices[pid::n])
+        return [r for r in rows if r[0] in mine]
+    device = devices[pid % len(devices)]
+    sharing = len(range(pid % len(devices), n, len(devices)))  # partitions on this device
+    own = [r for r in rows if r[0] == device]
+    k = pid // len(devices)
+    return own[k * len(own) // sharing : (k + 1) * len(own) // sharing]
 
 
 def load_file_rows(node_config: Mapping[str, Any]) -> list[list[Any]]:

@@ -30,7 +30,10 @@ def initial_weights(settings: RunSettings) -> list:
     if settings.initial_weights:
         return decode_weights(Path(settings.initial_weights).read_bytes())
     if not settings.trainer:
-        raise ValueError("run config names neither trainer nor initial-weights")
+        # Simulation Engine (no node trainer): build the model here; a deployment always names one.
+        from federated import tasks
+
+        return tasks.initial_weights(settings.task, settings.num_classes, settings.seed)
     with TrainerClient(settings.trainer, timeout=settings.round_timeout) as client:
         return client.initial_weights(settings.task, settings.num_classes, settings.seed)
 
