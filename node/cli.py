@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from node import cli_init, cli_launch, cli_ledger, cli_node, cli_train
+from node import cli_init, cli_launch, cli_ledger, cli_model, cli_node, cli_train
 from node.errors import FedledgerError
 
 EXIT_OK = 0
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_ledger.add_parser(sub)
     cli_launch.add_parser(sub)
     cli_train.add_parser(sub)
+    cli_model.add_parser(sub)
     return parser
 
 

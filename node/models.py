@@ -60,10 +60,16 @@ def runs(store: Store) -> list[RunInfo]:
 
 
 def find_run(store: Store, task: str | None = None, run: str | None = None) -> RunInfo:
-    """The run named by a hex prefix, else the latest run of `task`, else the latest run."""
+    """The run named by a hex prefix (which must be of `task` if given), else the latest run of
+    `task`, else the latest run."""
     all_runs = runs(store)
     if run:
         found = [r for r in all_runs if r.run.hex().startswith(run.lower())]
+        if task is not None and found:
+            of_task = [r for r in found if r.request.task == task]
+            if not of_task:
+                raise LookupError(f"run {run!r} is a {found[0].request.task} run, not {task}")
+            found = of_task
         if len(found) != 1:
             raise LookupError(f"{'no' if not found else 'more than one'} run matches {run!r}")
         return found[0]

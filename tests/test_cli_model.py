@@ -1,0 +1,277 @@
+"""`fedledger model list|show|export` on a real SQLite replica holding a humidity run (rounds 0..2,
+real humidity model weights) and a one-round traceability run, built block by block."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from federated import tasks
+from federated.aggregate import Update, aggregate
+from federated.weights import Weights, canonical_array, encode_weights, weights_hash
+from node import cli_model
+from node.cli import main
+from node.cli_init import init_node
+from node.datadir import DB_FILE, GENESIS_FILE
+from node.genesis import Genesis
+from node.keys import NodeKey, short_id
+from node.ledger import Ledger
+from node.merkle import root as merkle_root
+from node.sqlite_store import SqliteStore
+from node.transactions import make_model_commit, make_model_update, make_train_request, tx_id
+from tests.factories import CHAIN_ID, commit_next, make_genesis, participant_key, populated_ledger
+
+ZERO = bytes(32)
+
+
+@dataclass
+class Fed:
+    dir: Path
+    humidity_run: bytes = b""
+    trace_run: bytes = b""
+    # humidity: committed weights and update tx ids per round; node of each update
+    weights: dict[int, Weights] = field(default_factory=dict)
+    update_ids: dict[int, list[bytes]] = field(default_factory=dict)
+    update_nodes: dict[bytes, bytes] = field(default_factory=dict)
+    readings_roots: dict[bytes, bytes] = field(default_factory=dict)
+    trace_weights: Weights = field(default_factory=list)
+
+
+def perturbed(weights: Weights, seed: int) -> Weights:
+    rng = np.random.default_rng(seed)
+    return [canonical_array(w + rng.normal(scale=0.05, size=w.shape)) for w in weights]
+
+
+def train_run(led: Ledger, keys: list[NodeKey], fed: Fed, task: str, rounds: int, params: dict[str, Any],
+              initial: Weights, trainers: list[NodeKey], reading_ids: list[bytes]) -> bytes:
+    """Open a run, commit round 0 and `rounds` fedavg rounds of updates from `trainers`."""
+    coord = keys[0]
+    req = make_train_request(coord, CHAIN_ID, task, rounds, "fedavg", params)
+    run = tx_id(req)
+    init = make_model_update(coord, CHAIN_ID, run, task, 0, ZERO, encode_weights(initial), 1, {}, ZERO)
+    commit0 = make_model_commit(coord, CHAIN_ID, run, task, 0, "fedavg", [tx_id(init)], weights_hash(initial),
+                                {})
+    commit_next(led, keys, [req, init, commit0])
+    current = initial
+    if task == "humidity":
+        fed.weights[0], fed.update_ids[0] = initial, [tx_id(init)]
+    for rnd in range(1, rounds + 1):
+        ups, updates = [], []
+        for i, k in enumerate(trainers):
+            w = perturbed(current, 100 * rnd + i)
+            used = reading_ids[i::len(trainers)]
+            n = 50 + 10 * i
+            up = make_model_update(k, CHAIN_ID, run, task, rnd, weights_hash(current), encode_weights(w), n,
+                                   {"loss": 1.0 / rnd + i / 10, "val_rmse": 2.0 + i, "epochs": 3.0},
+                                   merkle_root(used))
+            ups.append(up)
+            updates.append(Update(tx_id(up), w, n))
+            fed.update_nodes[tx_id(up)] = k.public
+            fed.readings_roots[tx_id(up)] = merkle_root(used)
+        commit_next(led, keys, ups)
+        current = aggregate("fedavg", updates)
+        commit = make_model_commit(coord, CHAIN_ID, run, task, rnd, "fedavg", [u.update_id for u in updates],
+                                   weights_hash(current), {"loss": 1.0 / rnd, "val_rmse": 2.5})
+        commit_next(led, keys, [commit])
+        if task == "humidity":
+            fed.weights[rnd], fed.update_ids[rnd] = current, [u.update_id for u in updates]
+    if task == "traceability":
+        fed.trace_weights = current
+    return run
+
+
+def node_dir(path: Path, genesis: Genesis) -> tuple[Path, SqliteStore]:
+    init_node(path, name=path.name, port=1)
+    genesis.save(path / GENESIS_FILE)
+    return path, SqliteStore(path / DB_FILE)
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Fed:
+    keys, genesis = make_genesis(4, n_participants=2)
+    d, store = node_dir(tmp_path_factory.mktemp("model") / "node1", genesis)
+    led = Ledger(store, genesis)
+    populated_ledger(led, keys, n_devices=2, n_blocks=2)  # heights 1..3: devices "device-0", "device-1"
+    reading_ids = [r.tx_id for r in store.readings()]
+    out = Fed(d)
+    trainers = [keys[1], participant_key(0), participant_key(1)]
+    out.humidity_run = train_run(led, keys, out, "humidity", 2, {"epochs": 2, "min_nodes": 3},
+                                 tasks.initial_weights("humidity"), trainers, reading_ids)
+    out.trace_run = train_run(led, keys, out, "traceability", 1, {"classes": "device-0,device-1"},
+                              tasks.initial_weights("traceability", 2), trainers[:2], reading_ids)
+    store.close()
+    return out
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = main(["model", *argv])
+    cap = capsys.readouterr()
+    assert "Traceback" not in cap.err
+    return rc, cap.out, cap.err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
+    rc, out, err = run_cli(capsys, *argv, "--json")
+    assert rc == 0, err
+    return json.loads(out)
+
+
+# --- list --------------------------------------------------------------------------------------
+
+
+def test_list_shows_every_committed_model_and_run(fed: Fed, capsys: Any) -> None:
+    got = run_json(capsys, "list", str(fed.dir))
+    ms = got["models"]
+    assert [(m["task"], m["round"]) for m in ms] == [("humidity", 0), ("humidity", 1), ("humidity", 2),
+                                                     ("traceability", 0), ("traceability", 1)]
+    hum = ms[:3]
+    assert all(m["run"] == fed.humidity_run.hex() for m in hum)
+    assert [m["model_hash"] for m in hum] == [weights_hash(fed.weights[r]).hex() for r in range(3)]
+    assert [m["updates"] for m in hum] == [1, 3, 3]
+    assert hum[2]["metrics"] == {"loss": 0.5, "val_rmse": 2.5}
+    assert hum[0]["height"] < hum[1]["height"] < hum[2]["height"]
+    runs = {r["task"]: r for r in got["runs"]}
+    assert runs["humidity"]["complete"] and runs["humidity"]["committed_rounds"] == 2
+    assert runs["traceability"]["params"] == {"classes": "device-0,device-1"}
+
+    only = run_json(capsys, "list", str(fed.dir), "--task", "traceability")
+    assert [m["round"] for m in only["models"]] == [0, 1] and len(only["runs"]) == 1
+    by_run = run_json(capsys, "list", str(fed.dir), "--run", fed.humidity_run.hex()[:8])
+    assert [m["round"] for m in by_run["models"]] == [0, 1, 2]
+
+    rc, out, _ = run_cli(capsys, "list", str(fed.dir))
+    assert rc == 0
+    assert "RUN" in out and "MODEL" in out and weights_hash(fed.weights[2]).hex()[:16] in out
+    assert "loss=0.5 val_rmse=2.5" in out and f"run {fed.humidity_run.hex()[:12]} humidity/fedavg" in out
+
+
+def test_list_of_an_empty_ledger_says_so(tmp_path: Path, capsys: Any) -> None:
+    keys, genesis = make_genesis(4)
+    d, store = node_dir(tmp_path / "empty", genesis)
+    populated_ledger(Ledger(store, genesis), keys, n_blocks=1)
+    store.close()
+    rc, out, _ = run_cli(capsys, "list", str(d))
+    assert rc == 0 and out.strip() == "no models yet on this ledger (height 2)"
+    assert run_json(capsys, "list", str(d)) == {"models": [], "runs": []}
+
+
+# --- show --------------------------------------------------------------------------------------
+
+
+def test_show_gives_the_lineage_of_the_latest_round_by_default(fed: Fed, capsys: Any) -> None:
+    lin = run_json(capsys, "show", str(fed.dir), "--task", "humidity")
+    assert (lin["run"], lin["round"], lin["strategy"]) == (fed.humidity_run.hex(), 2, "fedavg")
+    assert lin["model_hash"] == weights_hash(fed.weights[2]).hex()
+    assert lin["base_model"] == weights_hash(fed.weights[1]).hex()
+    assert lin["request"]["params"] == {"epochs": 2, "min_nodes": 3}
+    assert [u["tx"] for u in lin["updates"]] == [u.hex() for u in fed.update_ids[2]]
+    names = {short_id(participant_key(0).public): "participant-0", short_id(participant_key(1).public):
+             "participant-1"}
+    for u in lin["updates"]:
+        uid = bytes.fromhex(u["tx"])
+        assert u["node"] == short_id(fed.update_nodes[uid])
+        assert u["readings_root"] == fed.readings_roots[uid].hex()
+        assert u["base_model_hash"] == lin["base_model"]
+        assert names.get(u["node"], u["node_name"]) == u["node_name"]
+    assert [u["num_examples"] for u in lin["updates"]] == [50, 60, 70]
+
+    first = run_json(capsys, "show", str(fed.dir), "--task", "humidity", "--round", "0")
+    assert first["base_model"] is None and len(first["updates"]) == 1
+    assert first["updates"][0]["node"] == first["coordinator"]
+
+    rc, out, _ = run_cli(capsys, "show", str(fed.dir), "--task", "humidity", "--round", "1")
+    assert rc == 0
+    assert "participant-1" in out and fed.update_ids[1][0].hex()[:16] in out
+    assert f"{weights_hash(fed.weights[0]).hex()} (round 0)" in out and "epochs=2 min_nodes=3" in out
+
+
+# --- export ------------------------------------------------------------------------------------
+
+
+def humidity_predict(weights: Weights, temps: np.ndarray) -> np.ndarray:
+    core = tasks.build_model("humidity")
+    core.set_weights(weights)
+    z = np.asarray(core((temps - tasks.TEMP_MEAN) / tasks.TEMP_STD, training=False))
+    return z * tasks.HUM_STD + tasks.HUM_MEAN
+
+
+def test_export_writes_a_keras_file_with_the_recomputed_weights(fed: Fed, tmp_path: Path,
+                                                                 capsys: Any) -> None:
+    keras = pytest.importorskip("keras")
+    out = tmp_path / "sub" / "humidity.keras"
+    got = run_json(capsys, "export", str(fed.dir), "--task", "humidity", "--round", "1", "--out", str(out))
+    assert got == {"path": str(out), "model_hash": weights_hash(fed.weights[1]).hex(), "task": "humidity",
+                   "round": 1, "run": fed.humidity_run.hex()}
+    assert [p.name for p in out.parent.iterdir()] == ["humidity.keras"]  # no temporary left over
+    temps = np.array([[18.0], [21.5], [23.4], [26.0], [30.0]], dtype=np.float32)
+    loaded = keras.models.load_model(out)
+    pred = np.asarray(loaded.predict(temps, verbose=0))
+    expected = humidity_predict(fed.weights[1], temps)
+    np.testing.assert_allclose(pred, expected, rtol=1e-5, atol=1e-4)
+    assert not np.allclose(pred, humidity_predict(fed.weights[2], temps), atol=1e-3)  # another round differs
+
+    # An existing file is kept unless --force; then the default (latest) round replaces it.
+    before = out.read_bytes()
+    rc, stdout, err = run_cli(capsys, "export", str(fed.dir), "--task", "humidity", "--out", str(out))
+    assert rc == 1 and stdout == "" and "already exists" in err and "--force" in err
+    assert out.read_bytes() == before
+    rc, stdout, err = run_cli(capsys, "export", str(fed.dir), "--task", "humidity", "--out", str(out),
+                              "--force")
+    assert rc == 0, err
+    assert f"wrote {out}: humidity round 2" in stdout and weights_hash(fed.weights[2]).hex() in stdout
+    np.testing.assert_allclose(np.asarray(keras.models.load_model(out).predict(temps, verbose=0)),
+                               humidity_predict(fed.weights[2], temps), rtol=1e-5, atol=1e-4)
+
+
+def test_export_of_a_traceability_model_has_one_output_per_class(fed: Fed, tmp_path: Path,
+                                                                  capsys: Any) -> None:
+    keras = pytest.importorskip("keras")
+    out = tmp_path / "trace.keras"
+    got = run_json(capsys, "export", str(fed.dir), "--task", "traceability", "--out", str(out))
+    assert got["round"] == 1 and got["classes"] == ["device-0", "device-1"]
+    x = np.array([[20.0, 45.0], [24.0, 55.0], [26.0, 60.0]], dtype=np.float32)
+    pred = np.asarray(keras.models.load_model(out).predict(x, verbose=0))
+    core = tasks.build_model("traceability", 2)
+    core.set_weights(fed.trace_weights)
+    std = (x - [tasks.TEMP_MEAN, tasks.HUM_MEAN]) / [tasks.TEMP_STD, tasks.HUM_STD]
+    expected = np.asarray(core(std.astype(np.float32), training=False))
+    assert pred.shape == (3, 2)
+    np.testing.assert_allclose(pred, expected, rtol=1e-4, atol=1e-5)
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def test_errors_are_one_line_and_exit_1(fed: Fed, tmp_path: Path, capsys: Any,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    d = str(fed.dir)
+    out = str(tmp_path / "m.keras")
+    cases = [
+        (["show", d, "--task", "humidity", "--round", "7"], "has no committed round 7; committed: [0, 1, 2]"),
+        (["export", d, "--task", "humidity", "--round", "7", "--out", out], "has no committed round 7"),
+        (["show", d, "--task", "humidity", "--run", "ffff"], "no run matches 'ffff'"),
+        (["show", d, "--task", "humidity", "--run", fed.trace_run.hex()[:10]], "is a traceability run"),
+        (["list", d, "--run", "ffff"], "no run matches 'ffff'"),
+        (["list", str(tmp_path / "nowhere")], "is not a directory"),
+        (["show", str(tmp_path), "--task", "humidity"], "is not a node directory"),
+        (["export", d, "--task", "humidity", "--out", str(tmp_path / "m.h5")], "must end in .keras"),
+        (["export", d, "--task", "humidity", "--out", str(tmp_path)], "must end in .keras"),
+    ]
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cases.append((["export", d, "--task", "humidity", "--out", str(blocker / "m.keras")],
+                  "is not a writable directory"))
+    for argv, message in cases:
+        rc, stdout, err = run_cli(capsys, *argv)
+        assert (rc, stdout) == (1, ""), argv
+        assert message in err and err.startswith("fedledger model: error: ") and err.count("\n") == 1, err
+    monkeypatch.setattr(cli_model, "keras_available", lambda: False)
+    rc, _, err = run_cli(capsys, "export", d, "--task", "humidity", "--out", out)
+    assert rc == 1 and "Keras, which is not installed" in err
+    assert not Path(out).exists()
