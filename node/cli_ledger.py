@@ -54,7 +54,7 @@ class ReadOnlyStore(SqliteStore):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
-        self._device_cache = {}  # one snapshot per command, so the parent's cache stays valid
+        self._init_caches()  # one snapshot per command, so the parent's caches stay valid
         if not os.path.isfile(self.path):
             raise StorageError(f"no ledger database at {self.path} (has the node ever run?)")
         uri = "file:" + quote(os.path.abspath(self.path)) + "?mode=ro"

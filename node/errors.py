@@ -39,6 +39,13 @@ class Reason(str, Enum):
     ROUND_COMMITTED = "round_committed"  # the round already has its commit (a late update)
     BASE_MISMATCH = "base_mismatch"  # an update not trained from the previous round's model
     DUPLICATE_UPDATE = "duplicate_update"  # a second update of one node in one round
+    OWNER_REMOVED = "owner_removed"  # a reading of a device whose owner is no longer a member
+    ALREADY_MEMBER = "already_member"  # a join request or add vote for the role the node already has
+    NO_JOIN_REQUEST = "no_join_request"  # an add vote for a node that has not asked for that role
+    NOT_MEMBER = "not_member"  # a remove vote for a node that is not a member in that role
+    DUPLICATE_VOTE = "duplicate_vote"  # a second vote of one authority on one change
+    CHANGE_PENDING = "change_pending"  # the node already has a decided change waiting for its height
+    LAST_AUTHORITY = "last_authority"  # removing it would leave no authority to finalise blocks
 
 
 class BlockReason(str, Enum):

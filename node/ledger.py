@@ -8,6 +8,7 @@ it decides; block sync calls commit for every fetched block.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ from node import merkle
 from node.blocks import Block, Commit, commit_hash, make_block, verify_commit
 from node.errors import BlockReason, CodecError, InvalidBlock
 from node.genesis import Genesis
+from node.membership import initial_membership
 from node.state import ChainParams, MemberRecord, Reason, StateDelta, apply_block, check_tx
 from node.store import Store
 
@@ -26,20 +28,27 @@ class Ledger:
         self.genesis = genesis
         self.genesis_hash = genesis.hash
         self.chain_id = genesis.chain_id
-        self.params = ChainParams(genesis.chain_id, genesis.max_clock_skew_ms)
-        self._vset = genesis.validator_set()
+        self.params = ChainParams(genesis.chain_id, genesis.max_clock_skew_ms, genesis.admission)
+        # Blocks synced under a verified commit certificate skip per-tx signature checks.
+        self.certified_params = dataclasses.replace(self.params, check_signatures=False)
+        self._vsets: dict[tuple[bytes, ...], ValidatorSet] = {}
         self._validated: dict[bytes, tuple[bytes, StateDelta]] = {}
         self._head_time: tuple[int, int] = (-1, 0)
         store.initialize(
             self.genesis_hash,
             genesis.to_json(),
             [MemberRecord(m.key, m.role, m.name, 0) for m in genesis.members()],
+            initial_membership(m.key for m in genesis.authorities),
         )
 
     def validators_at(self, height: int) -> ValidatorSet:
-        """The validator set that decides `height`. The one place to answer it: membership changes
-        (member_vote, effective at H+2) will be folded in here."""
-        return self._vset
+        """The validator set that decides `height`: genesis' authorities, changed by decided
+        membership votes from their effective height (H+2) on. Known up to head + 2."""
+        keys = self.store.membership().validators_at(height)
+        vset = self._vsets.get(keys)
+        if vset is None:  # a handful of distinct sets over a chain's life
+            vset = self._vsets[keys] = ValidatorSet.of(keys)
+        return vset
 
     @property
     def height(self) -> int:
@@ -80,11 +89,15 @@ class Ledger:
             last_commit = self.store.commit(h - 1)
         return make_block(self.chain_id, h, round, self.head_hash, time_ms, proposer, txs, last_commit)
 
-    def validate_block(self, block: Block, now_ms: int | None = None) -> StateDelta:
+    def validate_block(
+        self, block: Block, now_ms: int | None = None, *, certified: bool = False
+    ) -> StateDelta:
         """Raise InvalidBlock unless `block` may be committed as head+1; return its state delta.
 
         `now_ms` (the local clock) also rejects blocks timed beyond the allowed clock skew; leave
-        it None when replaying or syncing old blocks.
+        it None when replaying or syncing old blocks. `certified`: the caller has verified a
+        commit certificate for this block, so tx signatures are taken as checked by the
+        authorities that signed it; every other rule is still applied.
         """
         hdr = block.header
         h = self.height + 1
@@ -111,6 +124,8 @@ class Ledger:
         cached = self._validated.get(block.hash)
         if cached is not None and cached[0] == self.head_hash:
             return cached[1]
+        if certified:
+            return apply_block(self.store, block, self.certified_params)
         delta = apply_block(self.store, block, self.params)
         # A proposal is validated when it arrives and again when it is committed, on the same
         # head: keep the result (a few blocks' worth) instead of re-checking every tx.
@@ -139,9 +154,12 @@ class Ledger:
     def verify_commit(self, block: Block, commit: Commit) -> None:
         verify_commit(commit, self.validators_at(block.height), self.chain_id, block.hash, block.height)
 
-    def commit(self, block: Block, commit: Commit) -> StateDelta:
-        """Check `commit` finalises `block`, validate the block, apply it all atomically."""
+    def commit(self, block: Block, commit: Commit, *, verify_txs: bool = True) -> StateDelta:
+        """Check `commit` finalises `block`, validate the block, apply it all atomically.
+
+        verify_txs=False is block sync's "certificates" mode: the certificate is checked, then
+        every rule but the per-tx signature checks (see validate_block)."""
         self.verify_commit(block, commit)
-        delta = self.validate_block(block)
+        delta = self.validate_block(block, certified=not verify_txs)
         self.store.commit_block(block, commit, delta)
         return delta

@@ -48,7 +48,7 @@ class Mempool:
     def reap(self, view: StateView, block_time_ms: int, height: int, max_txs: int) -> list[dict[str, Any]]:
         """Transactions for a new block: in arrival order, each valid on top of the ones before it.
         Those that can never become valid again are dropped."""
-        overlay = OverlayView(view, height)
+        overlay = OverlayView(view, height, self.params.admission)
         out: list[dict[str, Any]] = []
         dead: list[bytes] = []
         for tx_id, tx in self._txs.items():

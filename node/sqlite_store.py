@@ -17,6 +17,7 @@ Schema (also in docs/schema.md; keys, hashes and signatures are raw BLOBs, use h
     readings(tx_id PRIMARY KEY -> txs, height -> blocks, device -> devices, seq, timestamp_ms,
              temperature_c REAL, humidity_pct REAL, extra BLOB)   -- UNIQUE(device, seq)
     members(key BLOB PRIMARY KEY, role, name, since_height)       -- since_height 0 = genesis
+    membership(id = 1, height, raw BLOB)   -- node/membership.py state after block `height`
     models(tx_id PRIMARY KEY -> txs, height, kind 'update'|'commit', run, round, node,
            weights_hash)        -- one commit per (run, round), one update per (run, round, node)
     blobs(hash BLOB PRIMARY KEY, data BLOB)                       -- hash = sha256(data)
@@ -39,8 +40,9 @@ from typing import Any
 from node.blocks import Block, Commit, Header
 from node.codec import decode, encode
 from node.errors import CodecError, InvalidBlock, StorageError
+from node.membership import Membership
 from node.state import DeviceRecord, MemberRecord, ModelRow, ReadingRow, StateDelta, TxRecord
-from node.store import check_commit_args
+from node.store import check_commit_args, default_membership
 
 SCHEMA_VERSION = "1"
 
@@ -100,6 +102,11 @@ CREATE TABLE IF NOT EXISTS members (
     name TEXT NOT NULL,
     since_height INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS membership (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    height INTEGER NOT NULL,
+    raw BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS models (
     tx_id BLOB PRIMARY KEY REFERENCES txs(id),
     height INTEGER NOT NULL REFERENCES blocks(height),
@@ -121,7 +128,7 @@ class SqliteStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
-        self._device_cache: dict[bytes, DeviceRecord | None] = {}
+        self._init_caches()
         try:
             # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so a block is one transaction.
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -134,6 +141,13 @@ class SqliteStore:
             )
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open database {self.path}: {exc}") from exc
+
+    def _init_caches(self) -> None:
+        # Every reading looks up its device and that device's owner (mempool admission, proposal
+        # validation, sync): keep both in memory; commit_block drops the entries it changes.
+        self._device_cache: dict[bytes, DeviceRecord | None] = {}
+        self._member_cache: dict[bytes, MemberRecord | None] = {}
+        self._membership: Membership | None = None
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -158,11 +172,22 @@ class SqliteStore:
     def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
         return self._db.execute(sql, args).fetchone()
 
-    def initialize(self, genesis_hash: bytes, genesis_json: str, members: Sequence[MemberRecord]) -> None:
+    def initialize(
+        self,
+        genesis_hash: bytes,
+        genesis_json: str,
+        members: Sequence[MemberRecord],
+        membership: Membership | None = None,
+    ) -> None:
+        initial = (membership or default_membership(members)).to_bytes()
         current = self.genesis()
         if current is not None:
             if current[0] != genesis_hash:
                 raise StorageError(f"{self.path} already holds a different genesis ({current[0].hex()[:16]})")
+            if self._one("SELECT 1 FROM membership") is None:
+                # A database from before membership votes had any effect: its state is genesis'.
+                with self._write() as db:
+                    db.execute("INSERT INTO membership(id, height, raw) VALUES (1, 0, ?)", (initial,))
             return
         with self._write() as db:
             db.execute("INSERT INTO meta(key, value) VALUES ('genesis_hash', ?)", (genesis_hash.hex(),))
@@ -171,6 +196,7 @@ class SqliteStore:
                 "INSERT INTO members(key, role, name, since_height) VALUES (?, ?, ?, ?)",
                 [(m.key, m.role, m.name, m.since_height) for m in members],
             )
+            db.execute("INSERT INTO membership(id, height, raw) VALUES (1, 0, ?)", (initial,))
 
     def genesis(self) -> tuple[bytes, str] | None:
         h = self._one("SELECT value FROM meta WHERE key = 'genesis_hash'")
@@ -241,6 +267,10 @@ class SqliteStore:
                 self._device_cache.pop(d.device, None)
             for dev in delta.device_seqs:
                 self._device_cache.pop(dev, None)
+            if delta.new_members or delta.removed_members:
+                self._member_cache.clear()
+            if delta.membership is not None:
+                self._membership = None
 
     def _commit_block(self, block: Block, commit: Commit, delta: StateDelta) -> None:
         with self._write() as db:
@@ -277,10 +307,16 @@ class SqliteStore:
                     for r in delta.readings
                 ],
             )
+            db.executemany("DELETE FROM members WHERE key = ?", [(k,) for k in delta.removed_members])
             db.executemany(
                 "INSERT OR REPLACE INTO members(key, role, name, since_height) VALUES (?, ?, ?, ?)",
                 [(m.key, m.role, m.name, m.since_height) for m in delta.new_members],
             )
+            if delta.membership is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO membership(id, height, raw) VALUES (1, ?, ?)",
+                    (delta.height, delta.membership.to_bytes()),
+                )
             db.executemany(
                 "INSERT INTO models(tx_id, height, kind, run, round, node, weights_hash)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -334,8 +370,26 @@ class SqliteStore:
         return [DeviceRecord(bytes(r[0]), bytes(r[1]), r[2], r[3], r[4]) for r in rows]
 
     def member(self, key: bytes) -> MemberRecord | None:
+        if key in self._member_cache:
+            return self._member_cache[key]
         row = self._one("SELECT key, role, name, since_height FROM members WHERE key = ?", (key,))
-        return None if row is None else MemberRecord(bytes(row[0]), row[1], row[2], row[3])
+        rec = None if row is None else MemberRecord(bytes(row[0]), row[1], row[2], row[3])
+        if len(self._member_cache) >= 10_000:
+            self._member_cache.clear()
+        self._member_cache[key] = rec
+        return rec
+
+    def membership(self) -> Membership:
+        if self._membership is None:
+            try:
+                row = self._one("SELECT raw FROM membership WHERE id = 1")
+            except sqlite3.OperationalError:  # a read-only replica of an older schema
+                row = None
+            # No row: a replica written before membership existed, so genesis' state holds.
+            self._membership = (
+                default_membership(self.members()) if row is None else Membership.from_bytes(bytes(row[0]))
+            )
+        return self._membership
 
     def members(self) -> list[MemberRecord]:
         rows = self._db.execute("SELECT key, role, name, since_height FROM members ORDER BY key")

@@ -13,10 +13,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from node import membership as ms_rules
 from node.blocks import Block
 from node.errors import BlockReason, InvalidBlock, InvalidTransaction, Reason
+from node.membership import Membership
 from node.runs import ModelRow, check_model_commit, check_model_update, check_train_request
 from node.transactions import (
+    JoinRequest,
     MemberVote,
     ModelCommit,
     ModelUpdate,
@@ -50,6 +53,10 @@ HUMIDITY_RANGE_PCT = (0.0, 100.0)
 class ChainParams:
     chain_id: str
     max_skew_ms: int
+    admission: str = "votes"  # genesis admission policy: "votes" | "open"
+    # False only when syncing blocks whose commit certificate was verified: more than 2/3 of the
+    # authorities already checked every signature in them (node/sync.py, "certificates" mode).
+    check_signatures: bool = True
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,9 @@ class StateDelta:
     new_devices: list[DeviceRecord] = field(default_factory=list)
     device_seqs: dict[bytes, int] = field(default_factory=dict)  # device -> new last_seq
     readings: list[ReadingRow] = field(default_factory=list)
-    new_members: list[MemberRecord] = field(default_factory=list)
+    new_members: list[MemberRecord] = field(default_factory=list)  # added, or with a new role
+    removed_members: list[bytes] = field(default_factory=list)
+    membership: Membership | None = None  # the new membership state, if the block changed it
     models: list[ModelRow] = field(default_factory=list)
 
 
@@ -111,6 +120,12 @@ class StateView(Protocol):
     def device(self, device: bytes) -> DeviceRecord | None: ...
 
     def member(self, key: bytes) -> MemberRecord | None: ...
+
+    def membership(self) -> Membership: ...
+
+    def height(self) -> int:
+        """The committed height under this view (a block being checked on it is height() + 1)."""
+        ...
 
     def has_tx(self, tx_id: bytes) -> bool: ...
 
@@ -122,21 +137,55 @@ class StateView(Protocol):
 
 
 class OverlayView:
-    """A view plus the not yet committed effects of earlier txs in the same block."""
+    """A view plus the not yet committed effects of earlier txs in the same block.
 
-    def __init__(self, base: StateView, height: int) -> None:
+    Creating one for a height first applies the membership changes that take effect at that
+    height, so the block's txs (and a proposer reaping its mempool) see the members in force.
+    """
+
+    def __init__(self, base: StateView, height: int, admission: str = "votes") -> None:
         self.base = base
+        self.admission = admission
         self.delta = StateDelta(height)
         self._devices: dict[bytes, DeviceRecord] = {}
         self._tx_ids: set[bytes] = set()
         self._models: dict[tuple[str, bytes, int, bytes], ModelRow] = {}
+        self._members: dict[bytes, MemberRecord | None] = {}
+        self._membership: Membership | None = None
+        self._begin_height()
+
+    def _begin_height(self) -> None:
+        new, applied = ms_rules.begin_height(self.base.membership(), self.delta.height)
+        if not applied:
+            return
+        self._set_membership(new)
+        for change in applied:
+            if change.action == "add":
+                rec = MemberRecord(change.node, change.role, change.name, change.effective)
+                self._members[change.node] = rec
+                self.delta.new_members.append(rec)
+            else:
+                self._members[change.node] = None
+                self.delta.removed_members.append(change.node)
+
+    def _set_membership(self, new: Membership) -> None:
+        self._membership = new
+        self.delta.membership = new
 
     def device(self, device: bytes) -> DeviceRecord | None:
         rec = self._devices.get(device)
         return rec if rec is not None else self.base.device(device)
 
     def member(self, key: bytes) -> MemberRecord | None:
+        if key in self._members:
+            return self._members[key]
         return self.base.member(key)
+
+    def membership(self) -> Membership:
+        return self._membership if self._membership is not None else self.base.membership()
+
+    def height(self) -> int:
+        return self.delta.height - 1
 
     def has_tx(self, tx_id: bytes) -> bool:
         return tx_id in self._tx_ids or self.base.has_tx(tx_id)
@@ -170,6 +219,11 @@ class OverlayView:
             d.models.append(
                 ModelRow("commit", tx.id, d.height, body.run, body.round, tx.signer, body.weights_hash)
             )
+        elif isinstance(body, JoinRequest):
+            ms = ms_rules.record_join(self.membership(), body, tx.id, d.height, self.admission)
+            self._set_membership(ms)
+        elif isinstance(body, MemberVote):
+            self._set_membership(ms_rules.record_vote(self.membership(), body, d.height))
         elif isinstance(body, RegisterDevice):
             rec = DeviceRecord(body.device, body.owner, body.name, None, d.height)
             d.new_devices.append(rec)
@@ -215,8 +269,10 @@ def check_tx(
         dev = view.device(body.device)
         if dev is None:
             return Reason.UNKNOWN_DEVICE
-        if not tx.signature_valid(params.chain_id):
+        if params.check_signatures and not tx.signature_valid(params.chain_id):
             return Reason.BAD_SIGNATURE
+        if view.member(dev.owner) is None:
+            return Reason.OWNER_REMOVED  # a removed member's devices stop with it
         if dev.last_seq is not None and body.seq <= dev.last_seq:
             return Reason.DUPLICATE if view.has_tx(tx.id) else Reason.REPLAYED_SEQUENCE
         if body.timestamp_ms > block_time_ms + params.max_skew_ms:
@@ -229,7 +285,7 @@ def check_tx(
         return None
     if view.has_tx(tx.id):
         return Reason.DUPLICATE
-    if not tx.signature_valid(params.chain_id):
+    if params.check_signatures and not tx.signature_valid(params.chain_id):
         return Reason.BAD_SIGNATURE
     if isinstance(body, RegisterDevice):
         if view.member(body.owner) is None:
@@ -242,6 +298,9 @@ def check_tx(
             return Reason.UNAUTHORIZED
         if isinstance(body, TrainRequest):
             return check_train_request(body)
+        return ms_rules.check_vote(view.membership(), view, body, view.height() + 1)
+    elif isinstance(body, JoinRequest):
+        return ms_rules.check_join(view.membership(), view, body)
     elif isinstance(body, ModelUpdate):
         return check_model_update(view, body)
     elif isinstance(body, ModelCommit):
@@ -249,14 +308,13 @@ def check_tx(
         if m is None or m.role != "authority":
             return Reason.UNAUTHORIZED  # the coordinator is an authority (DESIGN.md section 5)
         return check_model_commit(view, body, tx.signer)
-    # join_request: anyone may ask; admission is decided by member_vote (not yet implemented).
     return None
 
 
 def apply_block(view: StateView, block: Block, params: ChainParams) -> StateDelta:
     """Validate every tx of `block` in order and return the delta; InvalidBlock(INVALID_TX) on the
     first tx that is not acceptable, naming its index and reason."""
-    overlay = OverlayView(view, block.height)
+    overlay = OverlayView(view, block.height, params.admission)
     for i, tx in enumerate(block.parsed_txs):
         if isinstance(tx, InvalidTransaction):
             raise InvalidBlock(BlockReason.INVALID_TX, block.height, f"tx {i}: {tx}") from tx

@@ -19,12 +19,21 @@ from typing import Protocol
 
 from node.blocks import Block, Commit
 from node.errors import StorageError
+from node.membership import Membership, initial_membership
 from node.state import DeviceRecord, MemberRecord, ModelRow, ReadingRow, StateDelta, TxRecord
 
 
 class Store(Protocol):
-    def initialize(self, genesis_hash: bytes, genesis_json: str, members: Sequence[MemberRecord]) -> None:
-        """Record the genesis and its members once; a second call must name the same genesis."""
+    def initialize(
+        self,
+        genesis_hash: bytes,
+        genesis_json: str,
+        members: Sequence[MemberRecord],
+        membership: Membership | None = None,
+    ) -> None:
+        """Record the genesis, its members and the initial membership state (default: the
+        members with role authority form the validator set) once; a second call must name the
+        same genesis."""
         ...
 
     def genesis(self) -> tuple[bytes, str] | None:
@@ -61,6 +70,10 @@ class Store(Protocol):
 
     def members(self) -> list[MemberRecord]: ...
 
+    def membership(self) -> Membership:
+        """The membership state after the last committed block (node/membership.py)."""
+        ...
+
     def readings(
         self, device: bytes | None = None, *, height: int | None = None, limit: int | None = None
     ) -> list[ReadingRow]:
@@ -96,6 +109,10 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+def default_membership(members: Sequence[MemberRecord]) -> Membership:
+    return initial_membership(m.key for m in members if m.role == "authority")
+
+
 def check_commit_args(current_height: int, block: Block, commit: Commit, delta: StateDelta) -> None:
     """Preconditions of commit_block shared by the implementations."""
     h = block.height
@@ -118,19 +135,27 @@ class MemoryStore:
         self._txs: dict[bytes, TxRecord] = {}
         self._devices: dict[bytes, DeviceRecord] = {}
         self._members: dict[bytes, MemberRecord] = {}
+        self._membership: Membership | None = None
         self._readings: list[ReadingRow] = []
         self._models: list[ModelRow] = []
         self._model_index: dict[tuple[str, bytes, int, bytes | None], ModelRow] = {}
         self._blobs: dict[bytes, bytes] = {}
         self._consensus: bytes | None = None
 
-    def initialize(self, genesis_hash: bytes, genesis_json: str, members: Sequence[MemberRecord]) -> None:
+    def initialize(
+        self,
+        genesis_hash: bytes,
+        genesis_json: str,
+        members: Sequence[MemberRecord],
+        membership: Membership | None = None,
+    ) -> None:
         if self._genesis is not None:
             if self._genesis[0] != genesis_hash:
                 raise StorageError("store already holds a different genesis")
             return
         self._genesis = (genesis_hash, genesis_json)
         self._members = {m.key: m for m in members}
+        self._membership = membership or default_membership(members)
 
     def genesis(self) -> tuple[bytes, str] | None:
         return self._genesis
@@ -186,7 +211,11 @@ class MemoryStore:
             r = self._devices[dev]
             self._devices[dev] = DeviceRecord(r.device, r.owner, r.name, seq, r.registered_height)
         self._readings.extend(delta.readings)
+        for key in delta.removed_members:
+            self._members.pop(key, None)
         self._members.update((m.key, m) for m in delta.new_members)
+        if delta.membership is not None:
+            self._membership = delta.membership
         self._models.extend(delta.models)
         self._model_index.update((_model_key(m), m) for m in delta.models)
 
@@ -201,6 +230,11 @@ class MemoryStore:
 
     def members(self) -> list[MemberRecord]:
         return sorted(self._members.values(), key=lambda m: m.key)
+
+    def membership(self) -> Membership:
+        if self._membership is None:
+            raise StorageError("store is not initialized")
+        return self._membership
 
     def readings(
         self, device: bytes | None = None, *, height: int | None = None, limit: int | None = None

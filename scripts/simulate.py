@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--validators", type=int, default=4, help="number of validators, 4 to 10 (default 4)")
     ap.add_argument("--byzantine", type=int, default=1, help="Byzantine validators, at most f (default 1)")
     ap.add_argument("--behaviour", choices=[b.value for b in Behaviour], help="force one Byzantine behaviour")
+    ap.add_argument("--membership", action="store_true",
+                    help="a fifth node is voted in as an authority, then a genesis authority is voted out")
     ap.add_argument("--trace", action="store_true", help="print a readable trace (with --seed)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     results = []
     for seed in seeds:
-        r = run_seed(seed, args.validators, args.byzantine, behaviours=behaviours, trace=trace)
+        r = run_seed(seed, args.validators, args.byzantine, behaviours=behaviours, trace=trace,
+                     joiners=1 if args.membership else 0)
         results.append(r)
         if not args.json and (not r.ok or args.seed is not None):
             status = "ok" if r.ok else "FAIL"
@@ -63,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  safety: {v}")
             if r.liveness_failure:
                 print(f"  liveness: {r.liveness_failure}")
+            if r.membership_failure:
+                print(f"  membership: {r.membership_failure}")
     failed = [r for r in results if not r.ok]
     summary = {
         "seeds": len(results),
@@ -70,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         "byzantine": args.byzantine,
         "safety_violations": sum(len(r.safety_violations) for r in results),
         "liveness_failures": sum(1 for r in results if r.liveness_failure),
+        "membership_failures": sum(1 for r in results if r.membership_failure),
         "failed_seeds": [r.seed for r in failed],
         "min_height": min(min(h for h in r.heights) for r in results),
         "max_height": max(max(r.heights) for r in results),
@@ -88,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
               f"failures, heights {summary['min_height']}..{summary['max_height']}, {summary['wall_s']} s")
         if failed:
             print("replay a failure with: python scripts/simulate.py --seed N --trace "
-                  f"--validators {args.validators} --byzantine {args.byzantine}")
+                  f"--validators {args.validators} --byzantine {args.byzantine}"
+                  + (" --membership" if args.membership else ""))
     return 1 if failed else 0
 
 

@@ -20,6 +20,7 @@ def check(result: object) -> None:
     r = result
     assert not r.safety_violations, f"seed {r.seed}: {r.safety_violations}"  # type: ignore[attr-defined]
     assert r.liveness_failure is None, f"seed {r.seed}: {r.liveness_failure}"  # type: ignore[attr-defined]
+    assert r.membership_failure is None, f"seed {r.seed}: {r.membership_failure}"  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("seed", REGRESSION_SEEDS)
@@ -48,6 +49,19 @@ def test_ten_validators_three_byzantine(seed: int) -> None:
 def test_every_byzantine_behaviour_with_crashes_and_partitions(behaviour: Behaviour) -> None:
     for seed in range(4000, 4005):
         check(run_seed(seed, 4, 1, behaviours=[behaviour]))
+
+
+@pytest.mark.parametrize("chunk", range(4))
+def test_validator_set_changes_under_faults(chunk: int) -> None:
+    """A fifth node is voted in as an authority, then a genesis authority is voted out, while the
+    seed's faults run; safety after every step, and the set really changed on every replica."""
+    for seed in range(5000 + chunk * 25, 5000 + (chunk + 1) * 25):
+        check(run_seed(seed, 4, 1, joiners=1))
+
+
+@pytest.mark.parametrize("seed", range(6000, 6010))
+def test_validator_set_changes_with_seven_validators_two_byzantine(seed: int) -> None:
+    check(run_seed(seed, 7, 2, joiners=1))
 
 
 def test_a_seed_replays_identically() -> None:

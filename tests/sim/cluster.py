@@ -256,6 +256,7 @@ class Cluster:
         faults: Faults,
         behaviours: list[Behaviour] | None = None,
         trace: Callable[[str], None] | None = None,
+        joiners: int = 0,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -266,11 +267,12 @@ class Cluster:
         self._trace = trace
         self.commit_delay_ms = 5
         self.crash_after_persist = 0.0
-        keys = [NodeKey.from_seed(bytes([i + 1]) * 32) for i in range(validators)]
+        # Joiners run a replica from genesis but are not authorities until the ledger says so.
+        keys = [NodeKey.from_seed(bytes([i + 1]) * 32) for i in range(validators + joiners)]
         self.genesis = Genesis(
             chain_id=CHAIN_ID,
             genesis_time_ms=0,
-            authorities=tuple(GenesisMember(k.public, f"v{i}") for i, k in enumerate(keys)),
+            authorities=tuple(GenesisMember(k.public, f"v{i}") for i, k in enumerate(keys[:validators])),
             timeouts=SIM_TIMEOUTS,
             max_clock_skew_ms=1000,
         )

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from node.verify import verify_chain
 from tests.sim.byzantine import Behaviour
 from tests.sim.cluster import Cluster
+from tests.sim.membership import DRIVER_PERIOD_MS, MembershipDriver
 from tests.sim.network import Faults
 
 LIVENESS_HEIGHTS = 3  # after healing every correct node must commit this many new heights
@@ -34,10 +35,14 @@ class SeedResult:
     messages: int = 0
     dropped: int = 0
     bad_signatures: int = 0
+    joiners: int = 0
+    membership: str = ""  # what changed, when membership changes were simulated
+    membership_failure: str | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.safety_violations and self.liveness_failure is None
+        failures = (self.liveness_failure, self.membership_failure)
+        return not self.safety_violations and failures == (None, None)
 
     def to_dict(self) -> dict[str, object]:
         return {**asdict(self), "ok": self.ok}
@@ -66,7 +71,10 @@ def run_seed(
     faults: Faults | None = None,
     fault_phase_ms: int | None = None,
     trace: Callable[[str], None] | None = None,
+    joiners: int = 0,
 ) -> SeedResult:
+    """One seed. With joiners=1, an extra node joins as an authority by votes and then a genesis
+    authority is voted out, while the faults run (tests/sim/membership.py)."""
     started = time.perf_counter()
     rng = random.Random(f"faults/{seed}")
     chosen, phase = choose_faults(rng, byzantine)
@@ -74,8 +82,9 @@ def run_seed(
     heal_at = fault_phase_ms if fault_phase_ms is not None else phase
     if behaviours is None:
         behaviours = [rng.choice(list(Behaviour)) for _ in range(byzantine)]
-    cluster = Cluster(seed, validators, faults, behaviours, trace)
-    result = SeedResult(seed, validators, [b.value for b in behaviours], faults.describe(), heal_ms=heal_at)
+    cluster = Cluster(seed, validators, faults, behaviours, trace, joiners=joiners)
+    result = SeedResult(seed, validators, [b.value for b in behaviours], faults.describe(), heal_ms=heal_at,
+                        joiners=joiners)
     if faults.crashes:
         cluster.crash_after_persist = 0.02
     _schedule_faults(cluster, rng, faults, heal_at)
@@ -86,6 +95,11 @@ def run_seed(
     for n in cluster.nodes:
         cluster.every(GOSSIP_PERIOD_MS, n.gossip, f"gossip {n.index}", end_ms)
         n.boot()
+    driver: MembershipDriver | None = None
+    if joiners:
+        # Node 0 owns the devices (its removal would stop the readings); Byzantine nodes are last.
+        driver = MembershipDriver(cluster, joiner=cluster.nodes[validators], leaver=cluster.nodes[1])
+        cluster.every(DRIVER_PERIOD_MS, driver.tick, "membership", end_ms)
 
     target: int | None = None
     sched = cluster.scheduler
@@ -96,7 +110,7 @@ def run_seed(
             break
         if target is None and sched.now_ms >= heal_at:
             target = max(n.store.height() for n in cluster.correct_nodes()) + LIVENESS_HEIGHTS
-        if target is not None and cluster.min_correct_height() >= target:
+        if target is not None and cluster.min_correct_height() >= target and (driver is None or driver.done):
             break
 
     result.sim_ms = sched.now_ms
@@ -107,6 +121,10 @@ def run_seed(
     result.safety_violations = list(cluster.monitor.violations)
     if not result.safety_violations:
         _check_validity(cluster, result)
+    if driver is not None:
+        result.membership = f"joined at {driver.joined_at}, left at {driver.left_at}"
+        if not result.safety_violations:
+            result.membership_failure = driver.check()
     if not result.safety_violations and (target is None or cluster.min_correct_height() < target):
         result.liveness_failure = (
             f"after healing at {heal_at} ms, correct nodes reached heights "
