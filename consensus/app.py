@@ -30,7 +30,8 @@ class Application(Protocol):
         ...
 
     def has_pending(self) -> bool:
-        """Whether there is anything to put in a block (consulted only when empty blocks are off)."""
+        """Whether the chain should grow now (consulted only when empty blocks are off): pending
+        txs, or anything else that needs a block, such as a decided validator-set change."""
         ...
 
 

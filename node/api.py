@@ -7,20 +7,24 @@ GET /block/H                      one block with its transactions and commit cer
 GET /tx/ID                        one committed transaction (ID in hex)
 GET /peers                        connected peers
 GET /devices                      registered devices and their last sequence numbers
+GET /members                      members with roles; open join requests, votes, scheduled changes
+GET /genesis                      the federation's genesis (what `fedledger join` fetches) and its hash
 GET /finality?last=K              the latest K finality latencies (ms from submission to this node
                                   until its commit), for txs submitted to this node
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
-from node import wire
+from node import membership, wire
 from node.blocks import Block, Commit
 from node.keys import short_id
 from node.models import runs
+from node.store import Store
 from node.transactions import tx_id
 
 if TYPE_CHECKING:
@@ -61,6 +65,12 @@ def block_detail(block: Block, commit: Commit | None) -> dict[str, Any]:
         "last_commit": hexify(block.last_commit.to_dict()) if block.last_commit else None,
         "commit": hexify(commit.to_dict()) if commit else None,
     }
+
+
+def membership_status(store: Store) -> dict[str, Any]:
+    """`members` (who is in, with roles) and `membership` (requests, votes, scheduled changes)."""
+    view = membership.to_json(store.membership(), store.members(), store.height())
+    return {"members": view.pop("members"), "membership": view}
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -109,6 +119,8 @@ class NodeApi:
             "uptime_s": round(time.time() - n.started_at, 1),
             "network": n.net.stats(),
             "training": {"runs": [r.to_json() for r in runs(store)], "local": n.training.status()},
+            "sync": n.sync_status(),
+            **membership_status(store),
         }
 
     def handle_http(self, path: str, query: dict[str, str]) -> tuple[int, Any] | None:
@@ -117,6 +129,13 @@ class NodeApi:
         try:
             if parts == ["status"] or not parts:
                 return 200, self.status()
+            if parts == ["genesis"]:
+                # What `fedledger join` fetches: the exact file this federation runs with.
+                return 200, {"chain_id": self.node.genesis.chain_id,
+                             "genesis_hash": self.node.ledger.genesis_hash.hex(),
+                             "genesis": json.loads(self.node.genesis.to_json())}
+            if parts == ["members"]:
+                return 200, membership_status(store)
             if parts == ["blocks"]:
                 hi = int(query.get("to", store.height()))
                 lo = int(query.get("from", max(1, hi - 19)))

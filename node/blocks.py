@@ -17,10 +17,10 @@ from typing import Any
 from consensus.messages import Vote, VoteType
 from consensus.validators import ValidatorSet
 from node import merkle
-from node.codec import digest, encode
-from node.errors import BlockReason, InvalidBlock, InvalidTransaction
+from node.codec import decode, digest, encode
+from node.errors import BlockReason, CodecError, InvalidBlock, InvalidTransaction
 from node.keys import verify_vote
-from node.transactions import Transaction, parse_tx, tx_id
+from node.transactions import Transaction, parse_encoded_tx, parse_tx, tx_id
 
 EMPTY_HASH = hashlib.sha256(b"").digest()
 MAX_BLOCK_TXS = 10_000
@@ -194,6 +194,50 @@ class Block:
         return Block(header, tuple(txs), lc)
 
 
+def block_from_parts(raw_block: bytes, raw_txs: Sequence[bytes]) -> Block:
+    """A block as block sync receives it: the canonical encoding of {header, last_commit} and
+    each tx's encoding, as the serving replica stores them. Tx ids are the hashes of those bytes
+    (transactions.parse_encoded_tx), so nothing is re-encoded; a certified block never holds a
+    malformed tx, so one makes the whole block malformed."""
+    try:
+        d = decode(raw_block)
+    except CodecError as exc:
+        raise _malformed(None, f"undecodable block: {exc}") from exc
+    if not isinstance(d, dict) or set(d) != {"header", "last_commit"}:
+        raise _malformed(None, "block must have exactly header and last_commit")
+    hdr = d["header"]
+    hint = hdr.get("height") if isinstance(hdr, dict) and isinstance(hdr.get("height"), int) else None
+    header = Header.from_dict(hdr, hint)
+    if len(raw_txs) > MAX_BLOCK_TXS:
+        raise _malformed(hint, f"txs must be a list of at most {MAX_BLOCK_TXS}")
+    parsed: list[Transaction] = []
+    for i, raw in enumerate(raw_txs):
+        try:
+            parsed.append(parse_encoded_tx(raw))
+        except InvalidTransaction as exc:
+            raise _malformed(hint, f"tx {i}: {exc}") from exc
+    lc = None if d["last_commit"] is None else Commit.from_dict(d["last_commit"])
+    block = Block(header, tuple(t.raw for t in parsed), lc)
+    # Fill the cached properties from the parse: computing them again would re-encode every tx.
+    block.__dict__["parsed_txs"] = tuple(parsed)
+    block.__dict__["tx_ids"] = tuple(t.id for t in parsed)
+    return block
+
+
+def commit_from_bytes(raw: bytes) -> Commit:
+    try:
+        d = decode(raw)
+    except CodecError as exc:
+        raise _malformed(None, f"undecodable commit: {exc}", commit=True) from exc
+    return Commit.from_dict(d)
+
+
+def block_row_bytes(block: Block) -> bytes:
+    """The canonical encoding of {header, last_commit}: how stores keep a block and sync sends it."""
+    lc = block.last_commit.to_dict() if block.last_commit else None
+    return encode({"header": block.header.to_dict(), "last_commit": lc})
+
+
 def _malformed(height: int | None, detail: str, *, commit: bool = False) -> InvalidBlock:
     return InvalidBlock(BlockReason.BAD_COMMIT if commit else BlockReason.MALFORMED, height, detail)
 
@@ -240,6 +284,8 @@ def verify_commit(commit: Commit, vset: ValidatorSet, chain_id: str, block_id: b
         raise InvalidBlock(BlockReason.BAD_COMMIT, height, "commit is for a different block")
     signers: set[bytes] = set()
     for v in commit.precommits:
+        if len(signers) >= vset.quorum:
+            break  # extra precommits add nothing to finality: do not pay for checking them
         if v.validator in signers or v.validator not in vset:
             continue
         if (

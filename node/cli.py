@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from node import cli_init, cli_launch, cli_ledger, cli_model, cli_node, cli_train
+from node import cli_init, cli_join, cli_launch, cli_ledger, cli_member, cli_model, cli_node, cli_train
 from node.errors import FedledgerError
 
 EXIT_OK = 0
@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     cli_init.add_parser(sub)
     cli_node.add_parser(sub)
+    cli_join.add_parser(sub)
+    cli_member.add_parser(sub)
     cli_ledger.add_parser(sub)
     cli_launch.add_parser(sub)
     cli_train.add_parser(sub)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from node.api import block_detail
+from node.api import block_detail, membership_status
 from node.datadir import DB_FILE, GENESIS_FILE, PID_FILE, NodeConfig
 from node.errors import ConfigError, RemoteError, StorageError
 from node.genesis import Genesis
@@ -152,7 +152,7 @@ def offline_status(node: LocalNode) -> dict[str, Any]:
         "head_hash": head.hex(),
         "head_time_ms": top[0]["time_ms"] if top else genesis.genesis_time_ms,
         "validators": [{"node_id": short_id(k), "public_key": k.hex()}
-                       for k in genesis.validator_set().members],
+                       for k in store.membership().validators_at(store.height() + 1)],
         "peers": 0,
         "peer_ids": [],
         "mempool": 0,
@@ -163,6 +163,7 @@ def offline_status(node: LocalNode) -> dict[str, Any]:
         "url": cfg.url,
         "running": False,
         "training": {"runs": [r.to_json() for r in runs(store)], "local": None},
+        **membership_status(store),
     }
 
 
@@ -388,8 +389,39 @@ def status_lines(st: dict[str, Any]) -> list[str]:
         ["rejected", sum(v for v in rejected.values() if isinstance(v, int)),
          " ".join(f"{k}={v}" for k, v in sorted(rejected.items()))],
         ["url", g("url"), ""],
+        *member_rows(st),
+        *sync_rows(st.get("sync")),
         *training_rows(st.get("training")),
     ])
+
+
+def member_rows(st: dict[str, Any]) -> list[list[Any]]:
+    members = st.get("members") if isinstance(st.get("members"), list) else []
+    ms = st.get("membership") if isinstance(st.get("membership"), dict) else {}
+    by_role: dict[str, int] = {}
+    for m in members:
+        if isinstance(m, dict):
+            by_role[str(m.get("role"))] = by_role.get(str(m.get("role")), 0) + 1
+    rows: list[list[Any]] = []
+    if members:
+        rows.append(["members", len(members), " ".join(f"{r}={n}" for r, n in sorted(by_role.items()))])
+    for r in ms.get("join_requests", [])[:5]:
+        rows.append(["join request", f"{r.get('node_id')} {r.get('name')}",
+                     f"as {r.get('role')} since height {r.get('height')}"])
+    for v in ms.get("votes", [])[:5]:
+        rows.append(["vote", f"{v.get('action')} {v.get('node_id')} as {v.get('role')}",
+                     f"{v.get('counted')} of {v.get('needed')} needed"])
+    for c in ms.get("scheduled", [])[:5]:
+        rows.append(["scheduled", f"{c.get('action')} {c.get('node_id')} as {c.get('role')}",
+                     f"from height {c.get('effective_height')}"])
+    return rows
+
+
+def sync_rows(sync: Any) -> list[list[Any]]:
+    if not isinstance(sync, dict) or not sync.get("syncing"):
+        return []
+    rate = f"{sync.get('blocks_per_s')} blocks/s, {sync.get('readings_per_s')} readings/s"
+    return [["sync", f"{sync.get('height')}/{sync.get('target_height')}", f"{rate} ({sync.get('mode')})"]]
 
 
 def training_rows(training: Any) -> list[list[Any]]:
@@ -461,7 +493,7 @@ def cmd_block(args: argparse.Namespace) -> int:
         if block is None:
             raise StorageError(f"no block at height {args.height} (height is {node.store.height()})")
         commit = node.store.commit(args.height)
-        n_validators = node.genesis().validator_set().n
+        n_validators = len(node.store.membership().validators_at(args.height))
     detail = block_detail(block, commit)
     for d, raw in zip(detail["txs"], block.txs, strict=True):
         if isinstance(raw.get("signer"), bytes):

@@ -12,6 +12,7 @@ from typing import Any
 
 from node.cli_init import read_passphrase
 from node.datadir import LOG_FILE, PID_FILE
+from node.sync import SYNC_MODES
 
 
 def add_parser(sub: Any) -> None:
@@ -24,15 +25,22 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--port", type=int, help="listen port (default: from config.json)")
     r.add_argument("--bootstrap", action="append", metavar="URL", help="peer URL to dial (repeatable)")
     r.add_argument("--passphrase-file", help="file holding the key passphrase, if the key is encrypted")
+    r.add_argument("--sync", choices=SYNC_MODES, default=None,
+                   help="catch-up verification: certificates (default; from config.json) or full")
     r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     r.set_defaults(func=run)
 
 
-def setup_logging(data_dir: Path, level: str) -> None:
+def setup_logging(data_dir: Path, level: str, console: bool = True) -> None:
+    """Log to DIR/node.log, and to stderr unless `console` is False (join prints its own progress
+    and keeps the node's log in the file; warnings still reach stderr)."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     root.setLevel(level.upper())
-    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(data_dir / LOG_FILE)):
+    stderr = logging.StreamHandler(sys.stderr)
+    if not console:
+        stderr.setLevel(logging.WARNING)
+    for handler in (stderr, logging.FileHandler(data_dir / LOG_FILE)):
         handler.setFormatter(fmt)
         root.addHandler(handler)
     logging.getLogger("websockets").setLevel(logging.WARNING)
@@ -44,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     if args.port is not None and not 0 <= args.port <= 65535:
         raise SystemExit("fedledger node run: --port must be between 0 and 65535")
     passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
-    node = Node(args.dir, passphrase=passphrase, host=args.host, port=args.port, bootstrap=args.bootstrap)
+    node = Node(args.dir, passphrase=passphrase, host=args.host, port=args.port, bootstrap=args.bootstrap,
+                sync_mode=args.sync)
     setup_logging(args.dir, args.log_level)
     pid_file = args.dir / PID_FILE
 

@@ -172,12 +172,27 @@ def sign_vote(key: NodeKey, chain_id: str, vote: Vote) -> Vote:
 
 
 def verify_vote(chain_id: str, vote: Vote) -> bool:
+    """Whether the vote's signature is valid. A precommit is checked when it arrives, again in
+    the commit certificate of its block and once more as the next block's last_commit; a valid
+    result is remembered (by everything signed, and the signature), so each costs one check."""
     try:
         kind = vote.type.kind
         fields = vote.signing_fields()
     except (AttributeError, ValueError, TypeError):
         return False
-    return verify(vote.validator, vote.signature, kind, chain_id, fields)
+    key = (chain_id, kind, tuple(fields.items()), vote.validator, vote.signature)
+    if key in _VALID_VOTES:
+        return True
+    ok = verify(vote.validator, vote.signature, kind, chain_id, fields)
+    if ok:  # only successes: a forged vote must not evict good ones or be cached as good
+        if len(_VALID_VOTES) >= MAX_VALID_VOTES:
+            del _VALID_VOTES[next(iter(_VALID_VOTES))]
+        _VALID_VOTES[key] = None
+    return ok
+
+
+MAX_VALID_VOTES = 20_000
+_VALID_VOTES: dict[tuple[object, ...], None] = {}
 
 
 def sign_proposal(key: NodeKey, chain_id: str, proposal: Proposal) -> Proposal:

@@ -154,12 +154,16 @@ class Ledger:
     def verify_commit(self, block: Block, commit: Commit) -> None:
         verify_commit(commit, self.validators_at(block.height), self.chain_id, block.hash, block.height)
 
-    def commit(self, block: Block, commit: Commit, *, verify_txs: bool = True) -> StateDelta:
+    def commit(
+        self, block: Block, commit: Commit, *, verify_txs: bool = True, durable: bool = True
+    ) -> StateDelta:
         """Check `commit` finalises `block`, validate the block, apply it all atomically.
 
         verify_txs=False is block sync's "certificates" mode: the certificate is checked, then
-        every rule but the per-tx signature checks (see validate_block)."""
+        every rule but the per-tx signature checks (see validate_block). durable=False: see
+        Store.commit_block (block sync)."""
         self.verify_commit(block, commit)
         delta = self.validate_block(block, certified=not verify_txs)
-        self.store.commit_block(block, commit, delta)
+        self.store.commit_block(block, commit, delta, durable=durable)
+        self._head_time = (block.height, block.header.time_ms)  # the next block's lower bound
         return delta

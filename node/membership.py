@@ -28,6 +28,7 @@ from typing import Any
 
 from node.codec import decode, encode
 from node.errors import CodecError, Reason
+from node.keys import short_id
 from node.transactions import JoinRequest, MemberVote
 
 EFFECT_DELAY = 2  # a change decided at H takes effect at H + 2
@@ -267,3 +268,31 @@ def _without(requests: tuple[JoinRecord, ...], node: bytes) -> tuple[JoinRecord,
 
 def _sorted_requests(requests: Iterable[JoinRecord]) -> tuple[JoinRecord, ...]:
     return tuple(sorted(requests, key=lambda r: r.node))
+
+
+# --- views (API /status, `ledger status`, `member list`) ------------------------------------------
+
+
+def to_json(ms: Membership, members: Iterable[Any], height: int) -> dict[str, Any]:
+    """Members in force after `height` and what is under way, with keys as hex and short ids."""
+    in_force = ms.validators_at(height + 1)
+    quorum = 2 * len(in_force) // 3 + 1
+
+    def ident(key: bytes) -> dict[str, str]:
+        return {"node_id": short_id(key), "public_key": key.hex()}
+
+    return {
+        "members": [{**ident(m.key), "name": m.name, "role": m.role, "since_height": m.since_height}
+                    for m in members],
+        "join_requests": [{**ident(r.node), "role": r.role, "name": r.name, "url": r.url, "height": r.height,
+                           "tx": r.tx_id.hex()} for r in ms.requests],
+        "votes": [{**ident(t.node), "action": t.action, "role": t.role,
+                   "voters": [short_id(v) for v in t.voters],
+                   "counted": len(set(t.voters) & set(in_force)), "needed": quorum} for t in ms.tallies],
+        "scheduled": [{**ident(c.node), "action": c.action, "role": c.role, "name": c.name,
+                       "decided_height": c.decided, "effective_height": c.effective} for c in ms.scheduled],
+        "history": [{**ident(c.node), "action": c.action, "role": c.role, "name": c.name,
+                     "decided_height": c.decided, "effective_height": c.effective} for c in ms.history],
+        "validator_sets": [{"from_height": e.from_height, "validators": [short_id(k) for k in e.keys]}
+                           for e in ms.epochs],
+    }

@@ -49,6 +49,8 @@ from node.ledger import Ledger
 from node.mempool import Mempool
 from node.signer import KeySigner
 from node.sqlite_store import SqliteStore
+from node.sync import DEFAULT_MODE as DEFAULT_SYNC_MODE
+from node.sync import SYNC_MODES, BlockSync, SyncStats, decode_items
 from node.training import SYNC_SLACK, Training
 from node.transactions import parse_tx
 from node.transport import PeerInfo, PeerNetwork
@@ -56,8 +58,7 @@ from node.transport import PeerInfo, PeerNetwork
 log = logging.getLogger("fedledger.node")
 
 MAX_BLOCK_TXS = 2000
-SYNC_BATCH = 32
-SYNC_BATCH_BYTES = 2 * 1024 * 1024
+SYNC_BATCH_BYTES = 2 * 1024 * 1024  # a blocks frame stays well under the 4 MiB frame limit
 STATUS_PERIOD_S = 0.5
 REGOSSIP_AFTER_S = 1.0  # re-send consensus messages when the height/round has not moved this long
 COMMIT_DELAY_MS = 10  # collect straggling precommits before the next height (CometBFT's commit timeout)
@@ -80,6 +81,7 @@ class Node:
         host: str | None = None,
         port: int | None = None,
         bootstrap: list[str] | None = None,
+        sync_mode: str | None = None,
     ) -> None:
         self.dir = Path(data_dir)
         self.config = NodeConfig.load(self.dir)
@@ -99,8 +101,12 @@ class Node:
         self.host = host or self.config.listen_host
         self.port = self.config.listen_port if port is None else port
         self.bootstrap = list(bootstrap if bootstrap is not None else self.config.bootstrap)
-        self.peer_heights: dict[bytes, int] = {}
-        self._sync_pending: dict[bytes, float] = {}
+        self.sync_mode = sync_mode or str(self.config.extra.get("sync_mode", DEFAULT_SYNC_MODE))
+        if self.sync_mode not in SYNC_MODES:
+            raise ConfigError(f"sync mode must be one of {', '.join(SYNC_MODES)}, not {self.sync_mode!r}")
+        self.sync = BlockSync()
+        self.sync_stats = SyncStats(self.sync_mode, start_height=self.store.height())
+        self._sync_wake = asyncio.Event()
         self._submitted: dict[bytes, float] = {}
         self.latencies_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.finalized_txs = 0
@@ -172,7 +178,8 @@ class Node:
         return value.hash
 
     def has_pending(self) -> bool:
-        return len(self.mempool) > 0
+        # A decided membership change needs its two blocks even on an idle federation.
+        return len(self.mempool) > 0 or bool(self.store.membership().scheduled)
 
     # --- driving the core ---------------------------------------------------------------------
     def step(self, event: Event) -> None:
@@ -206,9 +213,11 @@ class Node:
         self.step(StartHeight(self.store.height() + 1))
         self._send_status()
 
-    def _apply(self, block: Block, commit: Commit) -> bool:
+    def _apply(self, block: Block, commit: Commit, *, synced: bool = False) -> bool:
         try:
-            self.ledger.commit(block, commit)
+            # A decided block was fully validated as a proposal; a synced one as the mode says.
+            self.ledger.commit(block, commit, verify_txs=not synced or self.sync_mode == "full",
+                               durable=not synced)
         except InvalidBlock as exc:
             self.counters[f"rejected_block:{exc.reason.value}"] += 1
             log.error("could not commit block %s: %s", block.height, exc)
@@ -222,9 +231,17 @@ class Node:
             if t0 is not None:
                 self.latencies_ms.append((now - t0) * 1000)
                 self.latency_count += 1
-        log.info("committed height %d (%d txs, round %d)", block.height, len(ids), commit.round)
+        log.log(logging.DEBUG if synced else logging.INFO, "committed height %d (%d txs, round %d)",
+                block.height, len(ids), commit.round)
         self.training.on_block(block)
+        self._on_membership(block)
         return True
+
+    def _on_membership(self, block: Block) -> None:
+        """Keep what this node tells peers about itself in step with the ledger."""
+        if self.net.role != self.role:
+            log.info("role on the ledger is now %s (height %d)", self.role, block.height)
+            self.net.role = self.role
 
     # --- peers --------------------------------------------------------------------------------
     async def _on_peer_message(self, peer: PeerInfo, type_: str, payload: Any) -> None:
@@ -329,61 +346,87 @@ class Node:
         self.net.broadcast(wire.STATUS, {"height": self.store.height(), "head_hash": self.ledger.head_hash})
 
     def _on_status(self, peer: PeerInfo, payload: dict[str, Any]) -> None:
-        self.peer_heights[peer.key] = payload["height"]
-        self._maybe_sync(peer.key)
+        self.sync.peer_height(peer.key, payload["height"])
+        self._request_blocks()
 
-    def _maybe_sync(self, peer_key: bytes) -> None:
-        ours = self.store.height()
-        theirs = self.peer_heights.get(peer_key, 0)
-        if theirs <= ours:
+    # --- block sync (node/sync.py decides what to fetch from whom) ------------------------------
+    def _request_blocks(self) -> None:
+        height = self.store.height()
+        if self.sync.target <= height:
             return
-        pending = self._sync_pending.get(peer_key)
-        if pending is not None and time.monotonic() - pending < 5.0:
-            return
-        self._sync_pending[peer_key] = time.monotonic()
-        self.net.send(peer_key, wire.GET_BLOCKS, {"from": ours + 1, "to": min(theirs, ours + SYNC_BATCH)})
+        if not self.sync.in_flight and not self.sync.fetched and self.sync_stats.blocks == 0:
+            self.sync_stats = SyncStats(self.sync_mode, start_height=height)  # a new catch-up
+        for r in self.sync.requests(height, time.monotonic()):
+            self.net.send(r.peer, wire.GET_BLOCKS, {"from": r.lo, "to": r.hi})
 
     def _serve_blocks(self, peer: PeerInfo, payload: dict[str, Any]) -> None:
         out: list[dict[str, Any]] = []
         size = 0
         for h in range(payload["from"], min(payload["to"], self.store.height()) + 1):
-            block, commit = self.store.block(h), self.store.commit(h)
-            if block is None or commit is None:
+            parts = self.store.block_parts(h)
+            if parts is None:
                 break
-            size += len(block.wire_bytes) + 200 * len(commit.precommits)
+            raw_block, raw_txs, raw_commit = parts
+            size += len(raw_block) + len(raw_commit) + sum(len(t) + 3 for t in raw_txs)
             if out and size > SYNC_BATCH_BYTES:
                 break  # keeps the frame under the limit; the peer asks for the rest
-            out.append({"block": block.to_wire(), "commit": commit.to_dict()})
+            out.append({"block": raw_block, "txs": raw_txs, "commit": raw_commit})
         self.counters["blocks_served"] += len(out)
         self.net.send(peer.key, wire.BLOCKS, out)
 
     def _on_blocks(self, peer: PeerInfo, items: list[dict[str, Any]]) -> None:
-        self._sync_pending.pop(peer.key, None)
-        applied = 0
-        for item in items:
-            try:
-                block = Block.from_wire(item["block"])
-                commit = Commit.from_dict(item["commit"])
-            except (InvalidBlock, KeyError, TypeError) as exc:
-                self.counters["sync_malformed"] += 1
-                log.info("malformed block from %s: %s", peer.short_id, exc)
-                return
-            if block.height != self.store.height() + 1:
-                continue
-            if not self._apply(block, commit):
-                return
-            applied += 1
-        if applied:
-            self.counters["blocks_synced"] += applied
-            self.step(StartHeight(self.store.height() + 1))
-            self._send_status()
-            self._maybe_sync(peer.key)
+        try:
+            decoded = decode_items(items)
+        except InvalidBlock as exc:
+            self.counters["sync_malformed"] += 1
+            self.sync.penalise(peer.key, time.monotonic())
+            log.info("malformed blocks from %s: %s", peer.short_id, exc)
+            return
+        self.sync.on_blocks(peer.key, decoded, time.monotonic())
+        self._sync_wake.set()
+
+    async def _sync_loop(self) -> None:
+        """Apply fetched batches in height order, one batch per turn of the event loop, so
+        consensus, clients and status keep being served during a long catch-up."""
+        while not self._stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._sync_wake.wait(), 0.2)
+            self._sync_wake.clear()
+            applied_any = False
+            while (ready := self.sync.take_ready(self.store.height())) is not None:
+                peer, batch = ready
+                t0 = time.perf_counter()
+                for block, commit in batch:
+                    if not self._apply(block, commit, synced=True):
+                        self.counters["sync_bad_block"] += 1
+                        self.sync_stats.failures += 1
+                        self.sync.penalise(peer, time.monotonic())
+                        break
+                    self.counters["blocks_synced"] += 1
+                    st = self.sync_stats
+                    st.blocks += 1
+                    st.txs += len(block.txs)
+                    st.readings += sum(1 for t in block.parsed_txs if getattr(t, "kind", "") == "reading")
+                    applied_any = True
+                self.sync_stats.busy_s += time.perf_counter() - t0
+                self._request_blocks()
+                await asyncio.sleep(0)
+            if applied_any:
+                self.step(StartHeight(self.store.height() + 1))
+                self._send_status()
+            self._request_blocks()
+
+    def sync_status(self) -> dict[str, Any]:
+        return self.sync_stats.to_dict(self.store.height(), max(self.sync.target, self.store.height()))
 
     # --- background loops ---------------------------------------------------------------------
     async def _status_loop(self) -> None:
         while not self._stop.is_set():
             self._send_status()
-            best_peer = max(self.peer_heights.values(), default=0)
+            connected = {p.key for p in self.net.peers()}
+            for key in [k for k in self.sync.peer_heights if k not in connected]:
+                self.sync.peer_gone(key)
+            best_peer = self.sync.target
             self.training.tick(caught_up=self.store.height() >= best_peer - SYNC_SLACK)
             mark = (self.core.height, self.core.round, int(self.core.step_))
             now = time.monotonic()
@@ -408,7 +451,8 @@ class Node:
         await self.net.start()
         log.info("node %s listening on %s (height %d)", self.key.short_id, self.net.url, self.store.height())
         self.execute(self.core.start())
-        loops = [asyncio.create_task(self._status_loop()), asyncio.create_task(self._tx_gossip_loop())]
+        loops = [asyncio.create_task(self._status_loop()), asyncio.create_task(self._tx_gossip_loop()),
+                 asyncio.create_task(self._sync_loop())]
         try:
             await self._stop.wait()
         finally:

@@ -17,10 +17,12 @@ import hashlib
 from collections.abc import Sequence
 from typing import Protocol
 
-from node.blocks import Block, Commit
+from node.blocks import Block, Commit, block_row_bytes
+from node.codec import encode
 from node.errors import StorageError
 from node.membership import Membership, initial_membership
 from node.state import DeviceRecord, MemberRecord, ModelRow, ReadingRow, StateDelta, TxRecord
+from node.transactions import Transaction
 
 
 class Store(Protocol):
@@ -56,11 +58,19 @@ class Store(Protocol):
 
     def commit(self, height: int) -> Commit | None: ...
 
+    def block_parts(self, height: int) -> tuple[bytes, list[bytes], bytes] | None:
+        """What block sync sends for `height`: blocks.block_row_bytes(block), each tx's
+        encoding, and the commit certificate's encoding (SqliteStore returns its stored bytes)."""
+        ...
+
     def tx(self, tx_id: bytes) -> TxRecord | None: ...
 
     def has_tx(self, tx_id: bytes) -> bool: ...
 
-    def commit_block(self, block: Block, commit: Commit, delta: StateDelta) -> None: ...
+    def commit_block(self, block: Block, commit: Commit, delta: StateDelta, durable: bool = True) -> None:
+        """durable=False (block sync): the write may be lost by a power failure, never torn; the
+        block can be fetched again. Decided blocks and the consensus state are always durable."""
+        ...
 
     def device(self, device: bytes) -> DeviceRecord | None: ...
 
@@ -180,13 +190,21 @@ class MemoryStore:
     def commit(self, height: int) -> Commit | None:
         return self._commits[height - 1] if 1 <= height <= len(self._commits) else None
 
+    def block_parts(self, height: int) -> tuple[bytes, list[bytes], bytes] | None:
+        block, commit = self.block(height), self.commit(height)
+        if block is None or commit is None:
+            return None
+        txs = [p.encoded if isinstance(p, Transaction) else encode(raw)
+               for p, raw in zip(block.parsed_txs, block.txs, strict=True)]
+        return block_row_bytes(block), txs, encode(commit.to_dict())
+
     def tx(self, tx_id: bytes) -> TxRecord | None:
         return self._txs.get(tx_id)
 
     def has_tx(self, tx_id: bytes) -> bool:
         return tx_id in self._txs
 
-    def commit_block(self, block: Block, commit: Commit, delta: StateDelta) -> None:
+    def commit_block(self, block: Block, commit: Commit, delta: StateDelta, durable: bool = True) -> None:
         check_commit_args(self.height(), block, commit, delta)
         # Check everything that could fail before mutating anything: all-or-nothing.
         for rec in delta.new_devices:

@@ -73,7 +73,9 @@ class LocalRun:
     run: bytes
     request: TrainRequest
     coordinator: bool
-    state: str = "pending"  # pending, starting, running, done, failed, stalled, skipped
+    # pending, waiting (not admitted to train yet), starting, running, done, failed, stalled,
+    # skipped (this node cannot train), left (its membership ended during the run)
+    state: str = "pending"
     error: str = ""
     started: float = field(default_factory=time.monotonic)
     progress_at: float = field(default_factory=time.monotonic)
@@ -123,26 +125,32 @@ class Training:
                 if lr is not None:
                     lr.committed = max(lr.committed, body.round)
                     lr.progress_at = time.monotonic()
-                    if body.round >= lr.request.rounds and lr.state in ("pending", "starting", "running"):
+                    if body.round >= lr.request.rounds and lr.state in ("pending", "waiting", "starting",
+                                                                        "running"):
                         lr.state = "done"
                         self._submit(self._finish, lr)
 
     def tick(self, caught_up: bool) -> None:
         """Called periodically: start runs once the replica is current, stop stalled ones."""
         now = time.monotonic()
+        role = self.role()
         for lr in self.runs.values():
-            if lr.state == "pending" and caught_up:
+            if lr.state in ("pending", "waiting") and caught_up:
                 last = self.store.model_commit(lr.run, lr.request.rounds)
                 if last is not None:
                     lr.state = "done"  # a run from the past, seen while syncing
-                elif self.role() not in TRAINING_ROLES:
-                    lr.state, lr.error = "skipped", f"this node's role ({self.role()}) does not train"
+                elif role not in TRAINING_ROLES:
+                    # Re-checked every tick: a node admitted during the run joins its next round.
+                    lr.state, lr.error = "waiting", f"this node's role ({role}) does not train"
                 elif self.unavailable:
                     lr.state, lr.error = "skipped", self.unavailable
                     log.warning("run %s: cannot train here: %s", lr.run.hex()[:12], self.unavailable)
                 else:
-                    lr.state, lr.progress_at = "starting", now
+                    lr.state, lr.error, lr.progress_at = "starting", "", now
                     self._submit(self._start, lr)
+            elif lr.state in ("starting", "running") and role not in TRAINING_ROLES:
+                lr.state, lr.error = "left", f"this node's role is now {role}"
+                self._submit(self._finish, lr)
             elif lr.state in ("starting", "running") and now - lr.progress_at > STALL_S:
                 lr.state, lr.error = "stalled", f"no round committed for {STALL_S:.0f} s"
                 self._submit(self._finish, lr)

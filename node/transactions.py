@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from node.codec import digest, encode, sign_prefix
+from node.codec import decode, digest, encode, sign_prefix
 from node.errors import CodecError, InvalidTransaction, Reason
 from node.keys import NodeKey, verify, verify_message
 
@@ -344,6 +344,34 @@ def parse_tx(obj: Any) -> Transaction:
 
     Does not check the signature (see Transaction.signature_valid) so cheap checks come first.
     """
+    kind, body, signer, sig = _parse_structure(obj)
+    try:
+        whole, signed = encode_tx(obj)
+    except CodecError as exc:
+        raise _fail(str(exc)) from exc
+    if len(whole) > MAX_TX_BYTES:
+        raise _fail(f"transaction of {len(whole)} bytes exceeds {MAX_TX_BYTES}")
+    return Transaction(kind=kind, body=body, signer=signer, sig=sig, id=hashlib.sha256(whole).digest(),
+                       raw=obj, encoded=whole, signed_encoded=signed)
+
+
+def parse_encoded_tx(data: bytes) -> Transaction:
+    """parse_tx for a tx received as its encoding (block sync): the id is sha256 of these bytes,
+    with no re-encoding. Sound only where the id is then bound to something signed: a synced
+    block's ids must give the tx_root of a header its commit certificate finalised, so bytes that
+    are not the canonical encoding the authorities hashed cannot pass."""
+    if len(data) > MAX_TX_BYTES:
+        raise _fail(f"transaction of {len(data)} bytes exceeds {MAX_TX_BYTES}")
+    try:
+        obj = decode(data)
+    except CodecError as exc:
+        raise _fail(str(exc)) from exc
+    kind, body, signer, sig = _parse_structure(obj)
+    return Transaction(kind=kind, body=body, signer=signer, sig=sig, id=hashlib.sha256(data).digest(),
+                       raw=obj, encoded=bytes(data))
+
+
+def _parse_structure(obj: Any) -> tuple[str, Body, bytes, bytes]:
     if not isinstance(obj, dict):
         raise _fail("transaction must be a map")
     if set(obj) != {"kind", "body", "signer", "sig"}:
@@ -358,14 +386,7 @@ def parse_tx(obj: Any) -> Transaction:
     body = BODY_TYPES[kind].from_body(obj["body"])
     if body.signer != signer:
         raise _fail(f"{kind} must be signed by its {body.SIGNER_FIELD}")
-    try:
-        whole, signed = encode_tx(obj)
-    except CodecError as exc:
-        raise _fail(str(exc)) from exc
-    if len(whole) > MAX_TX_BYTES:
-        raise _fail(f"transaction of {len(whole)} bytes exceeds {MAX_TX_BYTES}")
-    return Transaction(kind=kind, body=body, signer=signer, sig=sig, id=hashlib.sha256(whole).digest(),
-                       raw=obj, encoded=whole, signed_encoded=signed)
+    return kind, body, signer, sig
 
 
 # Encoded map keys. A canonical map is its sorted (key bytes, value bytes) pairs, so a tx and the

@@ -36,6 +36,7 @@ MAX_URL_LEN: Final = 256
 MAX_ROLE_LEN: Final = 32
 MAX_PEX_URLS: Final = 64
 MAX_BLOCKS_BATCH: Final = 64
+MAX_SYNC_TXS: Final = 10_000  # node.blocks.MAX_BLOCK_TXS
 MAX_REASON_LEN: Final = 256
 
 # Message types. Handshake first: nothing else is accepted from a peer until it completes.
@@ -211,12 +212,17 @@ def _get_blocks(p: Any) -> None:
 
 
 def _blocks(p: Any) -> None:
+    # Each block travels as its stored parts (bytes): the server sends what it stores, and the
+    # receiver hashes the tx bytes it got instead of re-encoding them (node/blocks.py).
     if not isinstance(p, list) or len(p) > MAX_BLOCKS_BATCH:
         raise _bad(f"blocks must be a list of at most {MAX_BLOCKS_BATCH} entries")
     for i, e in enumerate(p):
-        m = _fields(e, f"blocks[{i}]", frozenset({"block", "commit"}))
-        _map(m["block"], f"blocks[{i}].block")
-        _map(m["commit"], f"blocks[{i}].commit")
+        m = _fields(e, f"blocks[{i}]", frozenset({"block", "txs", "commit"}))
+        if not isinstance(m["block"], bytes) or not isinstance(m["commit"], bytes):
+            raise _bad(f"blocks[{i}].block and .commit must be bytes")
+        txs = m["txs"]
+        if not isinstance(txs, list) or len(txs) > MAX_SYNC_TXS or not all(type(t) is bytes for t in txs):
+            raise _bad(f"blocks[{i}].txs must be a list of at most {MAX_SYNC_TXS} encoded txs")
 
 
 def _tx_result(p: Any) -> None:

@@ -26,7 +26,7 @@ GOOD = {
     wire.VOTE: {"type": 1, "height": 3, "round": 2, "block_id": None, "validator": K, "signature": SIG},
     wire.STATUS: {"height": 0, "head_hash": H},
     wire.GET_BLOCKS: {"from": 1, "to": 64},
-    wire.BLOCKS: [{"block": {"h": 1}, "commit": {"sigs": []}}],
+    wire.BLOCKS: [{"block": b"\x81", "txs": [b"\x80"], "commit": b"\x80"}],
     wire.SUBMIT_TX: {"kind": "reading"},
     wire.TX_RESULT: {"id": H, "accepted": False, "reason": "bad_signature"},
     wire.TXS: [{"kind": "reading"}, {"kind": "register_device"}],
@@ -54,6 +54,8 @@ BAD = [
     (wire.GET_BLOCKS, {"from": 5, "to": 4}),
     (wire.GET_BLOCKS, {"from": 1, "to": 1 + wire.MAX_BLOCKS_BATCH}),
     (wire.BLOCKS, [{"block": {}}]),
+    (wire.BLOCKS, [{"block": {}, "txs": [], "commit": b""}]),  # parts must be bytes
+    (wire.BLOCKS, [{"block": b"", "txs": [{}], "commit": b""}]),
     (wire.TX_RESULT, {"id": H, "accepted": 1, "reason": None}),
     (wire.TXS, []),
     (wire.TXS, [{"kind": "reading"}] * (wire.MAX_TX_BATCH + 1)),

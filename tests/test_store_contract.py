@@ -5,6 +5,7 @@ import sqlite3
 
 import pytest
 
+from node.blocks import block_from_parts, commit_from_bytes
 from node.errors import StorageError
 from node.ledger import Ledger
 from node.sqlite_store import SqliteStore
@@ -27,6 +28,17 @@ def chain(store):
     ledger = Ledger(store, genesis)
     devices = populated_ledger(ledger, keys, n_devices=2, n_blocks=2, per_block=3)
     return keys, genesis, ledger, devices
+
+
+def test_block_parts_rebuild_the_same_block_and_certificate(chain, store):
+    """What block sync sends (the stored bytes) rebuilds exactly the committed block."""
+    for h in range(1, store.height() + 1):
+        raw_block, raw_txs, raw_commit = store.block_parts(h)
+        block = block_from_parts(raw_block, raw_txs)
+        assert block.hash == store.block(h).hash and block.tx_ids == store.block(h).tx_ids
+        assert block.txs == store.block(h).txs and block.last_commit == store.block(h).last_commit
+        assert commit_from_bytes(raw_commit) == store.commit(h)
+    assert store.block_parts(store.height() + 1) is None
 
 
 def test_empty_store(store):

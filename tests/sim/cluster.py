@@ -70,7 +70,7 @@ class SimApp:
         return value.hash
 
     def has_pending(self) -> bool:
-        return len(self.node.mempool) > 0
+        return len(self.node.mempool) > 0 or bool(self.node.store.membership().scheduled)
 
 
 @dataclass
