@@ -407,6 +407,7 @@ class Node:
                     st.blocks += 1
                     st.txs += len(block.txs)
                     st.readings += sum(1 for t in block.parsed_txs if getattr(t, "kind", "") == "reading")
+                    st.last_applied_at = time.monotonic()
                     applied_any = True
                 self.sync_stats.busy_s += time.perf_counter() - t0
                 self._request_blocks()

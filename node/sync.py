@@ -56,10 +56,14 @@ class SyncStats:
     failures: int = 0
     timeouts: int = 0
     busy_s: float = 0.0  # time spent verifying and applying
+    last_applied_at: float | None = None
 
     def to_dict(self, height: int, target: int, now: float | None = None) -> dict[str, Any]:
         now = time.monotonic() if now is None else now
-        elapsed = max(now - self.started_at, 1e-9)
+        # Rates over the catch-up itself: from the first request to the last block applied (to
+        # now while blocks are still coming).
+        end = now if target > height or self.last_applied_at is None else self.last_applied_at
+        elapsed = max(end - self.started_at, 1e-9)
         return {
             "mode": self.mode,
             "syncing": target > height,
