@@ -201,8 +201,11 @@ async def _run(
             stop.set()
             if train is not None and not train.finished:
                 train.fail("a node process exited")
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(feed_task), 0.5)
+        if feed_task.done():
+            await asyncio.sleep(0.5)  # the feed is over but training is not: poll, do not spin
+        else:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(feed_task), 0.5)
     stats = feed_task.result()
     out.end_line()
 
