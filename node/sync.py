@@ -99,6 +99,10 @@ class BlockSync:
         self.fetched: dict[int, tuple[bytes, list[tuple[Block, Commit]]]] = {}  # first height -> batch
         self.penalised: dict[bytes, float] = {}  # peer -> until
         self._next_peer = 0
+        # Heights per request, learnt from answers: a server stops at a byte budget, so with big
+        # blocks a 16-block range comes back one block at a time. Asking for what a peer will
+        # send keeps consecutive heights on different peers instead of queued behind one.
+        self.span = batch
 
     # --- inputs ----------------------------------------------------------------------------------
 
@@ -130,7 +134,7 @@ class BlockSync:
             if busy is not None:
                 lo = busy + 1
                 continue
-            hi = min(lo + self.batch - 1, limit)
+            hi = min(lo + self.span - 1, limit)
             hi = self._before_next_covered(lo, hi)
             peer = self._pick_peer(hi, load, now)
             if peer is None:
@@ -161,6 +165,8 @@ class BlockSync:
             self.penalise(peer, now)
             return
         self.fetched[lo] = (peer, list(items))
+        asked = req.hi - req.lo + 1
+        self.span = len(items) if len(items) < asked else min(self.batch, 2 * self.span)
 
     def penalise(self, peer: bytes, now: float) -> None:
         """The peer sent something that failed verification: drop what we hold from it."""

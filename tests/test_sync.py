@@ -57,13 +57,18 @@ def test_out_of_order_batches_wait_and_apply_in_height_order() -> None:
     assert [b.height for b, _ in batch] == list(range(6, 11))
 
 
-def test_a_partial_answer_leaves_the_rest_to_be_asked_again() -> None:
+def test_a_partial_answer_leaves_the_rest_to_be_asked_again_in_spans_the_server_answers_whole() -> None:
     s = BlockSync(batch=10, per_peer=1)
     s.peer_height(A, 10)
-    s.requests(0, now=0.0)
-    s.on_blocks(A, [FAKES[h] for h in range(1, 4)], now=0.1)  # capped by bytes at 3 blocks
-    (again,) = s.requests(0, now=0.2)
-    assert (again.lo, again.hi) == (4, 10)
+    s.peer_height(B, 10)
+    s.requests(0, now=0.0)  # 1..10 to one peer, nothing left for the other
+    first = next(iter(s.in_flight.values())).peer
+    s.on_blocks(first, [FAKES[h] for h in range(1, 4)], now=0.1)  # capped by bytes at 3 blocks
+    again = s.requests(0, now=0.2)
+    # The rest goes out again, 3 heights per request, so both peers work on consecutive heights.
+    assert [(r.lo, r.hi) for r in again] == [(4, 6), (7, 9)] and {r.peer for r in again} == {A, B}
+    s.on_blocks(again[0].peer, [FAKES[h] for h in range(4, 7)], now=0.3)  # a whole answer
+    assert s.span == 6  # grows back towards the configured batch
 
 
 def test_a_silent_peer_times_out_and_its_range_goes_to_another() -> None:
