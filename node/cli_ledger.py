@@ -28,7 +28,7 @@ from urllib.parse import quote, urlsplit
 
 from node.api import block_detail, membership_status
 from node.datadir import DB_FILE, GENESIS_FILE, PID_FILE, NodeConfig
-from node.errors import ConfigError, RemoteError, StorageError
+from node.errors import ConfigError, FedledgerError, RemoteError, StorageError
 from node.genesis import Genesis
 from node.keys import short_id
 from node.models import runs
@@ -204,6 +204,15 @@ def get_json(base: str, path: str, timeout: float = HTTP_TIMEOUT_S) -> Any:
         return json.loads(body)
     except ValueError as exc:
         raise NodeUnreachable(f"{url} did not answer with JSON") from exc
+
+
+def tx_committed(base: str, txid: bytes) -> bool:
+    """Whether the node at `base` holds `txid` in a committed block."""
+    try:
+        get_json(base, f"/tx/{txid.hex()}")
+        return True
+    except FedledgerError:
+        return False
 
 
 def probe_status(cfg: NodeConfig) -> dict[str, Any] | None:

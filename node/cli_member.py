@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from node.cli_init import read_passphrase
-from node.cli_ledger import emit, get_json, local_url, open_node, probe_status, table
+from node.cli_ledger import emit, get_json, local_url, open_node, probe_status, table, tx_committed
 from node.client import LedgerClient
 from node.datadir import GENESIS_FILE, KEY_FILE, NodeConfig
 from node.errors import ConfigError, FedledgerError
@@ -83,7 +83,7 @@ def plan_vote(ms: Membership, members: list[MemberRecord], node_id: str, action:
     key = resolve(node_id, [m.key for m in members], "member")
     member = next(m for m in members if m.key == key)
     if role is not None and role != member.role:
-        raise ConfigError(f"{node_id} is a {member.role}, not a {role}")
+        raise ConfigError(f"{node_id} has the role {member.role}, not {role}")
     return key, member.role
 
 
@@ -120,7 +120,7 @@ def run_vote(args: argparse.Namespace) -> int:
                            "role": role, "voter": key.short_id, "final": False}
     if not args.no_wait:
         deadline = time.monotonic() + args.timeout
-        while not _committed(base, txid):
+        while not tx_committed(base, txid):
             if time.monotonic() > deadline:
                 raise VoteRefused(f"vote {txid.hex()[:12]} was not final after {args.timeout:.0f} s")
             time.sleep(POLL_S)
@@ -128,14 +128,6 @@ def run_vote(args: argparse.Namespace) -> int:
         out.update(_outcome(get_json(base, "/members"), target, args.action, role))
     emit(args, out, _vote_lines(out))
     return 0
-
-
-def _committed(base: str, txid: bytes) -> bool:
-    try:
-        get_json(base, f"/tx/{txid.hex()}")
-        return True
-    except FedledgerError:
-        return False
 
 
 def _outcome(view: dict[str, Any], target: bytes, action: str, role: str) -> dict[str, Any]:

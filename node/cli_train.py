@@ -19,7 +19,7 @@ from typing import Any
 
 from federated.aggregate import STRATEGIES
 from node.cli_init import read_passphrase
-from node.cli_ledger import ReadOnlyStore, get_json, local_url, probe_status
+from node.cli_ledger import ReadOnlyStore, get_json, local_url, probe_status, tx_committed
 from node.client import LedgerClient
 from node.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
 from node.errors import ConfigError, FedledgerError
@@ -106,18 +106,10 @@ def submit_request(directory: Path, task: str, rounds: int, strategy: str, param
     deadline = time.monotonic() + timeout
     base = local_url(cfg)
     while time.monotonic() < deadline:
-        if _committed(base, run):
+        if tx_committed(base, run):
             return run
         time.sleep(POLL_S)
     raise TrainingFailed(f"the train request {run.hex()[:12]} was not final after {timeout:.0f} s")
-
-
-def _committed(base: str, txid: bytes) -> bool:
-    try:
-        get_json(base, f"/tx/{txid.hex()}")
-        return True
-    except FedledgerError:
-        return False
 
 
 def run_progress(status: dict[str, Any], run: bytes) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
