@@ -180,7 +180,7 @@ async def follow_join(node: Any, role: str, out: Reporter) -> None:
             out.event("requested", f"join request {tx_id(tx).hex()[:12]} is on the ledger "
                       f"(height {store.height()})", tx=tx_id(tx).hex(), height=store.height())
         vset = node.ledger.validators_at(store.height() + 1)
-        needed = 2 * vset.n // 3 + 1
+        needed = vset.quorum
         if node.genesis.admission == "open" and role in OPEN_ROLES:
             how = "the federation's admission is open: no votes needed"
         else:

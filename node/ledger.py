@@ -17,7 +17,6 @@ from node import merkle
 from node.blocks import Block, Commit, commit_hash, make_block, verify_commit
 from node.errors import BlockReason, CodecError, InvalidBlock
 from node.genesis import Genesis
-from node.membership import initial_membership
 from node.state import ChainParams, MemberRecord, Reason, StateDelta, apply_block, check_tx
 from node.store import Store
 
@@ -38,7 +37,6 @@ class Ledger:
             self.genesis_hash,
             genesis.to_json(),
             [MemberRecord(m.key, m.role, m.name, 0) for m in genesis.members()],
-            initial_membership(m.key for m in genesis.authorities),
         )
 
     def validators_at(self, height: int) -> ValidatorSet:

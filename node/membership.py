@@ -24,8 +24,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from consensus.validators import ValidatorSet
 from node.codec import decode, encode
 from node.errors import CodecError, Reason
 from node.keys import short_id
@@ -143,7 +144,7 @@ def initial_membership(authorities: Iterable[bytes]) -> Membership:
     return Membership(epochs=(ValidatorEpoch(1, tuple(sorted(set(authorities)))),))
 
 
-class MemberLookup:
+class MemberLookup(Protocol):
     """What the checks need of the members table: the current role of a key, or None."""
 
     def member(self, key: bytes) -> Any: ...
@@ -230,9 +231,9 @@ def begin_height(ms: Membership, height: int) -> tuple[Membership, list[Change]]
 
 
 def _decide_if_quorum(ms: Membership, tally: Tally, height: int) -> Membership:
-    n = len(ms.validators_at(height))
-    counted = len(set(tally.voters) & set(ms.validators_at(height)))
-    if 3 * counted <= 2 * n:  # "more than 2/3 of the current authorities"
+    in_force = ms.validators_at(height)
+    counted = len(set(tally.voters) & set(in_force))
+    if counted < ValidatorSet.of(in_force).quorum:  # "more than 2/3 of the current authorities"
         return ms
     if ms.pending_change(tally.node) is not None:
         return ms  # another change of this node was decided first; this tally waits
@@ -276,7 +277,7 @@ def _sorted_requests(requests: Iterable[JoinRecord]) -> tuple[JoinRecord, ...]:
 def to_json(ms: Membership, members: Iterable[Any], height: int) -> dict[str, Any]:
     """Members in force after `height` and what is under way, with keys as hex and short ids."""
     in_force = ms.validators_at(height + 1)
-    quorum = 2 * len(in_force) // 3 + 1
+    quorum = ValidatorSet.of(in_force).quorum
 
     def ident(key: bytes) -> dict[str, str]:
         return {"node_id": short_id(key), "public_key": key.hex()}

@@ -49,6 +49,7 @@ from node.ledger import Ledger
 from node.mempool import Mempool
 from node.signer import KeySigner
 from node.sqlite_store import SqliteStore
+from node.state import StateDelta
 from node.sync import DEFAULT_MODE as DEFAULT_SYNC_MODE
 from node.sync import SYNC_MODES, BlockSync, SyncStats, decode_items
 from node.training import SYNC_SLACK, Training
@@ -59,6 +60,7 @@ log = logging.getLogger("fedledger.node")
 
 MAX_BLOCK_TXS = 2000
 SYNC_BATCH_BYTES = 2 * 1024 * 1024  # a blocks frame stays well under the 4 MiB frame limit
+SYNC_IDLE_S = 10.0  # a catch-up starting this long after the last synced block is measured anew
 STATUS_PERIOD_S = 0.5
 REGOSSIP_AFTER_S = 1.0  # re-send consensus messages when the height/round has not moved this long
 COMMIT_DELAY_MS = 10  # collect straggling precommits before the next height (CometBFT's commit timeout)
@@ -204,7 +206,7 @@ class Node:
     def _on_decide(self, a: Decide) -> None:
         if self.store.height() < a.height:
             commit = Commit(a.height, a.round, a.value_id, tuple(a.precommits))
-            if not self._apply(a.value, commit):
+            if self._apply(a.value, commit) is None:
                 return
         assert self._loop is not None
         self._loop.call_later(COMMIT_DELAY_MS / 1000, self._start_next_height)
@@ -213,15 +215,16 @@ class Node:
         self.step(StartHeight(self.store.height() + 1))
         self._send_status()
 
-    def _apply(self, block: Block, commit: Commit, *, synced: bool = False) -> bool:
+    def _apply(self, block: Block, commit: Commit, *, synced: bool = False) -> StateDelta | None:
+        """Commit a decided or synced block; its state delta, or None if it was refused."""
         try:
             # A decided block was fully validated as a proposal; a synced one as the mode says.
-            self.ledger.commit(block, commit, verify_txs=not synced or self.sync_mode == "full",
-                               durable=not synced)
+            delta = self.ledger.commit(block, commit, verify_txs=not synced or self.sync_mode == "full",
+                                       durable=not synced)
         except InvalidBlock as exc:
             self.counters[f"rejected_block:{exc.reason.value}"] += 1
             log.error("could not commit block %s: %s", block.height, exc)
-            return False
+            return None
         now = time.monotonic()
         ids = list(block.tx_ids)
         self.mempool.remove(ids)
@@ -235,7 +238,7 @@ class Node:
                 block.height, len(ids), commit.round)
         self.training.on_block(block)
         self._on_membership(block)
-        return True
+        return delta
 
     def _on_membership(self, block: Block) -> None:
         """Keep what this node tells peers about itself in step with the ledger."""
@@ -354,7 +357,9 @@ class Node:
         height = self.store.height()
         if self.sync.target <= height:
             return
-        if not self.sync.in_flight and not self.sync.fetched and self.sync_stats.blocks == 0:
+        st = self.sync_stats
+        idle = st.last_applied_at is None or time.monotonic() - st.last_applied_at > SYNC_IDLE_S
+        if not self.sync.in_flight and not self.sync.fetched and idle:
             self.sync_stats = SyncStats(self.sync_mode, start_height=height)  # a new catch-up
         for r in self.sync.requests(height, time.monotonic()):
             self.net.send(r.peer, wire.GET_BLOCKS, {"from": r.lo, "to": r.hi})
@@ -397,7 +402,8 @@ class Node:
                 peer, batch = ready
                 t0 = time.perf_counter()
                 for block, commit in batch:
-                    if not self._apply(block, commit, synced=True):
+                    delta = self._apply(block, commit, synced=True)
+                    if delta is None:
                         self.counters["sync_bad_block"] += 1
                         self.sync_stats.failures += 1
                         self.sync.penalise(peer, time.monotonic())
@@ -406,7 +412,7 @@ class Node:
                     st = self.sync_stats
                     st.blocks += 1
                     st.txs += len(block.txs)
-                    st.readings += sum(1 for t in block.parsed_txs if getattr(t, "kind", "") == "reading")
+                    st.readings += len(delta.readings)
                     st.last_applied_at = time.monotonic()
                     applied_any = True
                 self.sync_stats.busy_s += time.perf_counter() - t0

@@ -177,14 +177,8 @@ class SqliteStore:
     def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
         return self._db.execute(sql, args).fetchone()
 
-    def initialize(
-        self,
-        genesis_hash: bytes,
-        genesis_json: str,
-        members: Sequence[MemberRecord],
-        membership: Membership | None = None,
-    ) -> None:
-        initial = (membership or default_membership(members)).to_bytes()
+    def initialize(self, genesis_hash: bytes, genesis_json: str, members: Sequence[MemberRecord]) -> None:
+        initial = default_membership(members).to_bytes()
         current = self.genesis()
         if current is not None:
             if current[0] != genesis_hash:

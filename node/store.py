@@ -26,16 +26,9 @@ from node.transactions import Transaction
 
 
 class Store(Protocol):
-    def initialize(
-        self,
-        genesis_hash: bytes,
-        genesis_json: str,
-        members: Sequence[MemberRecord],
-        membership: Membership | None = None,
-    ) -> None:
-        """Record the genesis, its members and the initial membership state (default: the
-        members with role authority form the validator set) once; a second call must name the
-        same genesis."""
+    def initialize(self, genesis_hash: bytes, genesis_json: str, members: Sequence[MemberRecord]) -> None:
+        """Record the genesis and its members once (the authorities among them are the first
+        validator set); a second call must name the same genesis."""
         ...
 
     def genesis(self) -> tuple[bytes, str] | None:
@@ -152,20 +145,14 @@ class MemoryStore:
         self._blobs: dict[bytes, bytes] = {}
         self._consensus: bytes | None = None
 
-    def initialize(
-        self,
-        genesis_hash: bytes,
-        genesis_json: str,
-        members: Sequence[MemberRecord],
-        membership: Membership | None = None,
-    ) -> None:
+    def initialize(self, genesis_hash: bytes, genesis_json: str, members: Sequence[MemberRecord]) -> None:
         if self._genesis is not None:
             if self._genesis[0] != genesis_hash:
                 raise StorageError("store already holds a different genesis")
             return
         self._genesis = (genesis_hash, genesis_json)
         self._members = {m.key: m for m in members}
-        self._membership = membership or default_membership(members)
+        self._membership = default_membership(members)
 
     def genesis(self) -> tuple[bytes, str] | None:
         return self._genesis
