@@ -17,7 +17,7 @@ from pathlib import Path
 
 Row = tuple[str, int, int, float, float]
 
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "node" / "data"
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "node" / "launch" / "data"
 MAIN_SLICE = BUNDLED_DIR / "smart_building_8dev_2d.csv.gz"
 HOLDOUT_SLICE = BUNDLED_DIR / "smart_building_8dev_holdout.csv.gz"
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 TASKS = ("humidity", "traceability")
 
 # Fixed standardisation constants: mean and population std of the bundled main slice
-# node/data/smart_building_8dev_2d.csv.gz (23,036 rows, 8 devices, 48 h; computed once with numpy,
+# node/launch/data/smart_building_8dev_2d.csv.gz (23,036 rows, 8 devices, 48 h; computed once with numpy,
 # rounded to 4 decimals). They are constants rather than statistics of each node's data so that
 # every node and every round uses the same normalisation without sharing any readings, and so a
 # committed model means the same thing everywhere.

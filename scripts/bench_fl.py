@@ -56,7 +56,7 @@ import tomli  # a flwr dependency; tomllib is 3.11+ and the project supports 3.1
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from federated.tasks import chronological_split
-from node.flower_runtime import (
+from node.flower.runtime import (
     FlowerRuntimeError,
     SuperLinkProcess,
     SuperNodeProcess,
@@ -67,7 +67,7 @@ from node.flower_runtime import (
     run_app,
     stop_all,
 )
-from node.merkle import root as merkle_root
+from node.ledger.merkle import root as merkle_root
 
 REPO = Path(__file__).resolve().parent.parent
 PLAIN_APP = Path(__file__).resolve().parent / "bench_fl_plain"

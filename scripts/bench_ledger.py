@@ -29,12 +29,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from node.client import LedgerClient, batch_frames
-from node.federation import create_federation
-from node.feeder import Feeder, Target
-from node.keys import NodeKey, verify
-from node.processes import NodeProcess, get_json, wait_until
-from node.transactions import make_reading, signed_part, tx_sign_kind
+from node.launch.federation import create_federation
+from node.launch.feeder import Feeder, Target
+from node.launch.processes import NodeProcess, get_json, wait_until
+from node.ledger.keys import NodeKey, verify
+from node.ledger.transactions import make_reading, signed_part, tx_sign_kind
+from node.net.client import LedgerClient, batch_frames
 
 MEMPOOL_BOUND = 8000
 

@@ -16,7 +16,7 @@ One run:
      mode, where the syncing node checks every reading's signature.
 
     python scripts/bench_sync.py --json                 # 100,000 readings (about 2 minutes)
-    python scripts/bench_sync.py --readings 20000 --csv node/data/smart_building_8dev_2d.csv.gz
+    python scripts/bench_sync.py --readings 20000 --csv node/launch/data/smart_building_8dev_2d.csv.gz
 
 Prints a table (progress on stderr), or with --json one object with readings_per_s_certificates,
 readings_per_s_full, blocks_per_s_certificates, blocks_per_s_full and the details.
@@ -40,19 +40,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from node.blocks import Block
-from node.cli_init import init_node
-from node.codec import sign_prefix
-from node.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
+from node.cli.init import init_node
 from node.errors import ConfigError
-from node.federation import create_federation, free_ports
-from node.genesis import Genesis
-from node.keys import NodeKey, verify_message
-from node.ledger import Ledger
-from node.processes import NodeProcess, get_json, wait_until
-from node.sensors import BUNDLED_CSV, CsvStats, csv_readings, device_key
-from node.sqlite_store import SqliteStore
-from node.transactions import make_reading, make_register_device, parse_tx, tx_sign_kind
+from node.launch.federation import create_federation, free_ports
+from node.launch.processes import NodeProcess, get_json, wait_until
+from node.launch.sensors import BUNDLED_CSV, CsvStats, csv_readings, device_key
+from node.ledger.blocks import Block
+from node.ledger.chain import Ledger
+from node.ledger.codec import sign_prefix
+from node.ledger.genesis import Genesis
+from node.ledger.keys import NodeKey, verify_message
+from node.ledger.transactions import make_reading, make_register_device, parse_tx, tx_sign_kind
+from node.server.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
+from node.store.sqlite import SqliteStore
 from tests.factories import sign_commit
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,7 +20,7 @@ runs. No Flower processes are started; docs/paper.md says why the arithmetic is 
 
     python scripts/reproduce_paper.py                  # full data in ../shared/data, tables
     python scripts/reproduce_paper.py --json           # one JSON object on stdout
-    python scripts/reproduce_paper.py --quick --data node/data --json   # < 1 min (the test)
+    python scripts/reproduce_paper.py --quick --data node/launch/data --json   # < 1 min (the test)
 
 Progress goes to stderr. Exit status 2 on missing or unreadable data.
 """
@@ -55,14 +55,14 @@ from federated import tasks
 from federated.aggregate import Update, aggregate
 from federated.data import read_csv_rows
 from federated.weights import Weights
-from node.blocks import Commit
 from node.errors import InvalidTransaction, Reason
-from node.genesis import Genesis, GenesisMember
-from node.keys import NodeKey, sign_vote
-from node.ledger import Ledger
-from node.state import OverlayView, check_tx
-from node.store import MemoryStore
-from node.transactions import make_reading, make_register_device, parse_tx, signed_part, tx_sign_kind
+from node.ledger.blocks import Commit
+from node.ledger.chain import Ledger
+from node.ledger.genesis import Genesis, GenesisMember
+from node.ledger.keys import NodeKey, sign_vote
+from node.ledger.state import OverlayView, check_tx
+from node.ledger.transactions import make_reading, make_register_device, parse_tx, signed_part, tx_sign_kind
+from node.store.base import MemoryStore
 
 Row = tuple[str, int, int, float, float]  # (device, seq, timestamp_ms, temperature_c, humidity_pct)
 Log = Callable[[str], None]
@@ -139,7 +139,7 @@ class Dataset:
 
 def locate_data(arg: Path | None, log: Log) -> tuple[Path, Path, bool]:
     """(main, holdout, is_bundled_slice). An explicit --data DIR may hold either pair of files."""
-    bundled_dir = REPO / "node" / "data"
+    bundled_dir = REPO / "node" / "launch" / "data"
     if arg is None:
         if (DEFAULT_DATA / FULL_FILES[0]).exists():
             arg = DEFAULT_DATA
@@ -809,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
         "--data",
         type=Path,
         help=f"directory with the data files (default {DEFAULT_DATA} if it "
-        "has them, else the bundled slice in node/data)",
+        "has them, else the bundled slice in node/launch/data)",
     )
     ap.add_argument(
         "--devices",

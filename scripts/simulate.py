@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.sim.byzantine import Behaviour
-from tests.sim.runner import run_seed
+from node.sim.byzantine import Behaviour
+from node.sim.runner import run_seed
 
 
 def positive(text: str) -> int:

@@ -6,11 +6,11 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from node.federation import create_federation
-from node.feeder import Feeder, FeedStats, Target
-from node.genesis import Genesis
-from node.processes import NodeProcess, get_json, wait_until
-from node.sensors import BUNDLED_CSV, csv_devices, csv_readings
+from node.launch.federation import create_federation
+from node.launch.feeder import Feeder, FeedStats, Target
+from node.launch.processes import NodeProcess, get_json, wait_until
+from node.launch.sensors import BUNDLED_CSV, csv_devices, csv_readings
+from node.ledger.genesis import Genesis
 
 
 class LocalFederation:

@@ -18,11 +18,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from consensus.messages import Vote, VoteType
-from node.blocks import Block, Commit
-from node.genesis import Genesis, GenesisMember
-from node.keys import NodeKey, sign_vote
-from node.ledger import Ledger
-from node.transactions import make_reading, make_register_device
+from node.ledger.blocks import Block, Commit
+from node.ledger.chain import Ledger
+from node.ledger.genesis import Genesis, GenesisMember
+from node.ledger.keys import NodeKey, sign_vote
+from node.ledger.transactions import make_reading, make_register_device
 
 CHAIN_ID = "test-chain"
 GENESIS_TIME_MS = 1_700_000_000_000

@@ -19,7 +19,7 @@ import msgpack
 import pytest
 import tomli
 
-from node.merkle import root as merkle_root
+from node.ledger.merkle import root as merkle_root
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "bench_fl.py"

@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "bench_sync.py"
-BUNDLED = REPO / "node" / "data" / "smart_building_8dev_2d.csv.gz"
+BUNDLED = REPO / "node" / "launch" / "data" / "smart_building_8dev_2d.csv.gz"
 
 
 def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

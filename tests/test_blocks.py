@@ -3,12 +3,12 @@
 import pytest
 
 from consensus.messages import Vote, VoteType
-from node.blocks import Block, Commit, verify_commit
-from node.codec import decode, encode
 from node.errors import BlockReason, InvalidBlock
-from node.keys import sign_vote
-from node.ledger import Ledger
-from node.store import MemoryStore
+from node.ledger.blocks import Block, Commit, verify_commit
+from node.ledger.chain import Ledger
+from node.ledger.codec import decode, encode
+from node.ledger.keys import sign_vote
+from node.store.base import MemoryStore
 from tests.factories import CHAIN_ID, key_from, make_block, make_genesis, sign_commit
 
 BID = b"\x42" * 32

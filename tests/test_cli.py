@@ -1,8 +1,8 @@
 import json
 import stat
 
-from node.cli import main
-from node.keys import NodeKey
+from node.cli.main import main
+from node.ledger.keys import NodeKey
 
 
 def test_init_creates_key_and_config(tmp_path, capsys):

@@ -16,15 +16,15 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from node.api import NodeApi
-from node.cli import main
-from node.cli_init import init_node
-from node.cli_ledger import offline_status, open_node
-from node.datadir import DB_FILE, GENESIS_FILE
-from node.genesis import Genesis
-from node.keys import short_id
-from node.ledger import Ledger
-from node.sqlite_store import SqliteStore
+from node.cli.init import init_node
+from node.cli.ledger import offline_status, open_node
+from node.cli.main import main
+from node.ledger.chain import Ledger
+from node.ledger.genesis import Genesis
+from node.ledger.keys import short_id
+from node.server.api import NodeApi
+from node.server.datadir import DB_FILE, GENESIS_FILE
+from node.store.sqlite import SqliteStore
 from tests.factories import commit_next, make_genesis, populated_ledger
 
 

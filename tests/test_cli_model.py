@@ -14,16 +14,16 @@ import pytest
 from federated import tasks
 from federated.aggregate import Update, aggregate
 from federated.weights import Weights, canonical_array, encode_weights, weights_hash
-from node import cli_model
-from node.cli import main
-from node.cli_init import init_node
-from node.datadir import DB_FILE, GENESIS_FILE
-from node.genesis import Genesis
-from node.keys import NodeKey, short_id
-from node.ledger import Ledger
-from node.merkle import root as merkle_root
-from node.sqlite_store import SqliteStore
-from node.transactions import make_model_commit, make_model_update, make_train_request, tx_id
+from node.cli import model as cli_model
+from node.cli.init import init_node
+from node.cli.main import main
+from node.ledger.chain import Ledger
+from node.ledger.genesis import Genesis
+from node.ledger.keys import NodeKey, short_id
+from node.ledger.merkle import root as merkle_root
+from node.ledger.transactions import make_model_commit, make_model_update, make_train_request, tx_id
+from node.server.datadir import DB_FILE, GENESIS_FILE
+from node.store.sqlite import SqliteStore
 from tests.factories import CHAIN_ID, commit_next, make_genesis, participant_key, populated_ledger
 
 ZERO = bytes(32)

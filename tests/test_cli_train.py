@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from node.cli import main
-from node.cli_train import request_params
-from node.datadir import DB_FILE, GENESIS_FILE, KEY_FILE
-from node.federation import create_federation
-from node.genesis import Genesis
-from node.keys import NodeKey
-from node.ledger import Ledger
-from node.sqlite_store import SqliteStore
-from node.transactions import make_register_device
+from node.cli.main import main
+from node.cli.train import request_params
+from node.launch.federation import create_federation
+from node.ledger.chain import Ledger
+from node.ledger.genesis import Genesis
+from node.ledger.keys import NodeKey
+from node.ledger.transactions import make_register_device
+from node.server.datadir import DB_FILE, GENESIS_FILE, KEY_FILE
+from node.store.sqlite import SqliteStore
 from tests.factories import commit_next, device_key
 
 

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.codec import decode, digest, encode, sign_bytes
 from node.errors import CodecError, RemoteError
+from node.ledger.codec import decode, digest, encode, sign_bytes
 
 scalars = (
     st.none()

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 from consensus.events import PersistState
 from consensus.messages import Vote, VoteType
-from tests.sim.byzantine import Behaviour
-from tests.sim.cluster import Cluster, SimNode
-from tests.sim.network import Faults
+from node.sim.byzantine import Behaviour
+from node.sim.cluster import Cluster, SimNode
+from node.sim.network import Faults
 
 CALM = Faults(min_delay_ms=1, max_delay_ms=10)
 

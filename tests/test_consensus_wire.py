@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from consensus.events import SignedState
 from consensus.messages import Proposal, Step, Vote, VoteType
-from node.consensus_wire import decode_signed_state, encode_signed_state
-from node.keys import sign_proposal, sign_vote
-from node.ledger import Ledger
-from node.store import MemoryStore
+from node.ledger.chain import Ledger
+from node.ledger.keys import sign_proposal, sign_vote
+from node.net.consensus_wire import decode_signed_state, encode_signed_state
+from node.store.base import MemoryStore
 from tests.factories import make_genesis
 
 

@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 
-from node.cli_ledger import ReadOnlyStore
-from node.client import LedgerClient
-from node.datadir import DB_FILE, KEY_FILE
-from node.feeder import Feeder, Target
-from node.keys import NodeKey
-from node.models import models, runs
-from node.processes import get_json, wait_until
-from node.sensors import BUNDLED_CSV, csv_devices, csv_readings
-from node.transactions import ModelUpdate, make_member_vote, parse_tx
+from node.cli.ledger import ReadOnlyStore
+from node.launch.feeder import Feeder, Target
+from node.launch.processes import get_json, wait_until
+from node.launch.sensors import BUNDLED_CSV, csv_devices, csv_readings
+from node.ledger.keys import NodeKey
+from node.ledger.transactions import ModelUpdate, make_member_vote, parse_tx
+from node.net.client import LedgerClient
+from node.server.datadir import DB_FILE, KEY_FILE
+from node.store.models import models, runs
 from tests.e2e import LocalFederation
 
 pytestmark = pytest.mark.slow

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from node.federation import create_federation
-from node.processes import NodeProcess, wait_until
-from node.sqlite_store import SqliteStore
-from node.verify import verify_chain
+from node.launch.federation import create_federation
+from node.launch.processes import NodeProcess, wait_until
+from node.store.sqlite import SqliteStore
+from node.store.verify import verify_chain
 from tests.e2e import LocalFederation
 
 pytestmark = pytest.mark.slow
@@ -40,8 +40,8 @@ def test_four_nodes_replicate_identical_verified_ledgers(fed: LocalFederation) -
 def test_bad_readings_are_rejected_with_reasons_and_counted(fed: LocalFederation) -> None:
     import asyncio
 
-    from node.client import LedgerClient
-    from node.transactions import make_reading
+    from node.ledger.transactions import make_reading
+    from node.net.client import LedgerClient
 
     feeder = fed.sensors  # type: ignore[attr-defined]
     name = next(iter(feeder.owner))

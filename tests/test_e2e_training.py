@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from node.datadir import DB_FILE, GENESIS_FILE
-from node.genesis import Genesis
-from node.models import models, runs
-from node.sqlite_store import SqliteStore
-from node.transactions import ModelUpdate, parse_tx
-from node.verify import verify_chain
+from node.ledger.genesis import Genesis
+from node.ledger.transactions import ModelUpdate, parse_tx
+from node.server.datadir import DB_FILE, GENESIS_FILE
+from node.store.models import models, runs
+from node.store.sqlite import SqliteStore
+from node.store.verify import verify_chain
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ import pytest
 from federated.aggregate import aggregate, verify_aggregate
 from federated.data import MAIN_SLICE
 from federated.weights import decode_weights, encode_weights, weights_hash
-from node.flower_runtime import (
+from node.flower.runtime import (
     SuperLinkProcess,
     SuperNodeProcess,
     TrainerProcess,

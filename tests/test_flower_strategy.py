@@ -23,7 +23,7 @@ from federated.flower.fl_strategy import (
     make_strategy,
 )
 from federated.weights import encode_weights, weights_hash
-from node.flower_runtime import config_arg, free_port, toml_value
+from node.flower.runtime import config_arg, free_port, toml_value
 
 SHAPES = [(1, 4), (4,), (4, 1), (1,)]
 
@@ -258,7 +258,7 @@ def _loaded_after(code: str) -> set[str]:
 
 
 def test_import_rules() -> None:
-    assert not _loaded_after("import node.flower_runtime") & {"flwr", "tensorflow", "keras"}
+    assert not _loaded_after("import node.flower.runtime") & {"flwr", "tensorflow", "keras"}
     assert not _loaded_after(
         "import federated.flower.fl_client, federated.flower.fl_server, federated.flower.fl_strategy"
     ) & {"tensorflow", "keras"}

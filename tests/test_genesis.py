@@ -4,7 +4,7 @@ import pytest
 
 from consensus.messages import Step
 from node.errors import ConfigError
-from node.genesis import Genesis
+from node.ledger.genesis import Genesis
 from tests.factories import make_genesis
 
 

@@ -7,7 +7,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from consensus.messages import Proposal, Vote, VoteType
 from node.errors import KeyFileError
-from node.keys import NodeKey, short_id, sign_proposal, sign_vote, verify, verify_proposal, verify_vote
+from node.ledger.keys import NodeKey, short_id, sign_proposal, sign_vote, verify, verify_proposal, verify_vote
 
 
 def test_save_writes_mode_0600_and_round_trips(tmp_path):

@@ -17,7 +17,7 @@ def modules_after(code: str) -> set[str]:
 
 def test_the_node_process_never_imports_tensorflow_keras_or_flower() -> None:
     loaded = modules_after(
-        "import node.runtime, node.cli, node.launch, federated.aggregate, federated.trainer"
+        "import node.server.runtime, node.cli.main, node.launch.launcher, federated.aggregate, federated.trainer"
     )
     assert not loaded & {"tensorflow", "keras", "flwr"}
 

@@ -5,15 +5,15 @@ import sqlite3
 
 import pytest
 
-from node.blocks import Block, Header
-from node.blocks import make_block as raw_make_block
-from node.codec import decode, encode
 from node.errors import BlockReason, InvalidBlock
-from node.ledger import Ledger
-from node.sqlite_store import SqliteStore
-from node.store import MemoryStore
-from node.transactions import make_reading
-from node.verify import verify_chain
+from node.ledger.blocks import Block, Header
+from node.ledger.blocks import make_block as raw_make_block
+from node.ledger.chain import Ledger
+from node.ledger.codec import decode, encode
+from node.ledger.transactions import make_reading
+from node.store.base import MemoryStore
+from node.store.sqlite import SqliteStore
+from node.store.verify import verify_chain
 from tests.factories import (
     CHAIN_ID,
     commit_next,

@@ -15,13 +15,18 @@ from typing import Any
 import pytest
 
 from node.errors import InvalidBlock, Reason
-from node.keys import NodeKey
-from node.ledger import Ledger
-from node.membership import EFFECT_DELAY, initial_membership
-from node.sqlite_store import SqliteStore
-from node.store import MemoryStore
-from node.transactions import make_join_request, make_member_vote, make_model_update, make_register_device
-from node.verify import verify_chain
+from node.ledger.chain import Ledger
+from node.ledger.keys import NodeKey
+from node.ledger.membership import EFFECT_DELAY, initial_membership
+from node.ledger.transactions import (
+    make_join_request,
+    make_member_vote,
+    make_model_update,
+    make_register_device,
+)
+from node.store.base import MemoryStore
+from node.store.sqlite import SqliteStore
+from node.store.verify import verify_chain
 from tests.factories import (
     CHAIN_ID,
     device_key,

@@ -3,7 +3,7 @@ import hashlib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node import merkle
+from node.ledger import merkle
 
 
 def test_known_values():

@@ -15,13 +15,13 @@ import pytest
 from federated.aggregate import Update, aggregate
 from federated.weights import decode_weights, encode_weights, weights_hash
 from node.errors import InvalidBlock, Reason
-from node.keys import NodeKey
-from node.ledger import Ledger
-from node.sqlite_store import SqliteStore
-from node.state import check_tx
-from node.store import MemoryStore
-from node.transactions import make_model_commit, make_model_update, make_train_request, tx_id
-from node.verify import verify_chain
+from node.ledger.chain import Ledger
+from node.ledger.keys import NodeKey
+from node.ledger.state import check_tx
+from node.ledger.transactions import make_model_commit, make_model_update, make_train_request, tx_id
+from node.store.base import MemoryStore
+from node.store.sqlite import SqliteStore
+from node.store.verify import verify_chain
 from tests.factories import CHAIN_ID, commit_next, make_genesis, participant_key
 
 ROOT = bytes(32)

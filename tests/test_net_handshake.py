@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from node import wire
-from node.codec import encode
-from node.handshake import CloseCode, Handshake, State
-from node.keys import NodeKey
+from node.ledger.codec import encode
+from node.ledger.keys import NodeKey
+from node.net import wire
+from node.net.handshake import CloseCode, Handshake, State
 
 CHAIN = "test-chain"
 GENESIS = b"\x01" * 32

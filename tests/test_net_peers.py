@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from node.peers import MisbehaviourScore, PeerState, RateLimits, TokenBucket
+from node.net.peers import MisbehaviourScore, PeerState, RateLimits, TokenBucket
 
 
 def test_token_bucket_bursts_then_refills_at_rate() -> None:

@@ -13,11 +13,11 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from node import wire
-from node.handshake import Handshake
-from node.keys import NodeKey
-from node.peers import RateLimits
-from node.transport import PeerInfo, PeerNetwork, _Conn
+from node.ledger.keys import NodeKey
+from node.net import wire
+from node.net.handshake import Handshake
+from node.net.peers import RateLimits
+from node.net.transport import PeerInfo, PeerNetwork, _Conn
 
 CHAIN = "net-test"
 GENESIS = b"\x07" * 32

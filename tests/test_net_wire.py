@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node import wire
-from node.codec import encode
 from node.errors import BadOutgoingMessage, CodecError, ProtocolViolation
+from node.ledger.codec import encode
+from node.net import wire
 
 H = b"\x11" * 32
 K = b"\x22" * 32
@@ -141,7 +141,7 @@ def test_random_envelopes_only_raise_remote_errors(type_: str, payload: object, 
 
 
 def test_txs_frame_from_encoded_txs_is_the_canonical_frame() -> None:
-    from node.codec import encode as enc
+    from node.ledger.codec import encode as enc
 
     txs = [{"kind": "reading", "body": {"seq": i, "t": 21.5}, "signer": K, "sig": SIG} for i in range(300)]
     assert wire.encode_txs_frame([enc(t) for t in txs]) == wire.encode_frame(wire.TXS, txs)

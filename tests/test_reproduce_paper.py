@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "reproduce_paper.py"
-BUNDLED = REPO / "node" / "data"
+BUNDLED = REPO / "node" / "launch" / "data"
 BUNDLED_FILES = ("smart_building_8dev_2d.csv.gz", "smart_building_8dev_holdout.csv.gz")
 
 

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from tests.sim.byzantine import Behaviour
-from tests.sim.runner import run_seed
+from node.sim.byzantine import Behaviour
+from node.sim.runner import run_seed
 
 # Seeds that once failed, pinned forever (see the regression tests in test_tendermint_rules.py).
 REGRESSION_SEEDS = [18, 21, 24, 75, 151]

@@ -2,17 +2,17 @@
 
 import pytest
 
-from node.blocks import make_block
 from node.errors import BlockReason, InvalidBlock
-from node.state import ChainParams, DeviceRecord, MemberRecord, Reason, apply_block, check_tx
-from node.store import MemoryStore
-from node.transactions import (
+from node.ledger.blocks import make_block
+from node.ledger.state import ChainParams, DeviceRecord, MemberRecord, Reason, apply_block, check_tx
+from node.ledger.transactions import (
     make_member_vote,
     make_model_update,
     make_reading,
     make_register_device,
     make_train_request,
 )
+from node.store.base import MemoryStore
 from tests.factories import CHAIN_ID, device_key, key_from
 
 PARAMS = ChainParams(CHAIN_ID, max_skew_ms=5000)

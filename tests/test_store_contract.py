@@ -5,13 +5,13 @@ import sqlite3
 
 import pytest
 
-from node.blocks import block_from_parts, commit_from_bytes
 from node.errors import StorageError
-from node.ledger import Ledger
-from node.sqlite_store import SqliteStore
-from node.state import StateDelta
-from node.store import MemoryStore
-from node.transactions import tx_id
+from node.ledger.blocks import block_from_parts, commit_from_bytes
+from node.ledger.chain import Ledger
+from node.ledger.state import StateDelta
+from node.ledger.transactions import tx_id
+from node.store.base import MemoryStore
+from node.store.sqlite import SqliteStore
 from tests.factories import commit_next, make_block, make_genesis, populated_ledger, readings_for
 
 

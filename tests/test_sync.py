@@ -8,13 +8,13 @@ from typing import Any
 import msgpack
 import pytest
 
-from node.blocks import Block, Commit, block_from_parts
-from node.codec import decode, encode
 from node.errors import InvalidBlock
-from node.ledger import Ledger
-from node.store import MemoryStore
-from node.sync import BlockSync, decode_items
-from node.transactions import make_reading
+from node.ledger.blocks import Block, Commit, block_from_parts
+from node.ledger.chain import Ledger
+from node.ledger.codec import decode, encode
+from node.ledger.transactions import make_reading
+from node.net.sync import BlockSync, decode_items
+from node.store.base import MemoryStore
 from tests.factories import device_key, make_block, make_genesis, populated_ledger
 
 A, B, C = b"a" * 32, b"b" * 32, b"c" * 32

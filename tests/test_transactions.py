@@ -3,8 +3,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.errors import InvalidTransaction, Reason
-from node.keys import NodeKey
-from node.transactions import (
+from node.ledger.keys import NodeKey
+from node.ledger.transactions import (
     BODY_TYPES,
     Reading,
     make_join_request,
@@ -135,8 +135,8 @@ def test_composed_tx_encoding_is_the_canonical_encoding(
     seq: int, ts: int, temp: float, hum: float, extra: dict | None
 ) -> None:
     """parse_tx builds the tx bytes and the signed bytes from one encoding of the body."""
-    from node.codec import encode, sign_bytes
-    from node.transactions import encode_tx, parse_tx, signed_part, tx_id, tx_sign_kind
+    from node.ledger.codec import encode, sign_bytes
+    from node.ledger.transactions import encode_tx, parse_tx, signed_part, tx_id, tx_sign_kind
 
     key = NodeKey.from_seed(b"\x07" * 32)
     raw = make_reading(key, "c", seq, ts, temp, hum, extra or None)

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.client import LedgerClient
-from node.codec import decode
-from node.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
-from node.genesis import Genesis
-from node.keys import NodeKey
-from node.merkle import root as merkle_root
-from node.transactions import ModelUpdate, make_model_commit, make_model_update, parse_tx, tx_id
+from node.ledger.codec import decode
+from node.ledger.genesis import Genesis
+from node.ledger.keys import NodeKey
+from node.ledger.merkle import root as merkle_root
+from node.ledger.transactions import ModelUpdate, make_model_commit, make_model_update, parse_tx, tx_id
+from node.net.client import LedgerClient
+from node.server.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
 
 PASSPHRASE_ENV = "FEDLEDGER_PASSPHRASE"
 FINALITY_TIMEOUT_S = 120.0

@@ -1,0 +1,1 @@
+"""fedledger: a peer-to-peer federated learning node with a proof-of-authority BFT ledger."""

@@ -1,0 +1,259 @@
+"""`fedledger model list|show|export`: the committed models of a replica, their lineage, and a
+self-contained `.keras` file of any of them.
+
+Everything is read from DIR/node.db through the read-only view of `fedledger ledger` (safe next to
+a running node), inside one snapshot. `export` does not trust a stored aggregate: it re-computes the
+committed weights from the updates the commit names (node.models.model_weights, which checks them
+against the committed hash), and only then imports Keras to write the file. Keras is imported by
+`export` alone, so `list` and `show` (and the node) stay TensorFlow-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from node.cli.ledger import emit, fmt_time, open_node, table
+from node.errors import LocalError, StorageError
+from node.ledger.keys import short_id
+from node.ledger.runs import TASKS
+from node.store.models import ModelInfo, RunInfo, find_model, find_run, lineage, model_weights, models, runs
+
+# Shown by `list`, in this order, when a commit carries them (the averaged metrics of its updates).
+KEY_METRICS = ("loss", "val_loss", "val_rmse", "val_r2", "val_accuracy")
+INSTALL_HINT = "pip install 'fedledger[federated]' (./scripts/launch sets up a .venv that has it)"
+
+
+class ModelNotFound(LocalError):
+    """The run, task or round asked for is not on this replica."""
+
+
+class ExportError(LocalError):
+    """The model could not be written: no Keras, a bad or existing --out path, an I/O failure."""
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def short_run(run: bytes | str) -> str:
+    return (run.hex() if isinstance(run, bytes) else run)[:12]
+
+
+def key_metrics(metrics: dict[str, float]) -> str:
+    keys = [k for k in KEY_METRICS if k in metrics] or sorted(metrics)[:4]
+    return " ".join(f"{k}={metrics[k]:.4g}" for k in keys)
+
+
+def all_metrics(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+
+
+def run_line(r: RunInfo, names: dict[bytes, str]) -> str:
+    q = r.request
+    state = "complete" if r.complete else "in progress"
+    done = f"{max(0, r.last_round)}/{q.rounds} rounds committed" if r.committed else "no model committed yet"
+    who = short_id(r.coordinator) + (f" ({names[r.coordinator]})" if names.get(r.coordinator) else "")
+    return (f"run {short_run(r.run)} {q.task}/{q.strategy}: {done}, {state}; "
+            f"coordinator {who}, height {r.height}")
+
+
+def select_model(store: Any, args: argparse.Namespace) -> ModelInfo:
+    try:
+        return find_model(store, args.task, args.round, args.run)
+    except LookupError as exc:
+        raise ModelNotFound(str(exc)) from exc
+
+
+def num_classes(info: RunInfo) -> tuple[int | None, list[str]]:
+    """Traceability: the run's class list (its train_request's sorted device names)."""
+    if info.request.task != "traceability":
+        return None, []
+    classes = [c.strip() for c in str(info.request.params.get("classes", "")).split(",") if c.strip()]
+    if len(classes) < 2:
+        raise ExportError(f"run {short_run(info.run)} names no classes (params.classes), so the "
+                          "traceability model's output size is unknown")
+    return len(classes), classes
+
+
+def check_out_path(out: Path, force: bool) -> None:
+    """Refuse early (before any work) what would fail or destroy something later."""
+    if out.suffix != ".keras":
+        raise ExportError(f"--out must end in .keras (Keras 3 saves only that format), got {out}")
+    if out.is_dir():
+        raise ExportError(f"{out} is a directory")
+    if out.exists() and not force:
+        raise ExportError(f"{out} already exists (use --force to overwrite it)")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # export creates missing directories: check the first that exists
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write {out}: {parent} is not a writable directory")
+
+
+def keras_available() -> bool:
+    return importlib.util.find_spec("keras") is not None
+
+
+def write_keras(task: str, weights: list[Any], out: Path, n_classes: int | None) -> None:
+    """Write through a temporary file in the same directory, then rename: an existing file is
+    replaced whole or not at all, and a failed export leaves no partial file behind."""
+    if not keras_available():
+        raise ExportError(f"export needs Keras, which is not installed here: {INSTALL_HINT}")
+    try:
+        from federated.export import export_keras
+    except ImportError as exc:
+        raise ExportError(f"export needs Keras/TensorFlow, which could not be imported ({exc}): "
+                          f"{INSTALL_HINT}") from exc
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create {out.parent}: {exc.strerror or exc}") from exc
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.keras")
+    try:
+        export_keras(task, weights, tmp, n_classes)
+        os.replace(tmp, out)
+    except ImportError as exc:
+        raise ExportError(f"export needs Keras/TensorFlow, which could not be imported ({exc}): "
+                          f"{INSTALL_HINT}") from exc
+    except OSError as exc:
+        raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # weights that do not fit the task's model
+        raise ExportError(f"cannot build the {task} model from the committed weights: {exc}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+# --- subcommands -------------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with open_node(args.dir) as node:
+        store = node.store
+        if args.run:
+            try:
+                chosen = [find_run(store, args.task, args.run)]
+            except LookupError as exc:
+                raise ModelNotFound(str(exc)) from exc
+        else:
+            chosen = [r for r in runs(store) if args.task is None or r.request.task == args.task]
+        found = [m for r in chosen for m in models(store, r.run)]
+        names = {m.key: m.name for m in store.members()}
+        height = store.height()
+    out = {"models": [m.to_json() for m in found], "runs": [r.to_json() for r in chosen]}
+    rows: list[list[Any]] = [["RUN", "TASK", "ROUND", "MODEL", "HEIGHT", "UPDATES", "METRICS", "TIME (UTC)"]]
+    rows += [[short_run(m.run), m.task, m.round, m.weights_hash.hex()[:16], m.height, len(m.update_ids),
+              key_metrics(m.metrics) or "-", fmt_time(m.time_ms)] for m in found]
+    human = table(rows) if found else []
+    if not found:
+        what = f"{args.task} models" if args.task else "models"
+        where = f"in run {short_run(chosen[0].run)}" if args.run else f"on this ledger (height {height})"
+        human.append(f"no {what} yet {where}")
+    human += [run_line(r, names) for r in chosen]
+    if found:
+        human.append(f"next: fedledger model show {args.dir} --task {found[-1].task}")
+    emit(args, out, human)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with open_node(args.dir) as node:
+        store = node.store
+        model = select_model(store, args)
+        lin = lineage(store, model)
+        names = {short_id(m.key): m.name for m in store.members()}
+    req = lin["request"]
+
+    def who(node_id: str) -> str:
+        return node_id + (f" ({names[node_id]})" if names.get(node_id) else "")
+
+    params = " ".join(f"{k}={v}" for k, v in sorted(req["params"].items())) or "(defaults)"
+    base = (f"{lin['base_model']} (round {model.round - 1})" if lin["base_model"]
+            else "none: round 0 is the run's initial model")
+    human = table([
+        ["model", f"{model.task} round {model.round} of run {lin['run']}"],
+        ["hash", lin["model_hash"]],
+        ["committed", f"height {model.height} at {fmt_time(model.time_ms)}, tx {lin['commit_tx']}"],
+        ["strategy", f"{model.strategy}, {len(lin['updates'])} update(s)"],
+        ["coordinator", who(lin["coordinator"])],
+        ["request", f"{req['task']}, {req['rounds']} rounds, {req['strategy']}; {params}"],
+        ["base", base],
+        ["metrics", all_metrics(model.metrics) or "-"],
+    ])
+    human.append(f"updates ({len(lin['updates'])}):")
+    rows: list[list[Any]] = [["NODE", "NAME", "TX", "HEIGHT", "EXAMPLES", "READINGS ROOT", "BASE", "METRICS"]]
+    rows += [[u["node"], u["node_name"] or "-", u["tx"][:16], u["height"], u["num_examples"],
+              u["readings_root"][:16], u["base_model_hash"][:16], all_metrics(u["metrics"]) or "-"]
+             for u in lin["updates"]]
+    human += ["  " + line for line in table(rows)]
+    human.append(f"export: fedledger model export {args.dir} --task {model.task} --round {model.round} "
+                 f"--run {short_run(model.run)} --out {model.task}-round{model.round}.keras")
+    emit(args, lin, human)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    check_out_path(out, args.force)
+    with open_node(args.dir) as node:
+        store = node.store
+        model = select_model(store, args)
+        info = find_run(store, run=model.run.hex())
+        try:
+            weights = model_weights(store, model)
+        except ValueError as exc:
+            raise StorageError(str(exc)) from exc
+    n_classes, classes = num_classes(info)
+    write_keras(model.task, weights, out, n_classes)
+    result: dict[str, Any] = {"path": str(out), "model_hash": model.weights_hash.hex(), "task": model.task,
+                              "round": model.round, "run": model.run.hex()}
+    human = [f"wrote {out}: {model.task} round {model.round} of run {short_run(model.run)}, "
+             f"model {model.weights_hash.hex()} (re-computed from {len(model.update_ids)} update(s))"]
+    if model.task == "humidity":
+        human.append("input [[temperature_c]] -> output [[humidity_pct]]; "
+                     "load with keras.models.load_model(path)")
+    else:
+        result["classes"] = classes
+        human.append("input [[temperature_c, humidity_pct]] -> probabilities of the classes "
+                     + ",".join(classes) + "; load with keras.models.load_model(path)")
+    emit(args, result, human)
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("model", help="committed models: list them, show a lineage, export as .keras")
+    msub = p.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
+    msub.required = True
+
+    def cmd(name: str, help_: str, func: Any, task_required: bool) -> argparse.ArgumentParser:
+        c: argparse.ArgumentParser = msub.add_parser(name, help=help_)
+        c.add_argument("dir", metavar="DIR", help="node data directory")
+        c.add_argument("--task", choices=TASKS, required=task_required,
+                       help="the task" + ("" if task_required else " (default: all)"))
+        c.add_argument("--run", metavar="RUNPREFIX", help="run id or a unique hex prefix of it (default: "
+                       + ("every run" if not task_required else "the task's latest run") + ")")
+        c.add_argument("--json", action="store_true", help="print one JSON object")
+        c.set_defaults(func=run, model_func=func)
+        return c
+
+    cmd("list", "one line per committed model", cmd_list, task_required=False)
+    show = cmd("show", "lineage of one committed model: updates, nodes, readings roots, request", cmd_show,
+               task_required=True)
+    show.add_argument("--round", type=int, metavar="R", help="round (default: the latest committed)")
+    exp = cmd("export", "re-compute a committed model from the ledger and write it as a .keras file",
+              cmd_export, task_required=True)
+    exp.add_argument("--round", type=int, metavar="R", help="round (default: the latest committed)")
+    exp.add_argument("--out", required=True, metavar="FILE.keras", help="where to write the model")
+    exp.add_argument("--force", action="store_true", help="overwrite FILE.keras if it exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return int(args.model_func(args))
+    except sqlite3.Error as exc:  # open_node converts these; this is the net for anything it missed
+        raise StorageError(f"database error: {exc}") from exc

@@ -1,0 +1,71 @@
+"""`fedledger node run DIR`: run a node until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from node.cli.init import read_passphrase
+from node.net.sync import SYNC_MODES
+from node.server.datadir import LOG_FILE, PID_FILE
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("node", help="run a node")
+    nsub = p.add_subparsers(dest="node_command", metavar="SUBCOMMAND")
+    nsub.required = True
+    r = nsub.add_parser("run", help="run the node in DIR until Ctrl-C / SIGTERM")
+    r.add_argument("dir", type=Path, metavar="DIR", help="node data directory (made by init, launch or join)")
+    r.add_argument("--host", help="listen address (default: from config.json)")
+    r.add_argument("--port", type=int, help="listen port (default: from config.json)")
+    r.add_argument("--bootstrap", action="append", metavar="URL", help="peer URL to dial (repeatable)")
+    r.add_argument("--passphrase-file", help="file holding the key passphrase, if the key is encrypted")
+    r.add_argument("--sync", choices=SYNC_MODES, default=None,
+                   help="catch-up verification: certificates (default; from config.json) or full")
+    r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    r.set_defaults(func=run)
+
+
+def setup_logging(data_dir: Path, level: str, console: bool = True) -> None:
+    """Log to DIR/node.log, and to stderr unless `console` is False (join prints its own progress
+    and keeps the node's log in the file; warnings still reach stderr)."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    stderr = logging.StreamHandler(sys.stderr)
+    if not console:
+        stderr.setLevel(logging.WARNING)
+    for handler in (stderr, logging.FileHandler(data_dir / LOG_FILE)):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+def run(args: argparse.Namespace) -> int:
+    from node.server.runtime import Node  # imported here so `fedledger --help` stays fast
+
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise SystemExit("fedledger node run: --port must be between 0 and 65535")
+    passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
+    node = Node(args.dir, passphrase=passphrase, host=args.host, port=args.port, bootstrap=args.bootstrap,
+                sync_mode=args.sync)
+    setup_logging(args.dir, args.log_level)
+    pid_file = args.dir / PID_FILE
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, node.stop)
+        pid_file.write_text(f"{__import__('os').getpid()}\n")
+        await node.run()
+
+    try:
+        asyncio.run(main())
+    finally:
+        pid_file.unlink(missing_ok=True)
+    return 0

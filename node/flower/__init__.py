@@ -1,0 +1,3 @@
+"""Flower process control for a node: SuperLink, SuperNode and trainer processes, and the training runs
+the ledger asks for.
+"""

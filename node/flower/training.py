@@ -1,0 +1,295 @@
+"""The node's part in federated runs: start and stop its Flower processes as the ledger says.
+
+A committed `train_request` starts a run. Every member that trains (authority or participant)
+starts its long-lived trainer and a SuperNode that connects to the coordinator's SuperLink named
+in the request; the coordinator (the request's signer) also starts that SuperLink and then
+`flwr run` with our Flower App. The App's hooks submit the signed updates and commits back to the
+nodes (federated/flower/fl_ledger.py). When the run's last round is committed the SuperNodes stop;
+trainers stay warm for the next run.
+
+Everything here is process management (node/flower_runtime.py, which imports neither flwr nor
+TensorFlow) done on one worker thread, so the event loop never blocks on a process start.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import importlib.util
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node.flower.runtime import (
+    FlowerRuntimeError,
+    ManagedProcess,
+    RunHandle,
+    SuperLinkProcess,
+    SuperNodeProcess,
+    TrainerProcess,
+    find_command,
+    free_port,
+    run_app,
+)
+from node.ledger.blocks import Block
+from node.ledger.keys import short_id
+from node.ledger.runs import TRAINING_ROLES
+from node.ledger.transactions import ModelCommit, TrainRequest, Transaction
+from node.store.base import Store
+
+log = logging.getLogger("fedledger.training")
+
+PASSPHRASE_ENV = "FEDLEDGER_PASSPHRASE"  # read by federated/flower/fl_ledger.py
+STALL_S = 900.0  # no new commit of an active run for this long: stop its processes
+SYNC_SLACK = 2  # start runs only when within this many blocks of the best peer
+MAX_UNIX_PATH = 100  # AF_UNIX paths are limited to 108 bytes
+
+
+def flower_missing() -> str | None:
+    """Why this environment cannot train, or None."""
+    try:
+        find_command("flower-supernode")
+    except FlowerRuntimeError:
+        return 'Flower is not installed: pip install -e ".[federated]"'
+    if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None:
+        return 'TensorFlow/Keras are not installed: pip install -e ".[federated]"'
+    return None
+
+
+def app_dir() -> Path:
+    # find_spec on the package would import federated.flower's parent only; the App is a directory.
+    spec = importlib.util.find_spec("federated")
+    assert spec is not None and spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations))) / "flower"
+
+
+@dataclass
+class LocalRun:
+    run: bytes
+    request: TrainRequest
+    coordinator: bool
+    # pending, waiting (not admitted to train yet), starting, running, done, failed, stalled,
+    # skipped (this node cannot train), left (its membership ended during the run)
+    state: str = "pending"
+    error: str = ""
+    started: float = field(default_factory=time.monotonic)
+    progress_at: float = field(default_factory=time.monotonic)
+    committed: int = -1  # last committed round seen
+    supernode: SuperNodeProcess | None = None
+    superlink: SuperLinkProcess | None = None
+    flwr_run: RunHandle | None = None
+
+
+class Training:
+    def __init__(
+        self,
+        node_dir: Path,
+        public_key: bytes,
+        store: Store,
+        node_url: Callable[[], str],
+        host: str,
+        role: Callable[[], str],
+        passphrase: bytes | None = None,
+    ) -> None:
+        self.dir = node_dir
+        self.public = public_key
+        self.store = store
+        self.node_url = node_url
+        self.host = host
+        self.role = role
+        self.passphrase = passphrase
+        self.runs: dict[bytes, LocalRun] = {}
+        self.trainer: TrainerProcess | None = None
+        self.unavailable = flower_missing()
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="training")
+
+    # --- ledger events (event loop thread) -------------------------------------------------------
+
+    def on_block(self, block: Block) -> None:
+        for tx in block.parsed_txs:
+            if not isinstance(tx, Transaction):
+                continue  # a committed block holds none; keeps the type checker honest
+            body = tx.body
+            if isinstance(body, TrainRequest):
+                run = tx.id
+                self.runs[run] = LocalRun(run, body, coordinator=tx.signer == self.public)
+                log.info("train request %s: %s x%d (%s) by %s", run.hex()[:12], body.task, body.rounds,
+                         body.strategy, short_id(tx.signer))
+            elif isinstance(body, ModelCommit):
+                lr = self.runs.get(body.run)
+                if lr is not None:
+                    lr.committed = max(lr.committed, body.round)
+                    lr.progress_at = time.monotonic()
+                    if body.round >= lr.request.rounds and lr.state in ("pending", "waiting", "starting",
+                                                                        "running"):
+                        lr.state = "done"
+                        self._submit(self._finish, lr)
+
+    def tick(self, caught_up: bool) -> None:
+        """Called periodically: start runs once the replica is current, stop stalled ones."""
+        now = time.monotonic()
+        role = self.role()
+        for lr in self.runs.values():
+            if lr.state in ("pending", "waiting") and caught_up:
+                last = self.store.model_commit(lr.run, lr.request.rounds)
+                if last is not None:
+                    lr.state = "done"  # a run from the past, seen while syncing
+                elif role not in TRAINING_ROLES:
+                    # Re-checked every tick: a node admitted during the run joins its next round.
+                    lr.state, lr.error = "waiting", f"this node's role ({role}) does not train"
+                elif self.unavailable:
+                    lr.state, lr.error = "skipped", self.unavailable
+                    log.warning("run %s: cannot train here: %s", lr.run.hex()[:12], self.unavailable)
+                else:
+                    lr.state, lr.error, lr.progress_at = "starting", "", now
+                    self._submit(self._start, lr)
+            elif lr.state in ("starting", "running") and role not in TRAINING_ROLES:
+                lr.state, lr.error = "left", f"this node's role is now {role}"
+                self._submit(self._finish, lr)
+            elif lr.state in ("starting", "running") and now - lr.progress_at > STALL_S:
+                lr.state, lr.error = "stalled", f"no round committed for {STALL_S:.0f} s"
+                self._submit(self._finish, lr)
+
+    # --- process management (worker thread) ------------------------------------------------------
+
+    def _submit(self, fn: Callable[[LocalRun], None], lr: LocalRun) -> None:
+        with contextlib.suppress(RuntimeError):  # shutting down: close() stops everything anyway
+            self._pool.submit(self._logged, fn, lr)
+
+    @staticmethod
+    def _logged(fn: Callable[[LocalRun], None], lr: LocalRun) -> None:
+        try:
+            fn(lr)
+        except Exception:  # a worker-thread error must be seen, and must not kill the node
+            log.exception("run %s: %s failed", lr.run.hex()[:12], fn.__name__)
+
+    def _env(self) -> dict[str, str]:
+        return {PASSPHRASE_ENV: self.passphrase.decode()} if self.passphrase else {}
+
+    def _ensure_trainer(self, task: str) -> TrainerProcess:
+        if self.trainer is not None and self.trainer.alive:
+            return self.trainer
+        workdir = self.dir / "trainer"
+        workdir.mkdir(exist_ok=True)
+        sock = workdir / "trainer.sock"
+        if len(str(sock)) > MAX_UNIX_PATH:
+            digest = hashlib.sha256(str(workdir).encode()).hexdigest()[:16]
+            sock = Path(tempfile.gettempdir()) / f"fedledger-trainer-{digest}.sock"
+        trainer = TrainerProcess(workdir, socket_path=sock, warm=[task])
+        trainer.start(ready_timeout=180.0)
+        self.trainer = trainer
+        return trainer
+
+    def _start(self, lr: LocalRun) -> None:
+        req = lr.request
+        try:
+            trainer = self._ensure_trainer(req.task)
+            link = str(req.params.get("superlink", ""))
+            host, _, port = link.rpartition(":")
+            if not host or not port.isdigit():
+                raise FlowerRuntimeError(f"train request names no SuperLink address (got {link!r})")
+            flower_dir = self.dir / "flower" / lr.run.hex()[:12]
+            if lr.coordinator:
+                superlink = SuperLinkProcess(flower_dir / "superlink", int(port), host=host)
+                superlink.start()
+                lr.superlink = superlink
+            node_config = {"data-dir": str(self.dir), "node-url": self.node_url(), "trainer": trainer.address}
+            supernode = SuperNodeProcess(flower_dir / "supernode", link, free_port(self.host), node_config,
+                                         host=self.host)
+            supernode.extra_env = self._env()
+            supernode.start()
+            lr.supernode = supernode
+            if lr.coordinator:
+                lr.flwr_run = run_app(app_dir(), link, self._run_config(lr, trainer), flower_dir / "flwr-cli",
+                                      on_exit=lambda handle: self._submit(self._on_run_exit, lr))
+            if lr.state == "starting":
+                lr.state = "running"
+            log.info("run %s: Flower processes started (%s)", lr.run.hex()[:12],
+                     "coordinator" if lr.coordinator else "participant")
+        except (FlowerRuntimeError, OSError, ValueError) as exc:
+            lr.state, lr.error = "failed", str(exc)
+            log.error("run %s: could not start: %s", lr.run.hex()[:12], exc)
+            self._finish(lr)
+
+    def _run_config(self, lr: LocalRun, trainer: TrainerProcess) -> dict[str, Any]:
+        req, p = lr.request, lr.request.params
+        rc: dict[str, Any] = {
+            "run": lr.run.hex(),
+            "task": req.task,
+            "strategy": req.strategy,
+            "num-rounds": req.rounds,
+            "min-nodes": int(p.get("min_nodes", 2)),
+            "fraction-evaluate": float(p.get("fraction_evaluate", 0.0)),
+            "trainer": trainer.address,
+            "data-dir": str(self.dir),
+            "node-url": self.node_url(),
+            "seed": int(p.get("seed", 0)),
+        }
+        for key, flower_key in (("epochs", "epochs"), ("batch_size", "batch-size"), ("patience", "patience")):
+            if key in p:
+                rc[flower_key] = int(p[key])
+        if "learning_rate" in p:
+            rc["learning-rate"] = float(p["learning_rate"])
+        if "classes" in p:
+            rc["classes"] = str(p["classes"])
+        if "beta" in p:
+            rc["beta"] = float(p["beta"])
+        if "krum_f" in p:
+            rc["krum-f"] = int(p["krum_f"])
+        return rc
+
+    def _on_run_exit(self, lr: LocalRun) -> None:
+        handle = lr.flwr_run
+        if handle is None:
+            return
+        status = handle.wait(timeout=60)
+        if status != 0 and lr.state in ("starting", "running"):
+            lr.state, lr.error = "failed", handle.failure()
+            log.error("run %s failed: %s", lr.run.hex()[:12], lr.error)
+        self._finish(lr)
+
+    def _finish(self, lr: LocalRun) -> None:
+        """Stop the run's SuperNode, and on the coordinator its SuperLink once `flwr run` ended."""
+        if lr.supernode is not None:
+            lr.supernode.stop()
+            lr.supernode = None
+        if lr.superlink is not None and (lr.flwr_run is None or lr.flwr_run.done or lr.state != "done"):
+            if lr.flwr_run is not None and not lr.flwr_run.done:
+                lr.flwr_run.stop()
+            lr.superlink.stop()
+            lr.superlink = None
+
+    # --- views and shutdown ------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "available": self.unavailable is None,
+            "unavailable": self.unavailable,
+            "trainer": bool(self.trainer and self.trainer.alive),
+            "runs": [
+                {"run": lr.run.hex(), "task": lr.request.task, "state": lr.state, "error": lr.error,
+                 "coordinator": lr.coordinator, "committed_round": lr.committed, "rounds": lr.request.rounds}
+                for lr in self.runs.values()
+            ],
+        }
+
+    def close(self) -> None:
+        """Stop every process this node started (blocking; called at node shutdown)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        procs: list[ManagedProcess] = []
+        for lr in self.runs.values():
+            if lr.flwr_run is not None and not lr.flwr_run.done:
+                lr.flwr_run.stop()
+            procs += [p for p in (lr.supernode, lr.superlink) if p is not None]
+        if self.trainer is not None:
+            procs.append(self.trainer)
+        for proc in procs:
+            try:
+                proc.stop()
+            except OSError as exc:  # already gone
+                log.debug("stopping %s: %s", proc.name, exc)

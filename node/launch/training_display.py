@@ -1,0 +1,147 @@
+"""The training part of `fedledger launch`: start a run from node1 and follow it on every replica."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from node.cli.ledger import ReadOnlyStore
+from node.cli.train import request_params, run_progress, submit_request
+from node.errors import FedledgerError
+from node.launch.processes import NodeProcess
+from node.server.datadir import DB_FILE
+from node.store.models import models
+
+if TYPE_CHECKING:
+    from node.launch.launcher import Display, LaunchOptions
+
+METRIC_KEYS = ("val_rmse", "val_r2", "val_accuracy", "loss", "val_loss")
+
+
+def key_metrics(metrics: dict[str, float]) -> str:
+    shown = [f"{k}={metrics[k]:.4g}" for k in METRIC_KEYS if k in metrics]
+    return " ".join(shown) or "-"
+
+
+class TrainingWatch:
+    def __init__(self, opts: LaunchOptions, procs: list[NodeProcess]) -> None:
+        self.opts = opts
+        self.procs = procs
+        self.run: bytes | None = None
+        self.error = ""
+        self.finished = False
+        self.committed = -1  # rounds committed on node1
+        self._reported = -1
+        self._complete: list[bool] = [False] * len(procs)
+
+    @property
+    def coordinator_dir(self) -> Path:
+        return self.procs[0].dir
+
+    def start(self) -> None:
+        """Blocking: sign the train request with node1's key and wait until it is final."""
+        try:
+            params = request_params(self.coordinator_dir, self.opts.task)
+            self.run = submit_request(self.coordinator_dir, self.opts.task, self.opts.rounds,
+                                      self.opts.strategy, params)
+        except FedledgerError as exc:
+            self.fail(str(exc))
+
+    def fail(self, why: str) -> None:
+        if not self.finished:
+            self.error, self.finished = why, True
+
+    def observe(self, statuses: list[dict[str, Any] | None]) -> None:
+        if self.run is None or self.finished:
+            return
+        for i, st in enumerate(statuses):
+            if st is None:
+                continue
+            ledger, local = run_progress(st, self.run)
+            if ledger is not None:
+                self._complete[i] = bool(ledger["complete"])
+                if i == 0:
+                    self.committed = int(ledger["committed_rounds"])
+            if local is not None and local.get("state") in ("failed", "stalled", "skipped"):
+                self.fail(f"node{i + 1}: run {local['state']}: {local.get('error')}")
+        if all(self._complete):
+            self.finished = True
+
+    def rounds(self) -> list[dict[str, Any]]:
+        """Committed models of the run on node1's replica, with the wall time of each round (from
+        the block times of consecutive commits)."""
+        if self.run is None:
+            return []
+        store = ReadOnlyStore(self.coordinator_dir / DB_FILE)
+        try:
+            found = [m.to_json() for m in models(store, self.run)]
+        finally:
+            store.close()
+        for prev, cur in itertools.pairwise(found):
+            cur["seconds"] = round((cur["time_ms"] - prev["time_ms"]) / 1000, 2)
+        return found
+
+    def news(self) -> list[str]:
+        if self.committed <= self._reported:
+            return []
+        out = []
+        for m in self.rounds():
+            if m["round"] > self._reported and m["round"] >= 1:
+                out.append(f"round {m['round']}/{self.opts.rounds} committed at height {m['height']} "
+                           f"({m['updates']} updates, {m.get('seconds', 0):.1f} s): "
+                           + key_metrics(m["metrics"]))
+            self._reported = max(self._reported, m["round"])
+        return out
+
+    def progress(self) -> str:
+        if self.run is None:
+            return ""
+        done = max(self.committed, 0)
+        return f" | {self.opts.task} round {done}/{self.opts.rounds}" + (" done" if self.finished else "")
+
+    def summary(self) -> dict[str, Any]:
+        per_node = []
+        for p in self.procs:
+            st = p.status() if p.alive else None
+            ledger = run_progress(st, self.run)[0] if st is not None and self.run is not None else None
+            per_node.append({"dir": str(p.dir),
+                             "committed_rounds": ledger["committed_rounds"] if ledger else None,
+                             "complete": bool(ledger and ledger["complete"])})
+        rounds = self.rounds()
+        trained = [r for r in rounds if r["round"] >= 1]
+        return {
+            "run": self.run.hex() if self.run else None,
+            "task": self.opts.task,
+            "strategy": self.opts.strategy,
+            "rounds_requested": self.opts.rounds,
+            "rounds": rounds,
+            "round_seconds_mean": (round(sum(r["seconds"] for r in trained) / len(trained), 2)
+                                   if trained else None),
+            "complete_on_every_replica": all(n["complete"] for n in per_node) and not self.error,
+            "replicas": per_node,
+            "error": self.error or None,
+        }
+
+
+def print_training(t: dict[str, Any], root: Path, out: Display) -> None:
+    out.say("")
+    if t["run"] is None:
+        out.say(f"Training did not start: {t['error']}")
+        return
+    out.say(f"Training run {t['run'][:12]}: {t['task']} with {t['strategy']}, "
+            f"{len([r for r in t['rounds'] if r['round'] >= 1])}/{t['rounds_requested']} rounds committed")
+    for r in t["rounds"]:
+        what = "initial model" if r["round"] == 0 else f"{r['updates']} updates, {r.get('seconds', 0):.1f} s"
+        out.say(f"  round {r['round']}: model {r['model_hash'][:16]} at height {r['height']} ({what}) "
+                f"{key_metrics(r['metrics']) if r['round'] else ''}")
+    if t["complete_on_every_replica"]:
+        out.say("  every round is committed on every replica")
+    else:
+        out.say(f"  NOT complete on every replica: {t['error'] or t['replicas']}")
+    last = max((r["round"] for r in t["rounds"]), default=0)
+    out.say("Models are on the ledger (weights inside the updates, re-computed by every authority):")
+    out.say(f"  fedledger model list {root}/node1")
+    out.say(f"  fedledger model show {root}/node1 --task {t['task']} --round {last}")
+    out.say(f"  fedledger model export {root}/node1 --task {t['task']} --round {last} "
+            f"--out {t['task']}.keras")

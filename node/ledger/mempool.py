@@ -1,0 +1,75 @@
+"""Pending transactions: admitted after validation against the committed state, reaped in arrival
+order into blocks, and dropped once committed or no longer valid."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from node.errors import InvalidTransaction, Reason
+from node.ledger.state import ChainParams, OverlayView, StateView, check_tx
+from node.ledger.transactions import Transaction, parse_tx
+
+DEFAULT_MAX_TXS = 50_000
+
+
+class Mempool:
+    def __init__(self, params: ChainParams, max_txs: int = DEFAULT_MAX_TXS) -> None:
+        self.params = params
+        self.max_txs = max_txs
+        self._txs: dict[bytes, Transaction] = {}  # insertion order = arrival order
+        self.rejected: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._txs)
+
+    def __contains__(self, tx_id: object) -> bool:
+        return tx_id in self._txs
+
+    def add(self, raw: Any, view: StateView, now_ms: int) -> tuple[bytes | None, Reason | None]:
+        """Admit a transaction; returns (tx id, None) or (tx id or None, rejection reason)."""
+        try:
+            tx = raw if isinstance(raw, Transaction) else parse_tx(raw)
+        except InvalidTransaction as exc:
+            self.rejected[exc.reason.value] += 1
+            return None, exc.reason
+        if tx.id in self._txs:
+            return tx.id, None  # already pending: gossip brings the same tx many times
+        if len(self._txs) >= self.max_txs:
+            self.rejected[Reason.MEMPOOL_FULL.value] += 1
+            return tx.id, Reason.MEMPOOL_FULL
+        reason = check_tx(view, tx, now_ms, self.params)
+        if reason is not None:
+            self.rejected[reason.value] += 1
+            return tx.id, reason
+        self._txs[tx.id] = tx
+        return tx.id, None
+
+    def reap(self, view: StateView, block_time_ms: int, height: int, max_txs: int) -> list[dict[str, Any]]:
+        """Transactions for a new block: in arrival order, each valid on top of the ones before it.
+        Those that can never become valid again are dropped."""
+        overlay = OverlayView(view, height, self.params.admission)
+        out: list[dict[str, Any]] = []
+        dead: list[bytes] = []
+        for tx_id, tx in self._txs.items():
+            if len(out) >= max_txs:
+                break
+            reason = check_tx(overlay, tx, block_time_ms, self.params)
+            if reason is None:
+                overlay.apply(tx)
+                out.append(tx.raw)
+            elif reason is not Reason.FUTURE_TIMESTAMP and reason is not Reason.UNKNOWN_DEVICE:
+                # A timestamp ahead of the block time, or a device registered in a later block,
+                # can become valid; everything else (replay, duplicate, bad signature) cannot.
+                dead.append(tx_id)
+                self.rejected[reason.value] += 1
+        for tx_id in dead:
+            del self._txs[tx_id]
+        return out
+
+    def remove(self, tx_ids: list[bytes] | set[bytes]) -> None:
+        for tx_id in tx_ids:
+            self._txs.pop(tx_id, None)
+
+    def pending(self) -> list[Transaction]:
+        return list(self._txs.values())

@@ -1,0 +1,168 @@
+"""Training runs on the ledger: the rules that tie train requests, model updates and commits.
+
+A `train_request` (from an authority) opens a run; its tx id is the run id and its signer is the
+run's coordinator. Round 0 is the initial model: the coordinator publishes it as a
+`model_update` and commits it alone, so every later model has a lineage that ends on the ledger.
+For rounds 1..R every member that trains submits at most one `model_update` whose base is exactly
+the weights committed for the previous round; the coordinator's `model_commit` for the round
+names the updates it aggregated, and every replica re-computes that aggregation before it accepts
+the commit. Rounds are committed in order and once.
+
+Pure functions over a read-only view, like the rest of node/state.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from federated.aggregate import STRATEGIES, Update, aggregate
+from federated.weights import decode_weights, weights_hash
+from node.errors import Reason
+from node.ledger.transactions import ModelCommit, ModelUpdate, TrainRequest, parse_tx
+
+TASKS = ("humidity", "traceability")  # federated/tasks.py; repeated so the node never imports Keras code
+TRAINING_ROLES = ("authority", "participant")
+
+# What a train request may set, with the type each value must have. Unknown keys are refused so a
+# typo cannot silently fall back to a default on some nodes.
+PARAM_TYPES: dict[str, tuple[type, ...]] = {
+    "superlink": (str,),
+    "min_nodes": (int,),
+    "epochs": (int,),
+    "batch_size": (int,),
+    "learning_rate": (float, int),
+    "patience": (int,),
+    "seed": (int,),
+    "beta": (float, int),
+    "krum_f": (int,),
+    "fraction_evaluate": (float, int),
+    "classes": (str,),
+}
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """Index row of a model_update or model_commit (the tx itself is in the txs table)."""
+
+    kind: str  # "update" | "commit"
+    tx_id: bytes
+    height: int
+    run: bytes
+    round: int
+    node: bytes  # the update's node, or the commit's coordinator
+    weights_hash: bytes
+
+
+class RunView(Protocol):
+    def member(self, key: bytes) -> Any: ...
+
+    def tx(self, tx_id: bytes) -> Any: ...
+
+    def model_commit(self, run: bytes, round: int) -> ModelRow | None: ...
+
+    def model_update(self, run: bytes, round: int, node: bytes) -> ModelRow | None: ...
+
+
+def run_request(view: RunView, run: bytes) -> TrainRequest | None:
+    rec = view.tx(run)
+    if rec is None or rec.kind != TrainRequest.KIND:
+        return None
+    body = parse_tx(rec.raw).body
+    assert isinstance(body, TrainRequest)
+    return body
+
+
+def aggregation_params(req: TrainRequest) -> dict[str, Any]:
+    if req.strategy == "fedtrimmedavg" and "beta" in req.params:
+        return {"beta": float(req.params["beta"])}
+    if req.strategy == "krum" and "krum_f" in req.params:
+        return {"f": int(req.params["krum_f"])}
+    return {}
+
+
+def check_train_request(body: TrainRequest) -> Reason | None:
+    if body.task not in TASKS or body.strategy not in STRATEGIES:
+        return Reason.MALFORMED
+    for key, value in body.params.items():
+        types = PARAM_TYPES.get(key)
+        if types is None or isinstance(value, bool) or not isinstance(value, types):
+            return Reason.MALFORMED
+    return None
+
+
+def check_model_update(view: RunView, body: ModelUpdate) -> Reason | None:
+    member = view.member(body.node)
+    if member is None or member.role not in TRAINING_ROLES:
+        return Reason.UNAUTHORIZED
+    if hashlib.sha256(body.weights).digest() != body.weights_hash or body.num_examples < 1:
+        return Reason.BAD_WEIGHTS
+    try:
+        decode_weights(body.weights)
+    except ValueError:
+        return Reason.BAD_WEIGHTS
+    req = run_request(view, body.run)
+    if req is None or req.task != body.task:
+        return Reason.UNKNOWN_RUN
+    if body.round == 0 and body.node != req.authority:
+        return Reason.UNAUTHORIZED  # only the coordinator publishes the initial model
+    if body.round > req.rounds:
+        return Reason.WRONG_ROUND
+    if view.model_commit(body.run, body.round) is not None:
+        return Reason.ROUND_COMMITTED
+    if body.round > 0:
+        base = view.model_commit(body.run, body.round - 1)
+        if base is None:
+            return Reason.WRONG_ROUND
+        if base.weights_hash != body.base_model_hash:
+            return Reason.BASE_MISMATCH
+    if view.model_update(body.run, body.round, body.node) is not None:
+        return Reason.DUPLICATE_UPDATE
+    return None
+
+
+def check_model_commit(view: RunView, body: ModelCommit, signer: bytes) -> Reason | None:
+    """Every replica re-computes the aggregation from the updates on its own ledger; a commit is
+    valid only if that gives exactly the committed weights (bytes of the canonical encoding)."""
+    ids = body.update_ids
+    if not ids or len(set(ids)) != len(ids):
+        return Reason.MALFORMED
+    req = run_request(view, body.run)
+    if req is None or req.task != body.task:
+        return Reason.UNKNOWN_RUN
+    if signer != req.authority:
+        return Reason.UNAUTHORIZED
+    if body.strategy != req.strategy:
+        return Reason.MALFORMED
+    if body.round > req.rounds:
+        return Reason.WRONG_ROUND
+    if view.model_commit(body.run, body.round) is not None:
+        return Reason.ROUND_COMMITTED
+    if body.round > 0 and view.model_commit(body.run, body.round - 1) is None:
+        return Reason.WRONG_ROUND
+    updates: list[Update] = []
+    hashes: list[bytes] = []
+    for uid in ids:
+        row = view.tx(uid)
+        if row is None or row.kind != ModelUpdate.KIND:
+            return Reason.UNKNOWN_UPDATE
+        upd = parse_tx(row.raw).body
+        assert isinstance(upd, ModelUpdate)
+        if upd.run != body.run or upd.round != body.round:
+            return Reason.UNKNOWN_UPDATE
+        updates.append(Update(uid, decode_weights(upd.weights), upd.num_examples))
+        hashes.append(upd.weights_hash)
+    if body.round == 0:
+        # The initial model is published, not aggregated.
+        if len(updates) != 1:
+            return Reason.MALFORMED
+        committed = hashes[0]
+    else:
+        try:
+            committed = weights_hash(aggregate(body.strategy, updates, **aggregation_params(req)))
+        except ValueError:
+            return Reason.AGGREGATE_MISMATCH
+    if committed != body.weights_hash:
+        return Reason.AGGREGATE_MISMATCH
+    return None

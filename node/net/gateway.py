@@ -1,0 +1,185 @@
+"""What the node's port offers besides peers: websocket clients and read-only HTTP GET (JSON).
+
+Also the inbound frame gate shared by peer and client connections (`admit_frame`): size check,
+rate limit, decode and validate, each failure counted and scored on the sender's `PeerState`.
+
+Clients (wallets, sensors' gateways, the CLI) connect to `client_path` and skip the peer
+handshake: they prove nothing about themselves, because everything they submit is signed and
+validated by the ledger anyway. They get the same rate limits and misbehaviour score as peers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http
+import inspect
+import json
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from node.errors import CodecError, ProtocolViolation, RemoteError
+from node.net import wire
+from node.net.handshake import CloseCode, Refusal
+from node.net.peers import PeerState
+
+log = logging.getLogger("fedledger.net")
+
+HttpHandler = Callable[[str, dict[str, str]], "Awaitable[tuple[int, Any] | None] | tuple[int, Any] | None"]
+ClientHandler = Callable[[str, Any], "Awaitable[tuple[str, Any] | None] | tuple[str, Any] | None"]
+
+PEER_PATHS = frozenset({"/", "/peer"})
+
+
+async def maybe_await(value: Any) -> Any:
+    """Handlers may be plain functions or coroutines; callers need not care which."""
+    return await value if inspect.isawaitable(value) else value
+
+
+def admit_frame(st: PeerState, data: bytes | str, max_frame: int, now: float) -> wire.Envelope | None:
+    """Size check, rate limit, decode, validate. None: dropped, counted and scored (the caller
+    checks `st.score.exceeded` to decide on a disconnect)."""
+    st.received(len(data))
+    if len(data) > max_frame:  # before anything else: no tokens spent, no parsing
+        st.penalize("oversize", now)
+        return None
+    if not st.admit(len(data), now):
+        return None
+    try:
+        return wire.decode_frame(data, max_frame=max_frame)  # type: ignore[arg-type]
+    except ProtocolViolation as exc:
+        st.penalize(exc.reason if exc.reason in ("text_frame", "oversize") else "protocol_violation", now)
+    except CodecError:
+        st.penalize("codec", now)
+    return None
+
+
+def misbehaved(st: PeerState) -> Refusal:
+    worst = ", ".join(f"{r} x{n}" for r, n in st.score.reasons.most_common(3))
+    return Refusal(CloseCode.MISBEHAVIOUR, "misbehaviour", worst)
+
+
+def _json_default(obj: Any) -> Any:
+    # HTTP readers get hex for hashes and keys; anything else unexpected becomes its str().
+    if isinstance(obj, (bytes, bytearray)):
+        return bytes(obj).hex()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+def json_response(status: int, body: Any) -> Response:
+    data = json.dumps(body, default=_json_default, separators=(",", ":")).encode()
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    headers = Headers([
+        ("Content-Type", "application/json"), ("Content-Length", str(len(data))), ("Connection", "close"),
+    ])
+    return Response(status, phrase, headers, data)
+
+
+class Gateway:
+    """Client websockets and HTTP GET on the node's port. Owned by PeerNetwork, which supplies
+    the per-connection state factory and the node-wide counters."""
+
+    def __init__(
+        self,
+        http_handler: HttpHandler | None,
+        client_handler: ClientHandler | None,
+        client_path: str,
+        max_frame: int,
+        new_state: Callable[[], PeerState],
+        clock: Callable[[], float],
+        events: Counter[str],
+        disconnects: Counter[str],
+    ) -> None:
+        self.http_handler = http_handler
+        self.client_handler = client_handler
+        self.client_path = client_path
+        self.max_frame = max_frame
+        self._new_state = new_state
+        self._clock = clock
+        self._events = events
+        self._disconnects = disconnects
+        self.clients: set[ServerConnection] = set()
+
+    def is_client_path(self, path: str) -> bool:
+        return self.client_handler is not None and path == self.client_path
+
+    async def process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        """websockets' process_request hook: None lets a websocket upgrade proceed; a Response
+        answers a plain HTTP request (or an upgrade to a path nobody serves)."""
+        path, _, query = request.path.partition("?")
+        if "websocket" in request.headers.get("Upgrade", "").lower():
+            if path in PEER_PATHS or self.is_client_path(path):
+                return None
+            return json_response(404, {"error": "not_found", "path": path})
+        self._events["http_requests"] += 1
+        if self.http_handler is None:
+            return json_response(404, {"error": "not_found", "path": path})
+        try:
+            result = await maybe_await(self.http_handler(path, dict(parse_qsl(query))))
+        except Exception:
+            log.exception("http handler failed on %s", path)
+            self._events["http_errors"] += 1
+            return json_response(500, {"error": "internal_error", "path": path})
+        if result is None:
+            return json_response(404, {"error": "not_found", "path": path})
+        return json_response(result[0], result[1])
+
+    async def serve_client(self, ws: ServerConnection) -> None:
+        st = self._new_state()
+        self.clients.add(ws)
+        try:
+            with contextlib.suppress(ConnectionClosed):
+                async for data in ws:
+                    verdict = await self._on_frame(ws, st, data)
+                    if verdict is not None:
+                        self._disconnects[verdict.reason] += 1
+                        await ws.close(int(verdict.code), verdict.close_reason())
+                        return
+        finally:
+            self.clients.discard(ws)
+
+    async def _on_frame(self, ws: ServerConnection, st: PeerState, data: bytes | str) -> Refusal | None:
+        env = admit_frame(st, data, self.max_frame, self._clock())
+        if env is None:
+            if st.score.exceeded:
+                return misbehaved(st)
+            # Unlike a peer, a client is often a person or a script: tell it what went wrong.
+            top = st.score.reasons.most_common(1)
+            await self._reply(ws, st, wire.ERROR, {"reason": top[0][0] if top else "rejected"})
+            return None
+        if env.type in wire.HANDSHAKE_TYPES:
+            await self._reply(ws, st, wire.ERROR, {"reason": "protocol_violation", "detail": "no handshake"})
+            return misbehaved(st) if st.penalize("protocol_violation", self._clock()) else None
+        assert self.client_handler is not None  # only client-path connections are routed here
+        try:
+            reply = await maybe_await(self.client_handler(env.type, env.payload))
+        except RemoteError as exc:
+            # Enum reasons (InvalidTransaction) carry .value; ProtocolViolation carries a str.
+            reason = getattr(exc, "reason", "rejected")
+            reason = str(getattr(reason, "value", reason))
+            await self._reply(ws, st, wire.ERROR, {"reason": reason[:64], "detail": str(exc)[:200]})
+            return misbehaved(st) if st.penalize("remote_error", self._clock()) else None
+        except Exception:
+            log.exception("client handler failed on %s", env.type)
+            await self._reply(ws, st, wire.ERROR, {"reason": "internal_error"})
+            return misbehaved(st) if st.penalize("handler_error", self._clock()) else None
+        if reply is not None:
+            await self._reply(ws, st, reply[0], reply[1])
+        return None
+
+    async def _reply(self, ws: ServerConnection, st: PeerState, type_: str, payload: Any) -> None:
+        data = wire.encode_frame(type_, payload, max_frame=self.max_frame)
+        await ws.send(data)  # one client, served in order: a slow client only slows itself
+        st.sent(len(data))

@@ -1,0 +1,294 @@
+"""The narrow storage interface, and the in-memory implementation.
+
+Everything the node persists goes through `Store`. Both implementations (MemoryStore here,
+SqliteStore in sqlite_store.py) pass one contract test suite (tests/test_store_contract.py), so
+code tested against MemoryStore behaves the same on disk.
+
+Rules every implementation keeps:
+- `commit_block(block, commit, delta)` is all-or-nothing and only accepts height() + 1, with a
+  commit certificate for exactly that block. It does not validate the block: Ledger does.
+- Returned objects are fresh values; mutating them never changes the store.
+- Blobs are content addressed: put_blob returns sha256(data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Protocol
+
+from node.errors import StorageError
+from node.ledger.blocks import Block, Commit, block_row_bytes
+from node.ledger.codec import encode
+from node.ledger.membership import Membership, initial_membership
+from node.ledger.state import DeviceRecord, MemberRecord, ModelRow, ReadingRow, StateDelta, TxRecord
+from node.ledger.transactions import Transaction
+
+
+class Store(Protocol):
+    def initialize(self, genesis_hash: bytes, genesis_json: str, members: Sequence[MemberRecord]) -> None:
+        """Record the genesis and its members once (the authorities among them are the first
+        validator set); a second call must name the same genesis."""
+        ...
+
+    def genesis(self) -> tuple[bytes, str] | None:
+        """(genesis hash, genesis JSON) or None before initialize."""
+        ...
+
+    def height(self) -> int:
+        """Height of the last committed block; 0 when there is none."""
+        ...
+
+    def head_hash(self) -> bytes | None: ...
+
+    def block(self, height: int) -> Block | None: ...
+
+    def block_hash(self, height: int) -> bytes | None:
+        """The hash recorded for `height` (an index; verify re-derives it from the block)."""
+        ...
+
+    def block_by_hash(self, block_hash: bytes) -> Block | None: ...
+
+    def commit(self, height: int) -> Commit | None: ...
+
+    def block_parts(self, height: int) -> tuple[bytes, list[bytes], bytes] | None:
+        """What block sync sends for `height`: blocks.block_row_bytes(block), each tx's
+        encoding, and the commit certificate's encoding (SqliteStore returns its stored bytes)."""
+        ...
+
+    def tx(self, tx_id: bytes) -> TxRecord | None: ...
+
+    def has_tx(self, tx_id: bytes) -> bool: ...
+
+    def commit_block(self, block: Block, commit: Commit, delta: StateDelta, durable: bool = True) -> None:
+        """durable=False (block sync): the write may be lost by a power failure, never torn; the
+        block can be fetched again. Decided blocks and the consensus state are always durable."""
+        ...
+
+    def device(self, device: bytes) -> DeviceRecord | None: ...
+
+    def devices(self) -> list[DeviceRecord]: ...
+
+    def member(self, key: bytes) -> MemberRecord | None: ...
+
+    def members(self) -> list[MemberRecord]: ...
+
+    def membership(self) -> Membership:
+        """The membership state after the last committed block (node/membership.py)."""
+        ...
+
+    def readings(
+        self, device: bytes | None = None, *, height: int | None = None, limit: int | None = None
+    ) -> list[ReadingRow]:
+        """Committed readings in ledger order, optionally of one device and/or one height."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """Sizes for status displays: blocks, txs, readings, devices."""
+        ...
+
+    def txs_of_kind(self, kind: str) -> list[TxRecord]:
+        """Committed txs of one kind in ledger order (for the rare kinds: requests, votes)."""
+        ...
+
+    def model_commit(self, run: bytes, round: int) -> ModelRow | None: ...
+
+    def model_update(self, run: bytes, round: int, node: bytes) -> ModelRow | None: ...
+
+    def model_rows(self, run: bytes | None = None, kind: str | None = None) -> list[ModelRow]:
+        """Model update and commit index rows in ledger order, optionally of one run and/or kind."""
+        ...
+
+    def put_blob(self, data: bytes) -> bytes: ...
+
+    def get_blob(self, blob_hash: bytes) -> bytes | None: ...
+
+    def save_consensus_state(self, data: bytes) -> None:
+        """Durably replace the consensus core's persisted state (must hit the disk before return)."""
+        ...
+
+    def load_consensus_state(self) -> bytes | None: ...
+
+    def close(self) -> None: ...
+
+
+def default_membership(members: Sequence[MemberRecord]) -> Membership:
+    return initial_membership(m.key for m in members if m.role == "authority")
+
+
+def check_commit_args(current_height: int, block: Block, commit: Commit, delta: StateDelta) -> None:
+    """Preconditions of commit_block shared by the implementations."""
+    h = block.height
+    if h != current_height + 1:
+        raise StorageError(f"cannot commit block {h}: store is at height {current_height}")
+    if commit.height != h or commit.block_id != block.hash:
+        raise StorageError(f"commit certificate is not for block {h} {block.hash.hex()[:16]}")
+    if delta.height != h:
+        raise StorageError(f"state delta is for height {delta.height}, block is {h}")
+
+
+class MemoryStore:
+    """Dict-backed Store for tests, the simulator and chain verification replays."""
+
+    def __init__(self) -> None:
+        self._genesis: tuple[bytes, str] | None = None
+        self._blocks: list[Block] = []
+        self._commits: list[Commit] = []
+        self._by_hash: dict[bytes, int] = {}
+        self._txs: dict[bytes, TxRecord] = {}
+        self._devices: dict[bytes, DeviceRecord] = {}
+        self._members: dict[bytes, MemberRecord] = {}
+        self._membership: Membership | None = None
+        self._readings: list[ReadingRow] = []
+        self._models: list[ModelRow] = []
+        self._model_index: dict[tuple[str, bytes, int, bytes | None], ModelRow] = {}
+        self._blobs: dict[bytes, bytes] = {}
+        self._consensus: bytes | None = None
+
+    def initialize(self, genesis_hash: bytes, genesis_json: str, members: Sequence[MemberRecord]) -> None:
+        if self._genesis is not None:
+            if self._genesis[0] != genesis_hash:
+                raise StorageError("store already holds a different genesis")
+            return
+        self._genesis = (genesis_hash, genesis_json)
+        self._members = {m.key: m for m in members}
+        self._membership = default_membership(members)
+
+    def genesis(self) -> tuple[bytes, str] | None:
+        return self._genesis
+
+    def height(self) -> int:
+        return len(self._blocks)
+
+    def head_hash(self) -> bytes | None:
+        return self._blocks[-1].hash if self._blocks else None
+
+    def block(self, height: int) -> Block | None:
+        return self._blocks[height - 1] if 1 <= height <= len(self._blocks) else None
+
+    def block_hash(self, height: int) -> bytes | None:
+        b = self.block(height)
+        return b.hash if b else None
+
+    def block_by_hash(self, block_hash: bytes) -> Block | None:
+        h = self._by_hash.get(block_hash)
+        return None if h is None else self.block(h)
+
+    def commit(self, height: int) -> Commit | None:
+        return self._commits[height - 1] if 1 <= height <= len(self._commits) else None
+
+    def block_parts(self, height: int) -> tuple[bytes, list[bytes], bytes] | None:
+        block, commit = self.block(height), self.commit(height)
+        if block is None or commit is None:
+            return None
+        txs = [p.encoded if isinstance(p, Transaction) else encode(raw)
+               for p, raw in zip(block.parsed_txs, block.txs, strict=True)]
+        return block_row_bytes(block), txs, encode(commit.to_dict())
+
+    def tx(self, tx_id: bytes) -> TxRecord | None:
+        return self._txs.get(tx_id)
+
+    def has_tx(self, tx_id: bytes) -> bool:
+        return tx_id in self._txs
+
+    def commit_block(self, block: Block, commit: Commit, delta: StateDelta, durable: bool = True) -> None:
+        check_commit_args(self.height(), block, commit, delta)
+        # Check everything that could fail before mutating anything: all-or-nothing.
+        for rec in delta.new_devices:
+            if rec.device in self._devices:
+                raise StorageError(f"device {rec.device.hex()} already registered")
+        known = set(self._devices) | {r.device for r in delta.new_devices}
+        for dev in [*delta.device_seqs, *(r.device for r in delta.readings)]:
+            if dev not in known:
+                raise StorageError(f"reading for unknown device {dev.hex()}")
+        for t in delta.txs:
+            if t.id in self._txs:
+                raise StorageError(f"tx {t.id.hex()} already stored")
+        for m in delta.models:
+            if _model_key(m) in self._model_index:
+                raise StorageError(f"model {m.kind} for round {m.round} already stored")
+        self._blocks.append(block)
+        self._commits.append(commit)
+        self._by_hash[block.hash] = block.height
+        self._txs.update((t.id, t) for t in delta.txs)
+        self._devices.update((r.device, r) for r in delta.new_devices)
+        for dev, seq in delta.device_seqs.items():
+            r = self._devices[dev]
+            self._devices[dev] = DeviceRecord(r.device, r.owner, r.name, seq, r.registered_height)
+        self._readings.extend(delta.readings)
+        for key in delta.removed_members:
+            self._members.pop(key, None)
+        self._members.update((m.key, m) for m in delta.new_members)
+        if delta.membership is not None:
+            self._membership = delta.membership
+        self._models.extend(delta.models)
+        self._model_index.update((_model_key(m), m) for m in delta.models)
+
+    def device(self, device: bytes) -> DeviceRecord | None:
+        return self._devices.get(device)
+
+    def devices(self) -> list[DeviceRecord]:
+        return sorted(self._devices.values(), key=lambda d: d.device)
+
+    def member(self, key: bytes) -> MemberRecord | None:
+        return self._members.get(key)
+
+    def members(self) -> list[MemberRecord]:
+        return sorted(self._members.values(), key=lambda m: m.key)
+
+    def membership(self) -> Membership:
+        if self._membership is None:
+            raise StorageError("store is not initialized")
+        return self._membership
+
+    def readings(
+        self, device: bytes | None = None, *, height: int | None = None, limit: int | None = None
+    ) -> list[ReadingRow]:
+        out = [
+            r
+            for r in self._readings
+            if (device is None or r.device == device) and (height is None or r.height == height)
+        ]
+        return out[:limit] if limit is not None else out
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "blocks": len(self._blocks),
+            "txs": len(self._txs),
+            "readings": len(self._readings),
+            "devices": len(self._devices),
+        }
+
+    def txs_of_kind(self, kind: str) -> list[TxRecord]:
+        return sorted((t for t in self._txs.values() if t.kind == kind), key=lambda t: (t.height, t.index))
+
+    def model_commit(self, run: bytes, round: int) -> ModelRow | None:
+        return self._model_index.get(("commit", run, round, None))
+
+    def model_update(self, run: bytes, round: int, node: bytes) -> ModelRow | None:
+        return self._model_index.get(("update", run, round, node))
+
+    def model_rows(self, run: bytes | None = None, kind: str | None = None) -> list[ModelRow]:
+        return [m for m in self._models if (run is None or m.run == run) and (kind is None or m.kind == kind)]
+
+    def put_blob(self, data: bytes) -> bytes:
+        h = hashlib.sha256(data).digest()
+        self._blobs[h] = bytes(data)
+        return h
+
+    def get_blob(self, blob_hash: bytes) -> bytes | None:
+        return self._blobs.get(blob_hash)
+
+    def save_consensus_state(self, data: bytes) -> None:
+        self._consensus = bytes(data)
+
+    def load_consensus_state(self) -> bytes | None:
+        return self._consensus
+
+    def close(self) -> None:
+        pass
+
+
+def _model_key(m: ModelRow) -> tuple[str, bytes, int, bytes | None]:
+    # One commit per (run, round) whoever signs it; one update per (run, round, node).
+    return (m.kind, m.run, m.round, m.node if m.kind == "update" else None)

@@ -1,0 +1,195 @@
+"""Read-only views of the training runs and models on a replica (status, `fedledger model`, launch).
+
+Everything comes from committed transactions, so any replica answers the same; the weights of a
+committed model are re-computed from the updates it names (the same deterministic aggregation
+every authority ran before the commit was final).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from federated.aggregate import Update, aggregate
+from federated.weights import Weights, decode_weights, weights_hash
+from node.ledger.keys import short_id
+from node.ledger.runs import aggregation_params
+from node.ledger.transactions import ModelCommit, ModelUpdate, TrainRequest, parse_tx
+from node.store.base import Store
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run: bytes
+    height: int
+    coordinator: bytes
+    request: TrainRequest
+    committed: list[int]  # committed rounds, 0 = the initial model
+
+    @property
+    def last_round(self) -> int:
+        return max(self.committed, default=-1)
+
+    @property
+    def complete(self) -> bool:
+        return self.last_round >= self.request.rounds
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.request
+        return {
+            "run": self.run.hex(),
+            "task": r.task,
+            "strategy": r.strategy,
+            "rounds": r.rounds,
+            "committed_rounds": max(0, self.last_round),
+            "complete": self.complete,
+            "coordinator": short_id(self.coordinator),
+            "height": self.height,
+            "params": dict(r.params),
+        }
+
+
+def runs(store: Store) -> list[RunInfo]:
+    out = []
+    for rec in store.txs_of_kind(TrainRequest.KIND):
+        body = parse_tx(rec.raw).body
+        assert isinstance(body, TrainRequest)
+        rounds = [m.round for m in store.model_rows(rec.id, "commit")]
+        out.append(RunInfo(rec.id, rec.height, rec.signer, body, rounds))
+    return out
+
+
+def find_run(store: Store, task: str | None = None, run: str | None = None) -> RunInfo:
+    """The run named by a hex prefix (which must be of `task` if given), else the latest run of
+    `task`, else the latest run."""
+    all_runs = runs(store)
+    if run:
+        found = [r for r in all_runs if r.run.hex().startswith(run.lower())]
+        if task is not None and found:
+            of_task = [r for r in found if r.request.task == task]
+            if not of_task:
+                raise LookupError(f"run {run!r} is a {found[0].request.task} run, not {task}")
+            found = of_task
+        if len(found) != 1:
+            raise LookupError(f"{'no' if not found else 'more than one'} run matches {run!r}")
+        return found[0]
+    found = [r for r in all_runs if task is None or r.request.task == task]
+    if not found:
+        raise LookupError(f"no training run{f' of task {task!r}' if task else ''} on this ledger")
+    return found[-1]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    run: bytes
+    task: str
+    round: int
+    strategy: str
+    weights_hash: bytes
+    height: int
+    time_ms: int
+    commit_id: bytes
+    update_ids: tuple[bytes, ...]
+    metrics: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run": self.run.hex(),
+            "task": self.task,
+            "round": self.round,
+            "strategy": self.strategy,
+            "model_hash": self.weights_hash.hex(),
+            "height": self.height,
+            "time_ms": self.time_ms,
+            "commit_tx": self.commit_id.hex(),
+            "updates": len(self.update_ids),
+            "metrics": dict(self.metrics),
+        }
+
+
+def models(store: Store, run: bytes | None = None) -> list[ModelInfo]:
+    out = []
+    for row in store.model_rows(run, "commit"):
+        rec = store.tx(row.tx_id)
+        assert rec is not None
+        body = parse_tx(rec.raw).body
+        assert isinstance(body, ModelCommit)
+        block = store.block(row.height)
+        out.append(ModelInfo(body.run, body.task, body.round, body.strategy, body.weights_hash, row.height,
+                             block.header.time_ms if block else 0, row.tx_id, body.update_ids,
+                             dict(body.metrics)))
+    return out
+
+
+def find_model(store: Store, task: str | None, round: int | None, run: str | None = None) -> ModelInfo:
+    """The committed model of `round` (default: the latest) of the chosen run (see find_run)."""
+    info = find_run(store, task, run)
+    found = models(store, info.run)
+    if not found:
+        raise LookupError(f"run {info.run.hex()[:12]} has no committed model yet")
+    if round is None:
+        return found[-1]
+    for m in found:
+        if m.round == round:
+            return m
+    raise LookupError(f"run {info.run.hex()[:12]} ({info.request.task}) has no committed round {round}; "
+                      f"committed: {[m.round for m in found]}")
+
+
+def updates_of(store: Store, model: ModelInfo) -> list[tuple[bytes, int, ModelUpdate]]:
+    """(tx id, height, body) of every update the model names, in the commit's order."""
+    out = []
+    for uid in model.update_ids:
+        rec = store.tx(uid)
+        assert rec is not None  # the ledger only accepted the commit because they exist
+        body = parse_tx(rec.raw).body
+        assert isinstance(body, ModelUpdate)
+        out.append((uid, rec.height, body))
+    return out
+
+
+def model_weights(store: Store, model: ModelInfo) -> Weights:
+    """Re-compute the committed weights from the named updates and check their hash."""
+    ups = updates_of(store, model)
+    if model.round == 0:
+        weights = decode_weights(ups[0][2].weights)
+    else:
+        info = find_run(store, run=model.run.hex())
+        weights = aggregate(
+            model.strategy,
+            [Update(uid, decode_weights(b.weights), b.num_examples) for uid, _, b in ups],
+            **aggregation_params(info.request),
+        )
+    if weights_hash(weights) != model.weights_hash:
+        raise ValueError(f"re-computed round {model.round} weights differ from the commit (damaged replica?)")
+    return weights
+
+
+def lineage(store: Store, model: ModelInfo) -> dict[str, Any]:
+    names = {m.key: m.name for m in store.members()}
+    info = find_run(store, run=model.run.hex())
+    return {
+        **model.to_json(),
+        "coordinator": short_id(info.coordinator),
+        "request": info.to_json(),
+        "base_model": None if model.round == 0 else _base_hash(store, model),
+        "updates": [
+            {
+                "tx": uid.hex(),
+                "height": height,
+                "node": short_id(b.node),
+                "node_name": names.get(b.node, ""),
+                "base_model_hash": b.base_model_hash.hex(),
+                "weights_hash": b.weights_hash.hex(),
+                "num_examples": b.num_examples,
+                "readings_root": b.readings_root.hex(),
+                "metrics": dict(b.metrics),
+            }
+            for uid, height, b in updates_of(store, model)
+        ],
+    }
+
+
+def _base_hash(store: Store, model: ModelInfo) -> str | None:
+    prev = store.model_commit(model.run, model.round - 1)
+    return prev.weights_hash.hex() if prev else None
