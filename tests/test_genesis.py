@@ -1,10 +1,12 @@
+import dataclasses
 import json
+from collections.abc import Callable
 
 import pytest
 
 from consensus.messages import Step
 from node.errors import ConfigError
-from node.ledger.genesis import Genesis
+from node.ledger.genesis import ADMISSION_POLICIES, Genesis, GenesisMember, Timeouts
 from tests.factories import make_genesis
 
 
@@ -27,10 +29,65 @@ def test_validator_set_and_defaults():
     assert g.timeouts.for_step(Step.PROPOSE, 2) == 2000 and g.timeouts.for_step(Step.PREVOTE, 1) == 750
 
 
-def test_hash_depends_on_every_field():
-    _, g = make_genesis(4)
-    _, other = make_genesis(4, max_clock_skew_ms=1)
-    assert g.hash != other.hash
+def _base() -> Genesis:
+    return make_genesis(4, n_participants=1, tasks=({"name": "humidity", "rounds": 3},))[1]
+
+
+def _change_first(members: tuple[GenesisMember, ...], field: str) -> tuple[GenesisMember, ...]:
+    return (dataclasses.replace(members[0], **{field: MEMBER_VARIANTS[field](members[0])}), *members[1:])
+
+
+# A member's role is not hashed on its own: it follows from the group (authorities, participants) it is in.
+MEMBER_VARIANTS: dict[str, Callable[[GenesisMember], object]] = {
+    "key": lambda m: bytes(32),
+    "name": lambda m: m.name + "-renamed",
+}
+
+
+# One changed value per Genesis field, built from the base genesis. A field added to Genesis without a
+# variant here fails test_every_field_has_a_variant, so it cannot be left out of the hash unnoticed.
+VARIANTS: dict[str, Callable[[Genesis], object]] = {
+    "chain_id": lambda g: g.chain_id + "-other",
+    "genesis_time_ms": lambda g: g.genesis_time_ms + 1,
+    "authorities": lambda g: _change_first(g.authorities, "name"),
+    "participants": lambda g: _change_first(g.participants, "name"),
+    "timeouts": lambda g: dataclasses.replace(g.timeouts, propose_ms=g.timeouts.propose_ms + 1),
+    "create_empty_blocks": lambda g: not g.create_empty_blocks,
+    "max_clock_skew_ms": lambda g: g.max_clock_skew_ms + 1,
+    "admission": lambda g: next(a for a in ADMISSION_POLICIES if a != g.admission),
+    "tasks": lambda g: ({**g.tasks[0], "rounds": g.tasks[0]["rounds"] + 1},),
+}
+
+
+def test_every_field_has_a_variant():
+    assert set(VARIANTS) == {f.name for f in dataclasses.fields(Genesis)}
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(Genesis)])
+def test_hash_depends_on_every_field(name):
+    g = _base()
+    other = dataclasses.replace(g, **{name: VARIANTS[name](g)})
+    assert getattr(other, name) != getattr(g, name)
+    assert other.hash != g.hash
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(Timeouts)])
+def test_hash_depends_on_every_timeout(name):
+    g = _base()
+    timeouts = dataclasses.replace(g.timeouts, **{name: getattr(g.timeouts, name) + 1})
+    assert dataclasses.replace(g, timeouts=timeouts).hash != g.hash
+
+
+def test_every_member_field_but_role_has_a_variant():
+    assert set(MEMBER_VARIANTS) | {"role"} == {f.name for f in dataclasses.fields(GenesisMember)}
+
+
+@pytest.mark.parametrize("field", sorted(MEMBER_VARIANTS))
+@pytest.mark.parametrize("group", ["authorities", "participants"])
+def test_hash_depends_on_every_member_field(group, field):
+    g = _base()
+    other = dataclasses.replace(g, **{group: _change_first(getattr(g, group), field)})
+    assert other.hash != g.hash
 
 
 @pytest.mark.parametrize(
