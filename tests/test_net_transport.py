@@ -73,12 +73,60 @@ class Inbox:
         return [p for _, t, p in self.got if t == type_]
 
 
+class InFlight:
+    """Counts one network's running dials and peer connections, so that a test can wait for the moment
+    nothing is in flight (every dial and handshake has ended, no connection is closing) instead of sleeping
+    through a window and hoping duplicates were resolved in it."""
+
+    def __init__(self, net: PeerNetwork) -> None:
+        self.net = net
+        self.dials = 0  # _dial_once running: connecting, handshaking, or an established outbound connection
+        self.serving = 0  # _serve_peer running: a handshake or an established connection, either direction
+        dial_once, serve_peer = net._dial_once, net._serve_peer
+
+        async def counted_dial(url: str) -> str:
+            self.dials += 1
+            try:
+                return await dial_once(url)
+            finally:
+                self.dials -= 1
+
+        async def counted_serve(ws: Any, direction: str, dial_url: str | None) -> str:
+            self.serving += 1
+            try:
+                return await serve_peer(ws, direction, dial_url)
+            finally:
+                self.serving -= 1
+
+        net._dial_once = counted_dial  # type: ignore[method-assign]
+        net._serve_peer = counted_serve  # type: ignore[method-assign]
+
+    def settled(self) -> bool:
+        """Every running dial and connection is an established, open peer connection."""
+        conns = list(self.net._conns.values())
+        outbound = sum(c.info.direction == "outbound" for c in conns)
+        return (not any(c.closing for c in conns) and self.serving == len(conns)
+                and self.dials == outbound)
+
+
+def ends_agree(nets: tuple[PeerNetwork, ...]) -> bool:
+    """Both ends of every connection kept the same one: one side sees it outbound, the other inbound."""
+    by_key = {n.key.public: n for n in nets}
+    return all(
+        p.direction != next(q.direction for q in by_key[p.key].peers() if q.key == n.key.public)
+        for n in nets for p in n.peers() if p.key in by_key
+    )
+
+
 async def start_node(bootstrap: list[str] | None = None, genesis: bytes = GENESIS,
-                     **kw: Any) -> tuple[PeerNetwork, Inbox]:
+                     watch: list[InFlight] | None = None, **kw: Any) -> tuple[PeerNetwork, Inbox]:
+    """A started PeerNetwork; with `watch`, its InFlight counter (attached before it dials) is appended."""
     inbox = Inbox()
     kw.setdefault("reconnect_base", 0.05)
     kw.setdefault("reconnect_check", 0.05)
     net = PeerNetwork(NodeKey.generate(), CHAIN, genesis, "127.0.0.1", 0, bootstrap or [], inbox, **kw)
+    if watch is not None:
+        watch.append(InFlight(net))
     await net.start()
     return net, inbox
 
@@ -134,14 +182,16 @@ def test_two_nodes_handshake_and_exchange_messages() -> None:
 
 def test_three_nodes_reach_a_full_mesh_from_one_bootstrap_address() -> None:
     async def scenario() -> None:
-        a, a_in = await start_node()
-        b, b_in = await start_node([a.url])
-        c, _ = await start_node([a.url])
+        watch: list[InFlight] = []
+        a, a_in = await start_node(watch=watch)
+        b, b_in = await start_node([a.url], watch=watch)
+        c, _ = await start_node([a.url], watch=watch)
         nets = (a, b, c)
         try:
-            await until(lambda: all(len(n.peers()) == 2 for n in nets))
-            await asyncio.sleep(0.3)  # any duplicate connections resolved, nothing flapping
-            assert all(len(n.peers()) == 2 for n in nets)
+            # Settled: b and c learnt each other from a and may have dialled each other at once; once no
+            # dial or handshake is left anywhere, the duplicate is resolved and nothing can flap.
+            await until(lambda: all(len(n.peers()) == 2 for n in nets) and all(w.settled() for w in watch))
+            assert ends_agree(nets)
             assert {p.key for p in c.peers()} == {a.key.public, b.key.public}
             assert c.broadcast(wire.TX, TX) == 2
             await until(lambda: a_in.of(wire.TX) == [TX] and b_in.of(wire.TX) == [TX])
@@ -157,13 +207,14 @@ def test_three_nodes_reach_a_full_mesh_from_one_bootstrap_address() -> None:
 
 def test_simultaneous_dials_keep_exactly_one_connection() -> None:
     async def scenario() -> None:
-        a, _ = await start_node()
-        b, _ = await start_node([a.url])
+        watch: list[InFlight] = []
+        a, _ = await start_node(watch=watch)
+        b, _ = await start_node([a.url], watch=watch)
         a._add_dial_target(b.url, persistent=True)  # both dial each other at once
         try:
-            await until(lambda: len(a.peers()) == 1 and len(b.peers()) == 1)
-            await asyncio.sleep(0.3)
-            assert len(a.peers()) == len(b.peers()) == 1
+            # Both dial loops keep running (persistent targets); settled means each found its peer connected.
+            await until(lambda: len(a.peers()) == len(b.peers()) == 1 and all(w.settled() for w in watch))
+            assert ends_agree((a, b))
             # Both ends kept the same connection: the one the smaller key dialled.
             smaller = min(a.key.public, b.key.public)
             (pa,) = a.peers()
