@@ -128,9 +128,13 @@ class Tendermint:
 
         The paper assumes that every message a correct node receives eventually reaches every
         correct node. What liveness needs of that: this node's own messages, the proposals it
-        holds, the votes of its current round, and every polka it holds for an earlier round
-        (the proof another node needs to accept a re-proposal, lines 28-33), including the one
-        behind its own lock, which survives restarts with the persisted state.
+        holds, the votes of its current round, every polka it holds for an earlier round (the
+        proof another node needs to accept a re-proposal, lines 28-33), including the one behind
+        its own lock, which survives restarts with the persisted state, and the 2f+1 precommits
+        of every earlier round that it holds: they are what let a node still in that round fire
+        its precommit timeout (lines 47-48) and follow. A node that left a round on its
+        precommit timeout without precommitting itself would otherwise hold the only copy of a
+        Byzantine validator's precommit, and the height can stall (simulator seed 268).
         """
         out: list[Message] = list(self.signed.values())
         q = self.vset.quorum
@@ -142,6 +146,8 @@ class Tendermint:
                 continue
             for block_id in log.prevotes.blocks_with(q):
                 out.extend(log.prevotes.for_block(block_id))
+            if log.precommits.total() >= q:
+                out.extend(log.precommits.all_votes())
         return out
 
     def _polka_proof(self) -> tuple[Vote, ...]:

@@ -264,3 +264,18 @@ def test_gossip_relays_an_earlier_rounds_polka() -> None:
     feed(core, *late)
     gossip = core.gossip_messages()
     assert all(v in gossip for v in late)
+
+
+def test_gossip_relays_the_precommits_that_ended_an_earlier_round() -> None:
+    """Regression (simulator seeds 268 and 681): a node that left round 0 on its precommit timeout
+    without precommitting held the only copy of a Byzantine validator's precommit; the two nodes
+    still waiting in round 0 with two precommits never timed out, and the height stalled."""
+    core, _ = make(0)
+    core.start()
+    core.step(TimeoutFired(Step.PROPOSE, 1, 0))
+    ended = [vote(V, 1, 0, None, i) for i in (1, 2, 3)]
+    feed(core, *ended)
+    core.step(TimeoutFired(Step.PRECOMMIT, 1, 0))
+    assert core.round == 1 and (0, Step.PRECOMMIT) not in core.signed
+    gossip = core.gossip_messages()
+    assert all(v in gossip for v in ended)
