@@ -1,3 +1,4 @@
+import base64
 import os
 import stat
 
@@ -7,7 +8,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from consensus.messages import Proposal, Vote, VoteType
 from node.errors import KeyFileError
-from node.ledger.keys import NodeKey, short_id, sign_proposal, sign_vote, verify, verify_proposal, verify_vote
+from node.ledger.codec import decode, encode
+from node.ledger.keys import (
+    SEALED_PEM_LABEL,
+    NodeKey,
+    short_id,
+    sign_proposal,
+    sign_vote,
+    verify,
+    verify_proposal,
+    verify_vote,
+)
 
 
 def test_save_writes_mode_0600_and_round_trips(tmp_path):
@@ -32,7 +43,7 @@ def test_passphrase_round_trip_and_wrong_passphrase(tmp_path):
     k = NodeKey.generate()
     p = tmp_path / "node.key"
     k.save(p, b"correct horse")
-    assert b"ENCRYPTED" in p.read_bytes()
+    assert SEALED_PEM_LABEL in p.read_bytes() and k.public.hex() not in p.read_text()
     assert NodeKey.load(p, b"correct horse").public == k.public
     with pytest.raises(KeyFileError, match="wrong passphrase"):
         NodeKey.load(p, b"battery staple")
@@ -97,3 +108,52 @@ def test_vote_and_proposal_signatures_are_domain_separated():
     assert not verify_proposal("c", Proposal(3, 2, "value", b"\x07" * 32, -1, k.public, p.signature))
     with pytest.raises(ValueError):
         sign_vote(NodeKey.generate(), "c", Vote(VoteType.PREVOTE, 3, 1, None, k.public))
+
+
+def test_key_files_of_older_versions_pbkdf2_pkcs8_still_load(tmp_path):
+    k = NodeKey.generate()
+    p = tmp_path / "node.key"
+    pem = k._private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                   serialization.BestAvailableEncryption(b"old secret"))
+    p.write_bytes(pem)
+    p.chmod(0o600)
+    assert NodeKey.load(p, b"old secret").public == k.public
+    with pytest.raises(KeyFileError, match="wrong passphrase"):
+        NodeKey.load(p, b"other")
+
+
+def _rewrite_sealed(path, **changes):
+    lines = path.read_bytes().splitlines(keepends=True)
+    doc = decode(base64.decodebytes(b"".join(lines[1:-1])))
+    doc.update(changes)
+    path.write_bytes(lines[0] + base64.encodebytes(encode(doc)) + lines[-1])
+
+
+def test_sealed_key_uses_scrypt_at_full_cost_and_lowering_it_in_the_file_does_not_open_it(tmp_path):
+    p = tmp_path / "node.key"
+    NodeKey.generate().save(p, b"pw")
+    lines = p.read_bytes().splitlines()
+    doc = decode(base64.decodebytes(b"".join(lines[1:-1])))
+    assert (doc["kdf"], doc["log_n"], doc["r"], doc["p"]) == ("scrypt", 17, 8, 1)
+    _rewrite_sealed(p, log_n=4)  # an attacker's cheap copy: the parameters are authenticated
+    with pytest.raises(KeyFileError, match="wrong passphrase"):
+        NodeKey.load(p, b"pw")
+
+
+@pytest.mark.parametrize("changes", [{"log_n": 40}, {"r": 10**6}, {"p": 0}, {"log_n": True},
+                                     {"kdf": "none"}, {"sealed": b"short"}, {"extra": 1}])
+def test_hostile_sealed_key_files_are_refused_without_deriving(tmp_path, changes):
+    p = tmp_path / "node.key"
+    NodeKey.generate().save(p, b"pw")
+    _rewrite_sealed(p, **changes)
+    with pytest.raises(KeyFileError, match=r"sealed key|out of bounds"):
+        NodeKey.load(p, b"pw")
+
+
+def test_garbage_between_the_sealed_pem_lines_is_a_clear_error(tmp_path):
+    p = tmp_path / "node.key"
+    label = SEALED_PEM_LABEL
+    p.write_bytes(b"-----BEGIN " + label + b"-----\n!!!!\n-----END " + label + b"-----\n")
+    p.chmod(0o600)
+    with pytest.raises(KeyFileError, match="not a valid sealed key"):
+        NodeKey.load(p, b"pw")
