@@ -17,6 +17,10 @@ from typing import Any
 
 import msgpack
 import pytest
+
+# tomli comes with Flower (tomllib is 3.11+, the project supports 3.10).
+pytest.importorskip("tomli", reason="needs the federated extra (pip install -e '.[federated]')")
+
 import tomli
 
 from node.ledger.merkle import root as merkle_root

@@ -17,7 +17,7 @@ from node.store.models import models, runs
 from node.store.sqlite import SqliteStore
 from node.store.verify import verify_chain
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.federated]
 
 
 def leftover_processes(marker: str) -> list[str]:

@@ -58,12 +58,14 @@ def test_prepare_is_chronological_and_uses_the_global_label_space() -> None:
         tasks.TrainConfig.from_any({"epoch": 3})
 
 
+@pytest.mark.federated
 def test_initial_weights_are_seeded() -> None:
     a = tasks.initial_weights("humidity", seed=3)
     assert weights_hash(a) == weights_hash(tasks.initial_weights("humidity", seed=3))
     assert weights_hash(a) != weights_hash(tasks.initial_weights("humidity", seed=4))
 
 
+@pytest.mark.federated
 def test_federated_humidity_round_by_hand() -> None:
     """Two nodes train from the same global model, FedAvg, evaluate on the held-out day."""
     cfg = {"epochs": 4, "batch_size": 32, "seed": 1}
@@ -91,6 +93,7 @@ def test_federated_humidity_round_by_hand() -> None:
     assert after["mse"] < before["mse"]
 
 
+@pytest.mark.federated
 def test_traceability_two_devices_is_learnable() -> None:
     classes = sorted(NODE_A)
     w0 = tasks.initial_weights("traceability", num_classes=2)
@@ -101,11 +104,13 @@ def test_traceability_two_devices_is_learnable() -> None:
     assert held["accuracy"] > 0.6 and math.isfinite(held["loss"])
 
 
+@pytest.mark.federated
 def test_train_rejects_weights_of_another_model() -> None:
     with pytest.raises(ValueError, match="do not fit"):
         tasks.train("humidity", tasks.initial_weights("traceability", 2), _rows(NODE_A, every=100))
 
 
+@pytest.mark.federated
 @pytest.mark.parametrize("task", tasks.TASKS)
 def test_export_load_predict(task: str, tmp_path: Path) -> None:
     import keras

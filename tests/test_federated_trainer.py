@@ -48,6 +48,7 @@ def trainer() -> Iterator[tuple[str, Path]]:
             assert not sock.exists()  # SIGTERM removes the socket file
 
 
+@pytest.mark.federated
 def test_ping_and_round_trip(trainer: tuple[str, Path]) -> None:
     address, _ = trainer
     with TrainerClient(address, timeout=120) as client:
@@ -74,6 +75,7 @@ def test_ping_and_round_trip(trainer: tuple[str, Path]) -> None:
         assert "tensorflow" not in sys.modules
 
 
+@pytest.mark.federated
 def test_traceability_and_rows_file(trainer: tuple[str, Path]) -> None:
     address, d = trainer
     rows = read_csv_rows(MAIN_SLICE, DEVICES, every=24)
@@ -91,6 +93,7 @@ def test_traceability_and_rows_file(trainer: tuple[str, Path]) -> None:
             client.train("traceability", w0, "/etc/hostname", classes=DEVICES)
 
 
+@pytest.mark.federated
 def test_bad_requests_get_errors_and_server_survives(trainer: tuple[str, Path]) -> None:
     address, _ = trainer
     rows = read_csv_rows(MAIN_SLICE, DEVICES, every=200)

@@ -33,6 +33,7 @@ def is_fraction(v: Any) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.federated
 def test_quick_run_reports_all_three_experiments(tmp_path: Path) -> None:
     for name in BUNDLED_FILES:
         shutil.copy(BUNDLED / name, tmp_path / name)
