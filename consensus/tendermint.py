@@ -194,11 +194,11 @@ class Tendermint:
         return self.me is not None and self.me in self.vset
 
     def _valid(self, proposal: Proposal) -> bool:
+        # Only proposals whose value hashes to their id are recorded (_record), so the id names
+        # the value and the verdict can be cached under it.
         cached = self._valid_cache.get(proposal.value_id)
         if cached is None:
-            cached = bool(self.app.valid(self.height, proposal.value)) and (
-                self.app.value_id(proposal.value) == proposal.value_id
-            )
+            cached = bool(self.app.valid(self.height, proposal.value))
             self._valid_cache[proposal.value_id] = cached
         return cached
 
@@ -266,6 +266,13 @@ class Tendermint:
                 return
             if msg.valid_round >= msg.round or msg.valid_round < -1:
                 self._out.append(Misbehaviour(who, "invalid_valid_round", (msg,)))
+                return
+            if self.app.value_id(msg.value) != msg.value_id:
+                # The signature covers only the id: anyone can pair a genuine signature with another
+                # value. Recording it would shadow the genuine proposal (same id) for the round. The
+                # named proposer need not be the culprit (whoever relayed it is): the host, which
+                # knows the relaying peer, checks this before the core and penalises that peer.
+                self._out.append(Misbehaviour(who, "proposal_value_mismatch", (msg,)))
                 return
             earlier = log.add_proposal(msg)
             if earlier is not None:

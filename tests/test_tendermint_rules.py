@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from consensus.events import Broadcast, MessageReceived, PersistState, StartHeight, TimeoutFired, TxsAvailable
+from dataclasses import replace
+
+from consensus.events import (
+    Broadcast,
+    MessageReceived,
+    Misbehaviour,
+    PersistState,
+    StartHeight,
+    TimeoutFired,
+    TxsAvailable,
+)
 from consensus.messages import Proposal, Step, VoteType
 from consensus.tendermint import Tendermint, TimeoutConfig
 from consensus.validators import ValidatorSet
@@ -279,3 +289,18 @@ def test_gossip_relays_the_precommits_that_ended_an_earlier_round() -> None:
     assert core.round == 1 and (0, Step.PRECOMMIT) not in core.signed
     gossip = core.gossip_messages()
     assert all(v in gossip for v in ended)
+
+
+def test_a_forged_value_under_a_genuine_proposal_id_is_dropped_and_the_genuine_one_still_counts() -> None:
+    """Issue 11, finding 1: the proposal's signature covers only the block id, so a peer without a
+    key can pair it with another value. That copy must not poison the id for the height."""
+    core, app = make(non_proposer(1, 0))
+    core.start()
+    genuine = proposal(1, 0, b"A", -1, who(VSET.proposer(1, 0)))
+    forged = replace(genuine, value=b"B")
+    app.invalid.add(b"B")
+    out = feed(core, forged)
+    assert next(a for a in out if isinstance(a, Misbehaviour)).reason == "proposal_value_mismatch"
+    assert not votes_of(out, P) and not core.log[0].proposals
+    out = feed(core, genuine)
+    assert votes_of(out, P)[0].block_id == vid(b"A")
