@@ -4,7 +4,7 @@ import pytest
 
 from consensus.messages import Vote, VoteType
 from node.errors import BlockReason, InvalidBlock
-from node.ledger.blocks import Block, Commit, verify_commit
+from node.ledger.blocks import Block, Commit, canonical_commit, verify_commit
 from node.ledger.chain import Ledger
 from node.ledger.codec import decode, encode
 from node.ledger.keys import sign_vote
@@ -71,7 +71,56 @@ def test_bad_signature_does_not_count_but_a_later_valid_one_does(net):
     c = sign_commit(keys[:3], CHAIN_ID, 5, 1, BID)
     forged = Vote(VoteType.PRECOMMIT, 5, 1, BID, keys[3].public, c.precommits[0].signature)
     check_fails(Commit(5, 1, BID, (*c.precommits[:2], forged)), vset, "only 2")
-    verify_commit(Commit(5, 1, BID, (forged, *c.precommits)), vset, CHAIN_ID, BID, 5)
+    # A forged entry beside a quorum is stripped from what is stored, never kept or forwarded ...
+    assert canonical_commit(Commit(5, 1, BID, (forged, *c.precommits)), vset, CHAIN_ID, BID, 5) == c
+    # ... and a certificate fixed by a hash (a block's last_commit) must not carry one at all.
+    check_fails(Commit(5, 1, BID, (forged, *c.precommits)), vset, "not canonical")
+
+
+def test_padded_certificates_are_refused_before_any_signature_is_checked(net, monkeypatch):
+    """Issue 11, finding 4: thousands of junk precommits were stored and re-proposed."""
+    keys, vset = net
+    c = sign_commit(keys, CHAIN_ID, 5, 1, BID)
+    checked = []
+    monkeypatch.setattr("node.ledger.blocks.verify_vote", lambda *a: checked.append(a) or True)
+    padded = Commit(5, 1, BID, (*c.precommits, *c.precommits[:1] * 1000))
+    with pytest.raises(InvalidBlock, match="1004 precommits for 4 validators"):
+        canonical_commit(padded, vset, CHAIN_ID, BID, 5)
+    assert checked == []
+
+
+def test_canonical_certificate_is_sorted_deduplicated_and_only_valid_precommits(net):
+    keys, vset = net
+    c = sign_commit(keys[:3], CHAIN_ID, 5, 1, BID)
+    shuffled = Commit(5, 1, BID, (c.precommits[2], c.precommits[0], c.precommits[1]))
+    assert canonical_commit(shuffled, vset, CHAIN_ID, BID, 5) == c
+    check_fails(shuffled, vset, "not canonical")
+    dup = Commit(5, 1, BID, (*c.precommits, c.precommits[0]))
+    assert canonical_commit(dup, vset, CHAIN_ID, BID, 5) == c
+    check_fails(dup, vset, "not canonical")
+
+
+@pytest.mark.parametrize("field, value", [("round", False), ("height", True), ("round", -1)])
+def test_mistyped_precommit_fields_are_malformed(net, field, value):
+    """`round: false` used to pass as round 0."""
+    keys, _ = net
+    d = sign_commit(keys, CHAIN_ID, 5, 0, BID).to_dict()
+    d["precommits"][0][field] = value
+    with pytest.raises(InvalidBlock, match="wrong type"):
+        Commit.from_dict(d)
+
+
+def test_the_ledger_stores_the_canonical_certificate_of_a_padded_one():
+    keys, genesis = make_genesis(4)
+    ledger = Ledger(MemoryStore(), genesis)
+    b1, c1 = make_block(ledger, keys)
+    stranger = key_from("stranger")
+    junk = sign_vote(stranger, CHAIN_ID, Vote(VoteType.PRECOMMIT, 1, c1.round, b1.hash, stranger.public))
+    three = c1.precommits[:3]
+    ledger.commit(b1, Commit(1, c1.round, b1.hash, (junk, *reversed(three))))
+    assert ledger.store.commit(1) == Commit(1, c1.round, b1.hash, three)
+    b2, _ = make_block(ledger, keys)
+    assert b2.last_commit == ledger.store.commit(1)
 
 
 def test_block_wire_round_trip_and_hash():

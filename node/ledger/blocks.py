@@ -121,8 +121,10 @@ def _vote_from_wire(v: Any, hint: int | None) -> Vote:
     except (ValueError, TypeError, KeyError) as exc:
         raise _malformed(hint, f"bad vote: {exc}", commit=True) from exc
     ok = (
-        isinstance(vote.height, int)
-        and isinstance(vote.round, int)
+        type(vote.height) is int  # not bool: `round: false` must not pass as round 0
+        and type(vote.round) is int
+        and vote.height >= 0
+        and vote.round >= 0
         and (vote.block_id is None or isinstance(vote.block_id, bytes))
         and isinstance(vote.validator, bytes)
         and isinstance(vote.signature, bytes)
@@ -274,19 +276,25 @@ def make_block(
     return Block(header, tuple(txs), last_commit)
 
 
-def verify_commit(commit: Commit, vset: ValidatorSet, chain_id: str, block_id: bytes, height: int) -> None:
-    """Raise InvalidBlock(BAD_COMMIT) unless > 2/3 of `vset` validly precommitted exactly
-    (height, commit.round, block_id). Duplicate signers and non-members count once / not at all;
-    invalid extra votes are ignored rather than fatal, as long as a quorum remains."""
+def canonical_commit(
+    commit: Commit, vset: ValidatorSet, chain_id: str, block_id: bytes, height: int
+) -> Commit:
+    """The certificate as it is stored and forwarded: exactly the valid PRECOMMITs for (height,
+    commit.round, block_id), one per validator, sorted by validator key.
+
+    Raises InvalidBlock(BAD_COMMIT) when fewer than a quorum remain, or when the certificate lists
+    more entries than there are validators: padding is refused before a single signature is paid
+    for, so checking any certificate costs at most one verification per validator."""
     if commit.height != height:
         raise InvalidBlock(BlockReason.BAD_COMMIT, height, f"commit is for height {commit.height}")
     if commit.block_id != block_id:
         raise InvalidBlock(BlockReason.BAD_COMMIT, height, "commit is for a different block")
-    signers: set[bytes] = set()
+    if len(commit.precommits) > vset.n:
+        raise InvalidBlock(BlockReason.BAD_COMMIT, height,
+                           f"{len(commit.precommits)} precommits for {vset.n} validators")
+    valid: dict[bytes, Vote] = {}
     for v in commit.precommits:
-        if len(signers) >= vset.quorum:
-            break  # extra precommits add nothing to finality: do not pay for checking them
-        if v.validator in signers or v.validator not in vset:
+        if v.validator in valid or v.validator not in vset:
             continue
         if (
             v.type != VoteType.PRECOMMIT
@@ -296,10 +304,20 @@ def verify_commit(commit: Commit, vset: ValidatorSet, chain_id: str, block_id: b
         ):
             continue
         if verify_vote(chain_id, v):
-            signers.add(v.validator)
-    if len(signers) < vset.quorum:
+            valid[v.validator] = v
+    if len(valid) < vset.quorum:
         raise InvalidBlock(
             BlockReason.BAD_COMMIT,
             height,
-            f"only {len(signers)} valid precommits of {vset.n} validators, need {vset.quorum}",
+            f"only {len(valid)} valid precommits of {vset.n} validators, need {vset.quorum}",
         )
+    return Commit(height, commit.round, block_id, tuple(valid[k] for k in sorted(valid)))
+
+
+def verify_commit(commit: Commit, vset: ValidatorSet, chain_id: str, block_id: bytes, height: int) -> None:
+    """Raise InvalidBlock(BAD_COMMIT) unless `commit` is a canonical certificate (canonical_commit)
+    of > 2/3 of `vset` for (height, commit.round, block_id): no junk, duplicate or foreign entry, and
+    in validator order. For certificates fixed by a hash (a block's last_commit)."""
+    if canonical_commit(commit, vset, chain_id, block_id, height) != commit:
+        raise InvalidBlock(BlockReason.BAD_COMMIT, height,
+                           "commit certificate is not canonical (invalid, duplicate or unsorted entries)")

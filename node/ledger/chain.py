@@ -15,7 +15,7 @@ from typing import Any
 from consensus.validators import ValidatorSet
 from node.errors import BlockReason, CodecError, InvalidBlock
 from node.ledger import merkle
-from node.ledger.blocks import Block, Commit, commit_hash, make_block, verify_commit
+from node.ledger.blocks import Block, Commit, canonical_commit, commit_hash, make_block, verify_commit
 from node.ledger.genesis import Genesis
 from node.ledger.state import ChainParams, MemberRecord, Reason, StateDelta, apply_block, check_tx
 from node.store.base import Store
@@ -149,8 +149,10 @@ class Ledger:
         except InvalidBlock as exc:
             raise InvalidBlock(BlockReason.BAD_LAST_COMMIT, h, exc.detail) from exc
 
-    def verify_commit(self, block: Block, commit: Commit) -> None:
-        verify_commit(commit, self.validators_at(block.height), self.chain_id, block.hash, block.height)
+    def canonical_commit(self, block: Block, commit: Commit) -> Commit:
+        """`commit` checked to finalise `block`, reduced to the canonical certificate that is stored."""
+        return canonical_commit(commit, self.validators_at(block.height), self.chain_id, block.hash,
+                                block.height)
 
     def commit(
         self, block: Block, commit: Commit, *, verify_txs: bool = True, durable: bool = True
@@ -160,7 +162,9 @@ class Ledger:
         verify_txs=False is block sync's "certificates" mode: the certificate is checked, then
         every rule but the per-tx signature checks (see validate_block). durable=False: see
         Store.commit_block (block sync)."""
-        self.verify_commit(block, commit)
+        # A decided certificate is in arrival order, a synced one may carry junk: store neither as is,
+        # since the next block carries this one and a fresh node must check it (issue 11, finding 4).
+        commit = self.canonical_commit(block, commit)
         delta = self.validate_block(block, certified=not verify_txs)
         self.store.commit_block(block, commit, delta, durable=durable)
         self._head_time = (block.height, block.header.time_ms)  # the next block's lower bound
