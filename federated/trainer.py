@@ -48,6 +48,7 @@ import numpy as np
 from federated import tasks
 from federated.tasks import TrainResult
 from federated.weights import decode_weights, encode_weights
+from node.proc import rss_bytes
 
 MAX_FRAME = 256 * 1024 * 1024
 _LEN = struct.Struct(">I")
@@ -130,16 +131,7 @@ def parse_address(address: str | Path | tuple[str, int]) -> tuple[int, Any]:
 
 
 def _rss_mb() -> float:
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource  # not on every platform; peak rather than current RSS
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return (rss_bytes() or 0) / (1024 * 1024)  # this process: psutil always has it
 
 
 def _as_rows(value: Any) -> list[Sequence[Any]]:

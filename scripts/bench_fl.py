@@ -15,7 +15,7 @@ the same number of nodes and rounds, FedAvg and no federated evaluate step on bo
      ledger order, cut at the length whose Merkle root is the readings root of that node's signed
      model_update for that round (the rows grow from round to round while readings stream). The
      plain ClientApp trains on the file of the round it is asked for. A SuperLink and N SuperNodes
-     (node/flower_runtime.py, as fedledger starts them) then run scripts/bench_fl_plain, a Flower
+     (node/flower/processes.py, as fedledger starts them) then run scripts/bench_fl_plain, a Flower
      App written like Flower's TensorFlow quickstart: every flwr-clientapp process imports Keras
      and builds the model. Its ServerApp times each round (the gaps between FedAvg's evaluate_fn
      calls) into a JSON file.
@@ -33,7 +33,6 @@ its nodes' /status without pausing between polls, which takes CPU from the fedle
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -51,23 +50,19 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import psutil
 import tomli  # a flwr dependency; tomllib is 3.11+ and the project supports 3.10
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from federated.tasks import chronological_split
-from node.flower.runtime import (
-    FlowerRuntimeError,
-    SuperLinkProcess,
-    SuperNodeProcess,
-    alive_pids,
-    descendants,
-    free_port,
-    log_tail,
-    run_app,
-    stop_all,
-)
+from node.flower.logs import log_tail
+from node.flower.processes import SuperLinkProcess, SuperNodeProcess
+from node.flower.run import run_app
+from node.flower.supervise import FlowerRuntimeError, stop_all
 from node.ledger.merkle import root as merkle_root
+from node.net.ports import free_port
+from node.proc import alive, cpu_seconds, peak_rss_bytes, stop_processes
 
 REPO = Path(__file__).resolve().parent.parent
 PLAIN_APP = Path(__file__).resolve().parent / "bench_fl_plain"
@@ -252,22 +247,15 @@ def request_time_ms(node_dir: Path, run_hex: str) -> int | None:
 # --- process sampling ------------------------------------------------------------------------------
 
 
-def _proc_read(pid: int, name: str) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/{name}").read_text(errors="replace")
-    except OSError:
-        return None
-
-
 class Sampler:
-    """Peak RSS (VmHWM, so a sample late in a process's life still sees its peak) and CPU time of
-    every descendant of this process, by process type and benchmark phase. It also remembers every
-    process it saw, so the end can check that none is left."""
+    """Peak RSS (node.proc.peak_rss_bytes: VmHWM on Linux, so a sample late in a process's life still
+    sees its peak) and CPU time of every descendant of this process, by process type and benchmark
+    phase. It also remembers every process it saw, so the end can check that none is left."""
 
     def __init__(self, interval: float = SAMPLE_S) -> None:
         self.interval = interval
         self.phase = "setup"
-        self.seen: dict[tuple[int, str], dict[str, Any]] = {}  # (pid, start time) -> info
+        self.seen: dict[psutil.Process, dict[str, Any]] = {}  # psutil.Process: pid and creation time
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
 
@@ -285,22 +273,27 @@ class Sampler:
             self._stop.wait(self.interval)
 
     def sample(self) -> None:
-        procs = descendants(os.getpid())
-        cmdlines = {pid: c for pid in procs if (c := _proc_read(pid, "cmdline"))}
-        for pid, cmdline in cmdlines.items():
-            stat = _proc_read(pid, "stat")
-            if not stat:
+        cmdlines: dict[int, list[str]] = {}
+        procs: list[tuple[psutil.Process, int]] = []
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                cmdline, ppid = proc.cmdline(), proc.ppid()
+            except psutil.Error:  # gone, or a zombie
                 continue
-            fields = stat.rsplit(")", 1)[-1].split()  # state ppid ... utime(11) stime(12)
-            info = self.seen.setdefault((pid, procs[pid]), {"phase": self.phase, "peak_kb": 0, "cpu_s": 0.0})
+            if cmdline:
+                cmdlines[proc.pid] = cmdline
+                procs.append((proc, ppid))
+        for proc, ppid in procs:
+            peak, cpu = peak_rss_bytes(proc.pid), cpu_seconds(proc.pid)
+            if peak is None or cpu is None:
+                continue
+            info = self.seen.setdefault(proc, {"phase": self.phase, "peak_kb": 0, "cpu_s": 0.0})
             # Classified at every sample: a child caught between fork and exec still shows its parent's
             # command line (a ClientApp forks to run `file`, for one), and would count as a second one.
-            same_as_parent = cmdlines.get(int(fields[1])) == cmdline
-            info["kind"] = "other (fork)" if same_as_parent else classify(cmdline.rstrip("\0").split("\0"))
-            info["cpu_s"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            for line in (_proc_read(pid, "status") or "").splitlines():
-                if line.startswith("VmHWM:"):
-                    info["peak_kb"] = max(info["peak_kb"], int(line.split()[1]))
+            same_as_parent = cmdlines.get(ppid) == cmdlines[proc.pid]
+            info["kind"] = "other (fork)" if same_as_parent else classify(cmdlines[proc.pid])
+            info["cpu_s"] = cpu
+            info["peak_kb"] = max(info["peak_kb"], peak // 1024)
 
     def by_kind(self, phase: str) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -313,18 +306,19 @@ class Sampler:
             k["cpu_s"] = round(k["cpu_s"] + info["cpu_s"], 1)
         return dict(sorted(out.items()))
 
+    def alive_processes(self) -> list[psutil.Process]:
+        return sorted((p for p in self.seen if alive(p)), key=lambda p: p.pid)
+
     def alive(self) -> list[int]:
-        return alive_pids({pid: start for pid, start in self.seen})
+        return [p.pid for p in self.alive_processes()]
 
 
-def kill_leftovers(pids: Sequence[int], log: Log) -> None:
-    """Only processes this benchmark started (seen as its descendants), by pid."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        time.sleep(3)
-    log(f"killed {len(pids)} leftover process(es): {list(pids)}")
+def kill_leftovers(procs: Sequence[psutil.Process], log: Log) -> None:
+    """Only processes this benchmark started (seen as its descendants; psutil checks that a PID
+    still names the process we saw)."""
+    survivors = stop_processes(procs)
+    log(f"killed {len(procs)} leftover process(es): {[p.pid for p in procs]}"
+        + (f"; still running: {survivors}" if survivors else ""))
 
 
 # --- the two sides ---------------------------------------------------------------------------------
@@ -603,7 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         sampler.stop()
         sampler.sample()
-        leftover = sampler.alive()
+        leftover = sampler.alive_processes()
         if leftover:
             # a bug in the shutdown of one side: the timings stand, but say so loudly
             log(f"WARNING: {len(leftover)} process(es) still running after both sides stopped")

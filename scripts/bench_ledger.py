@@ -35,6 +35,8 @@ from node.launch.processes import NodeProcess, get_json, wait_until
 from node.ledger.keys import NodeKey, verify
 from node.ledger.transactions import make_reading, signed_part, tx_sign_kind
 from node.net.client import LedgerClient, batch_frames
+from node.proc import cpu_seconds as proc_cpu_seconds
+from node.proc import mib, peak_rss_bytes
 
 MEMPOOL_BOUND = 8000
 
@@ -53,15 +55,15 @@ def verify_rate(seconds: float = 2.0) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a node (it runs for the whole benchmark)."""
+    seconds = proc_cpu_seconds(pid)
+    if seconds is None:
+        raise RuntimeError(f"node process {pid} is gone")
+    return seconds
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def peak_rss_mb(pid: int) -> float | None:
+    return mib(peak_rss_bytes(pid))
 
 
 def readings_on(proc: NodeProcess) -> int:
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             "verification_bound_per_s": round(bound, 1),
             "bound_ratio": round(res["finalized"] / bound, 3),
             "node_cpu_cores": [round(c, 2) for c in res["cpu"]],
-            "node_peak_rss_mb": [round(peak_rss_mb(p.proc.pid), 1) for p in procs],
+            "node_peak_rss_mb": [peak_rss_mb(p.proc.pid) for p in procs],
             "heights": heights,
         }
     finally:

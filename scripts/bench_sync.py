@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from node.cli.init import init_node
 from node.errors import ConfigError
-from node.launch.federation import create_federation, free_ports
+from node.launch.federation import create_federation
 from node.launch.processes import NodeProcess, get_json, wait_until
 from node.launch.sensors import BUNDLED_CSV, CsvStats, csv_readings, device_key
 from node.ledger.blocks import Block
@@ -51,6 +51,8 @@ from node.ledger.codec import sign_prefix
 from node.ledger.genesis import Genesis
 from node.ledger.keys import NodeKey, verify_message
 from node.ledger.transactions import make_reading, make_register_device, parse_tx, tx_sign_kind
+from node.net.ports import free_ports
+from node.proc import mib, peak_rss_bytes
 from node.server.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
 from node.store.sqlite import SqliteStore
 from tests.factories import sign_commit
@@ -253,15 +255,7 @@ def sync_once(root: Path, genesis: Genesis, peers: list[NodeProcess], mode: str,
 
 
 def _peak_rss_mb(proc: NodeProcess) -> float | None:
-    if proc.proc is None:
-        return None
-    try:
-        for line in Path(f"/proc/{proc.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
+    return mib(peak_rss_bytes(proc.proc.pid)) if proc.proc is not None else None
 
 
 def verify_rate(seconds: float = 2.0) -> float:

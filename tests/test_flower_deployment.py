@@ -12,21 +12,17 @@ import re
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from federated.aggregate import aggregate, verify_aggregate
 from federated.data import MAIN_SLICE
 from federated.weights import decode_weights, encode_weights, weights_hash
-from node.flower.runtime import (
-    SuperLinkProcess,
-    SuperNodeProcess,
-    TrainerProcess,
-    alive_pids,
-    descendants,
-    free_port,
-    run_app,
-    stop_all,
-)
+from node.flower.processes import SuperLinkProcess, SuperNodeProcess, TrainerProcess
+from node.flower.run import run_app
+from node.flower.supervise import stop_all
+from node.net.ports import free_port
+from node.proc import alive
 
 APP_DIR = Path(__file__).resolve().parent.parent / "federated" / "flower"
 NODE_DEVICES = ["room_510,room_621", "room_644,room_734"]
@@ -38,7 +34,7 @@ def test_two_rounds_of_humidity_on_two_supernodes(tmp_path: Path) -> None:
     trainer = TrainerProcess(tmp_path / "trainer", warm=["humidity"])
     superlink: SuperLinkProcess | None = None
     supernodes: list[SuperNodeProcess] = []
-    seen: dict[int, str] = {}  # every process of the deployment we saw (pid -> start time)
+    seen: set[psutil.Process] = set()  # every process of the deployment we saw
     commit_log = tmp_path / "commits.jsonl"
     try:
         trainer.start(ready_timeout=120)
@@ -113,14 +109,14 @@ def test_two_rounds_of_humidity_on_two_supernodes(tmp_path: Path) -> None:
     finally:
         for p in [trainer, superlink, *supernodes]:
             if p is not None and p.alive:
-                seen[p.pid] = ""  # checked via p.alive below
-                seen.update(descendants(p.pid))  # incl. each SuperExec (its own session)
+                root = psutil.Process(p.pid)
+                seen.update([root, *root.children(recursive=True)])  # incl. each SuperExec (its own session)
         t_stop = time.monotonic()
         stop_all(supernodes, superlink, [trainer])
         print(f"stop_all took {time.monotonic() - t_stop:.1f} s")
     for p in [trainer, superlink, *supernodes]:
         assert p is not None and not p.alive
     assert len(seen) >= 4 + 3  # 4 processes + 3 SuperExecs at least
-    leftover = alive_pids({pid: start for pid, start in seen.items() if start})
+    leftover = sorted(p.pid for p in seen if alive(p))
     assert not leftover, f"processes left: {leftover}"
     assert all(not p.remaining_pids() for p in [trainer, superlink, *supernodes] if p is not None)

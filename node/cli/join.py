@@ -29,10 +29,10 @@ from typing import Any
 from node.cli.init import init_node, read_passphrase
 from node.cli.ledger import get_json, http_base
 from node.errors import ConfigError, FedledgerError
-from node.launch.federation import free_ports
 from node.ledger.genesis import Genesis
 from node.ledger.membership import OPEN_ROLES
 from node.ledger.transactions import ROLES, make_join_request, tx_id
+from node.net.ports import free_ports
 from node.net.sync import SYNC_MODES
 from node.server.datadir import CONFIG_FILE, GENESIS_FILE, KEY_FILE, LOG_FILE, PID_FILE, NodeConfig
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import logging.handlers
 import signal
 import sys
 from pathlib import Path
@@ -13,6 +14,9 @@ from typing import Any
 from node.cli.init import read_passphrase
 from node.net.sync import SYNC_MODES
 from node.server.datadir import LOG_FILE, PID_FILE
+
+LOG_MAX_BYTES = 10 * 1024 * 1024  # node.log rotates at this size ...
+LOG_BACKUPS = 3  # ... keeping node.log.1 .. node.log.3 (40 MiB at most)
 
 
 def add_parser(sub: Any) -> None:
@@ -31,16 +35,20 @@ def add_parser(sub: Any) -> None:
     r.set_defaults(func=run)
 
 
-def setup_logging(data_dir: Path, level: str, console: bool = True) -> None:
-    """Log to DIR/node.log, and to stderr unless `console` is False (join prints its own progress
-    and keeps the node's log in the file; warnings still reach stderr)."""
+def setup_logging(data_dir: Path, level: str, console: bool = True,
+                  max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS) -> None:
+    """Log to DIR/node.log (rotated at `max_bytes`, `backups` old files kept), and to stderr unless
+    `console` is False (join prints its own progress and keeps the node's log in the file; warnings
+    still reach stderr)."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     root.setLevel(level.upper())
     stderr = logging.StreamHandler(sys.stderr)
     if not console:
         stderr.setLevel(logging.WARNING)
-    for handler in (stderr, logging.FileHandler(data_dir / LOG_FILE)):
+    file = logging.handlers.RotatingFileHandler(data_dir / LOG_FILE, maxBytes=max_bytes, backupCount=backups,
+                                                encoding="utf-8")
+    for handler in (stderr, file):
         handler.setFormatter(fmt)
         root.addHandler(handler)
     logging.getLogger("websockets").setLevel(logging.WARNING)

@@ -21,12 +21,12 @@ from federated.aggregate import STRATEGIES
 from node.cli.init import read_passphrase
 from node.cli.ledger import ReadOnlyStore, get_json, local_url, probe_status, tx_committed
 from node.errors import ConfigError, FedledgerError
-from node.flower.runtime import free_port
 from node.ledger.genesis import Genesis
 from node.ledger.keys import NodeKey
 from node.ledger.runs import TASKS, TRAINING_ROLES
 from node.ledger.transactions import make_train_request, tx_id
 from node.net.client import LedgerClient
+from node.net.ports import free_port
 from node.server.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
 
 POLL_S = 0.5

@@ -7,8 +7,8 @@ in the request; the coordinator (the request's signer) also starts that SuperLin
 nodes (federated/flower/fl_ledger.py). When the run's last round is committed the SuperNodes stop;
 trainers stay warm for the next run.
 
-Everything here is process management (node/flower_runtime.py, which imports neither flwr nor
-TensorFlow) done on one worker thread, so the event loop never blocks on a process start.
+Everything here is process management (node/flower/processes.py, supervise.py and run.py, which import
+neither flwr nor TensorFlow) done on one worker thread, so the event loop never blocks on a process start.
 """
 
 from __future__ import annotations
@@ -25,21 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.flower.runtime import (
-    FlowerRuntimeError,
-    ManagedProcess,
-    RunHandle,
-    SuperLinkProcess,
-    SuperNodeProcess,
-    TrainerProcess,
-    find_command,
-    free_port,
-    run_app,
-)
+from node.flower.processes import SuperLinkProcess, SuperNodeProcess, TrainerProcess, find_command
+from node.flower.run import RunHandle, run_app
+from node.flower.supervise import FlowerRuntimeError, ManagedProcess
 from node.ledger.blocks import Block
 from node.ledger.keys import short_id
 from node.ledger.runs import TRAINING_ROLES
 from node.ledger.transactions import ModelCommit, TrainRequest, Transaction
+from node.net.ports import free_port
 from node.store.base import Store
 
 log = logging.getLogger("fedledger.training")

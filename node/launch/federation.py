@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 from node.cli.init import init_node
 from node.errors import ConfigError
 from node.ledger.genesis import Genesis, GenesisMember, Timeouts
+from node.net.ports import free_ports
 from node.server.datadir import GENESIS_FILE, NodeConfig
 
 # Fast enough for a local federation on one machine, slow enough for a loaded 2-core box.
@@ -25,20 +25,6 @@ class LocalNode:
     dir: Path
     url: str
     node_id: str
-
-
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports the OS says are free now (held open together so they are distinct)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def create_federation(

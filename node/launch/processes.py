@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from node.proc import ProcessTree
 from node.server.datadir import NodeConfig
 
 OUT_FILE = "node.out"
@@ -41,6 +41,7 @@ class NodeProcess:
         self.dir = data_dir
         self.url = NodeConfig.load(data_dir).url
         self.proc: subprocess.Popen[bytes] | None = None
+        self._tree: ProcessTree | None = None
 
     def start(self, detach: bool = False, extra_args: list[str] | None = None) -> None:
         out = open(self.dir / OUT_FILE, "ab")  # noqa: SIM115 (owned by the child from here on)
@@ -51,10 +52,11 @@ class NodeProcess:
             start_new_session=detach,  # --keep-running: the node outlives the launcher's terminal
         )
         out.close()
+        self._tree = ProcessTree(self.proc, own_group=detach)
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self._tree is not None and self._tree.alive
 
     def status(self) -> dict[str, Any] | None:
         return try_status(self.url)
@@ -67,22 +69,17 @@ class NodeProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM (clean shutdown), SIGKILL if it does not exit in time."""
-        if self.proc is None:
+        """SIGTERM (a clean shutdown: the node stops its own Flower processes), then SIGKILL the node
+        and whatever of its process tree is left if that takes longer than `timeout`."""
+        if self._tree is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return self._tree.stop(timeout)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        """SIGKILL the node and every process it started (as a crash would leave them, they would
+        otherwise outlive it)."""
+        if self._tree is not None:
+            self._tree.kill()
 
 
 def wait_until(predicate: Any, timeout: float, interval: float = 0.2) -> bool:

@@ -1,0 +1,236 @@
+"""The Flower deployment processes of a node (and its trainer), and how they are invoked.
+
+Runs in the node process, so it imports neither flwr nor TensorFlow: it only starts commands.
+
+* ``SuperLinkProcess``   -- ``flower-superlink`` (coordinator only; one HTTP port for Fleet, Control
+  and Runtime APIs).
+* ``SuperNodeProcess``   -- ``flower-supernode`` with this node's ``--node-config``.
+* ``TrainerProcess``     -- ``python -m federated.trainer --socket PATH`` (Keras stays loaded there).
+
+Every one gets its own ``FLWR_HOME``, ``FLWR_DISABLE_UPDATE_CHECK=1``, ``FLWR_TELEMETRY_ENABLED=0``,
+``TF_CPP_MIN_LOG_LEVEL=3`` and the venv's bin directory first on ``PATH`` (Flower spawns
+flower-superexec, flwr-serverapp and flwr-clientapp by name); supervision (session, rotating log,
+stopping the tree) is node/flower/supervise.py's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from node.flower.supervise import FlowerRuntimeError, ManagedProcess
+from node.net.ports import LOCALHOST, port_open
+
+DEFAULT_BIN_DIR = Path(sys.executable).parent  # the venv's bin (not resolved: keep the venv)
+
+
+def toml_value(value: Any) -> str:
+    """One TOML value (what --node-config and --run-config take)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        s = str(value)
+        return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    raise TypeError(f"cannot express {value!r} as a Flower config value (str, int, float, bool)")
+
+
+def config_arg(config: Mapping[str, Any]) -> str:
+    """``{"data-dir": "/x", "n": 1}`` -> ``data-dir="/x" n=1`` (Flower's space-separated TOML pairs).
+    Keys must be bare TOML keys; values without spaces are safest (Flower splits on spaces)."""
+    parts = []
+    for key, value in config.items():
+        if not key or not all(c.isalnum() or c in "-_" for c in key):
+            raise ValueError(f"config key {key!r} must be a bare TOML key ([A-Za-z0-9_-]+)")
+        text = toml_value(value)
+        if " " in text:
+            raise ValueError(f"config value for {key!r} must not contain spaces: {text}")
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def flower_env(
+    flwr_home: Path, bin_dir: Path = DEFAULT_BIN_DIR, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "FLWR_HOME": str(flwr_home),
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "PYTHONUNBUFFERED": "1",
+            "PATH": os.pathsep.join([str(bin_dir), env.get("PATH", "")]),
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+def find_command(name: str, bin_dir: Path = DEFAULT_BIN_DIR) -> str:
+    found = shutil.which(name, path=os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")]))
+    if found is None:
+        raise FlowerRuntimeError(
+            f"command {name!r} not found in {bin_dir} or on PATH; install Flower into this environment: "
+            f'{Path(sys.executable).parent / "pip"} install "flwr==1.41.*"'
+        )
+    return found
+
+
+class FlowerProcess(ManagedProcess):
+    """A process with its own ``FLWR_HOME`` (WORKDIR/flwr-home) and Flower's environment."""
+
+    def __init__(self, workdir: Path | str, bin_dir: Path = DEFAULT_BIN_DIR) -> None:
+        super().__init__(workdir)
+        self.bin_dir = Path(bin_dir)
+        self.flwr_home = self.workdir / "flwr-home"
+
+    def environment(self) -> dict[str, str]:
+        return flower_env(self.flwr_home, self.bin_dir, self.extra_env)
+
+    def prepare(self) -> None:
+        super().prepare()
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+
+
+class SuperLinkProcess(FlowerProcess):
+    """``flower-superlink --insecure --port P --disable-runtime-dependency-installation``."""
+
+    name = "superlink"
+
+    def __init__(
+        self,
+        workdir: Path | str,
+        port: int,
+        host: str = LOCALHOST,
+        database: Path | str | None = None,
+        bin_dir: Path = DEFAULT_BIN_DIR,
+    ) -> None:
+        super().__init__(workdir, bin_dir)
+        self.host = host
+        self.port = int(port)
+        self.database = database
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        argv = [
+            find_command("flower-superlink", self.bin_dir),
+            "--insecure",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--disable-runtime-dependency-installation",
+        ]
+        if self.database is not None:
+            argv += ["--database", str(self.database)]
+        return argv
+
+    def is_ready(self) -> bool:
+        return port_open(self.host, self.port)
+
+    def listen_ports(self) -> list[tuple[str, int]]:
+        return [(self.host, self.port)]
+
+
+class SuperNodeProcess(FlowerProcess):
+    """``flower-supernode --insecure --superlink ADDR --port Q --node-config '...'``.
+
+    `node_config` reaches the ClientApp as ``context.node_config``; values are str/int/float/bool
+    without spaces. Ready when its own Runtime API port listens (registration with the SuperLink
+    follows within a poll interval; the ServerApp waits for nodes with a deadline anyway).
+    """
+
+    name = "supernode"
+
+    def __init__(
+        self,
+        workdir: Path | str,
+        superlink_address: str,
+        port: int,
+        node_config: Mapping[str, Any],
+        host: str = LOCALHOST,
+        bin_dir: Path = DEFAULT_BIN_DIR,
+    ) -> None:
+        super().__init__(workdir, bin_dir)
+        self.superlink_address = superlink_address
+        self.host = host
+        self.port = int(port)
+        self.node_config = dict(node_config)
+        config_arg(self.node_config)  # validate now, not at start
+
+    def command(self) -> list[str]:
+        return [
+            find_command("flower-supernode", self.bin_dir),
+            "--insecure",
+            "--superlink",
+            self.superlink_address,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--node-config",
+            config_arg(self.node_config),
+        ]
+
+    def is_ready(self) -> bool:
+        return port_open(self.host, self.port)
+
+    def listen_ports(self) -> list[tuple[str, int]]:
+        return [(self.host, self.port)]
+
+
+class TrainerProcess(FlowerProcess):
+    """``python -m federated.trainer --socket WORKDIR/trainer.sock`` (the node's Keras process).
+
+    Ready when it answers a ping (it prints ``ready`` after importing nothing heavy; Keras is loaded
+    on the first request, or at start with `warm`)."""
+
+    name = "trainer"
+
+    def __init__(
+        self,
+        workdir: Path | str,
+        socket_path: Path | str | None = None,
+        warm: Sequence[str] = (),
+        rows_dir: Path | str | None = None,
+        bin_dir: Path = DEFAULT_BIN_DIR,
+        python: str | None = None,
+    ) -> None:
+        super().__init__(workdir, bin_dir)
+        self.socket_path = Path(socket_path) if socket_path else self.workdir / "trainer.sock"
+        self.warm = list(warm)
+        self.rows_dir = rows_dir
+        self.python = python or sys.executable
+
+    @property
+    def address(self) -> str:
+        return f"unix:{self.socket_path}"
+
+    def command(self) -> list[str]:
+        argv = [self.python, "-m", "federated.trainer", "--socket", str(self.socket_path)]
+        for task in self.warm:
+            argv += ["--warm", task]
+        if self.rows_dir is not None:
+            argv += ["--rows-dir", str(self.rows_dir)]
+        return argv
+
+    def is_ready(self) -> bool:
+        if not self.socket_path.exists():
+            return False
+        from federated.trainer import TrainerClient, TrainerError  # TF-free
+
+        try:
+            with TrainerClient(self.socket_path, timeout=2.0) as client:
+                client.ping()
+            return True
+        except TrainerError:
+            return False
