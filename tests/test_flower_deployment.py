@@ -29,6 +29,7 @@ NODE_DEVICES = ["room_510,room_621", "room_644,room_734"]
 
 
 @pytest.mark.slow
+@pytest.mark.federated
 @pytest.mark.timeout(300)
 def test_two_rounds_of_humidity_on_two_supernodes(tmp_path: Path) -> None:
     trainer = TrainerProcess(tmp_path / "trainer", warm=["humidity"])
