@@ -124,5 +124,10 @@ class ProtocolViolation(RemoteError):
         super().__init__(f"protocol violation ({reason})" + (f": {detail}" if detail else ""))
 
 
+class NodeUnreachable(RemoteError):
+    """A node that did not answer (HTTP or websocket API), or answered with something that is not
+    its API."""
+
+
 class BadOutgoingMessage(LocalError):
     """Our own code tried to send a frame that the wire protocol would refuse: a local bug."""

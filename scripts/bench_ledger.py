@@ -31,10 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from node.launch.federation import create_federation
 from node.launch.feeder import Feeder, Target
-from node.launch.processes import NodeProcess, get_json, wait_until
+from node.launch.processes import NodeProcess, wait_until
 from node.ledger.keys import NodeKey, verify
 from node.ledger.transactions import make_reading, signed_part, tx_sign_kind
 from node.net.client import LedgerClient, batch_frames
+from node.net.http import get_json
 from node.proc import cpu_seconds as proc_cpu_seconds
 from node.proc import mib, peak_rss_bytes
 

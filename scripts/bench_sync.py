@@ -40,10 +40,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from node.cli.init import init_node
 from node.errors import ConfigError
 from node.launch.federation import create_federation
-from node.launch.processes import NodeProcess, get_json, wait_until
+from node.launch.processes import NodeProcess, wait_until
 from node.launch.sensors import BUNDLED_CSV, CsvStats, csv_readings, device_key
 from node.ledger.blocks import Block
 from node.ledger.chain import Ledger
@@ -51,9 +50,10 @@ from node.ledger.codec import sign_prefix
 from node.ledger.genesis import Genesis
 from node.ledger.keys import NodeKey, verify_message
 from node.ledger.transactions import make_reading, make_register_device, parse_tx, tx_sign_kind
+from node.net.http import get_json
 from node.net.ports import free_ports
 from node.proc import mib, peak_rss_bytes
-from node.server.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
+from node.server.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig, init_node
 from node.store.sqlite import SqliteStore
 from tests.factories import sign_commit
 

@@ -55,6 +55,7 @@ from federated import tasks
 from federated.aggregate import Update, aggregate
 from federated.data import read_csv_rows
 from federated.weights import Weights
+from node.cli.output import table
 from node.errors import InvalidTransaction, Reason
 from node.ledger.blocks import Commit
 from node.ledger.chain import Ledger
@@ -672,20 +673,12 @@ def exp_validity(
 # --- output --------------------------------------------------------------------------------------
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def fmt(v: Any) -> str:
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
+def three_decimals(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
 
-    cells = [[fmt(v) for v in r] for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
-    out = [line, "-" * len(line)]
-    numeric = [all(isinstance(r[i], int | float) or r[i] == "" for r in rows) for i in range(len(headers))]
-    out += [
-        "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(r, widths, numeric, strict=True))
-        for r in cells
-    ]
-    return "\n".join(out)
+
+def report(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    return "\n".join(table(rows, header=headers, cell=three_decimals))
 
 
 def render(result: dict[str, Any]) -> str:
@@ -699,7 +692,7 @@ def render(result: dict[str, Any]) -> str:
         f"{cfg['federation']}",
         "",
         "1. Humidity from temperature, scored on the held-out day (%RH)",
-        table(
+        report(
             ["model", "RMSE", "R^2"],
             [
                 ["federated (FedAvg)", hum["federated"]["rmse"], hum["federated"]["r2"]],
@@ -729,7 +722,7 @@ def render(result: dict[str, Any]) -> str:
                 [k, label, m["val_accuracy"], m["holdout_accuracy"], m["window_accuracy"], m["windows"]]
             )
     parts += [
-        table(["devices", "model", "val acc", "held-out acc", "3-h window acc", "windows"], trows),
+        report(["devices", "model", "val acc", "held-out acc", "3-h window acc", "windows"], trows),
         "   val acc: newest 20 % of the training rows; held-out: every reading of the last day;",
         "   3-h windows: per-reading log-probabilities summed over each 3-hour window of the held-out day.",
         "",
@@ -756,9 +749,9 @@ def render(result: dict[str, Any]) -> str:
             ]
         )
     parts += [
-        table(["readings", "sent", "accepted", "rejected (reason count)"], krows),
+        report(["readings", "sent", "accepted", "rejected (reason count)"], krows),
         "",
-        table(
+        report(
             ["training data (federated humidity)", "readings used", "rejected", "held-out RMSE", "R^2"],
             [
                 [r["training_data"], r["readings_used"], r["rejected"], r["rmse"], r["r2"]]

@@ -8,9 +8,10 @@ from typing import Any
 
 from node.launch.federation import create_federation
 from node.launch.feeder import Feeder, FeedStats, Target
-from node.launch.processes import NodeProcess, get_json, wait_until
+from node.launch.processes import NodeProcess, wait_until
 from node.launch.sensors import BUNDLED_CSV, csv_devices, csv_readings
 from node.ledger.genesis import Genesis
+from node.net.http import get_json
 
 
 class LocalFederation:

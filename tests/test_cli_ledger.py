@@ -16,14 +16,13 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from node.cli.init import init_node
-from node.cli.ledger import offline_status, open_node
 from node.cli.main import main
 from node.ledger.chain import Ledger
 from node.ledger.genesis import Genesis
 from node.ledger.keys import short_id
 from node.server.api import NodeApi
-from node.server.datadir import DB_FILE, GENESIS_FILE
+from node.server.datadir import DB_FILE, GENESIS_FILE, init_node
+from node.server.offline import offline_status, open_node
 from node.store.sqlite import SqliteStore
 from tests.factories import commit_next, make_genesis, populated_ledger
 

@@ -8,13 +8,12 @@ from typing import Any
 
 import pytest
 
-from node.cli.init import init_node
 from node.cli.main import main
 from node.cli.member import plan_vote, resolve
 from node.errors import ConfigError
 from node.ledger.chain import Ledger
 from node.ledger.transactions import make_join_request, make_member_vote
-from node.server.datadir import DB_FILE, GENESIS_FILE
+from node.server.datadir import DB_FILE, GENESIS_FILE, init_node
 from node.store.sqlite import SqliteStore
 from tests.factories import CHAIN_ID, key_from, make_block, make_genesis
 

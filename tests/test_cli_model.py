@@ -15,14 +15,13 @@ from federated import tasks
 from federated.aggregate import Update, aggregate
 from federated.weights import Weights, canonical_array, encode_weights, weights_hash
 from node.cli import model as cli_model
-from node.cli.init import init_node
 from node.cli.main import main
 from node.ledger.chain import Ledger
 from node.ledger.genesis import Genesis
 from node.ledger.keys import NodeKey, short_id
 from node.ledger.merkle import root as merkle_root
 from node.ledger.transactions import make_model_commit, make_model_update, make_train_request, tx_id
-from node.server.datadir import DB_FILE, GENESIS_FILE
+from node.server.datadir import DB_FILE, GENESIS_FILE, init_node
 from node.store.sqlite import SqliteStore
 from tests.factories import CHAIN_ID, commit_next, make_genesis, participant_key, populated_ledger
 

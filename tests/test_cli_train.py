@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from node.cli.main import main
-from node.cli.train import request_params
 from node.launch.federation import create_federation
+from node.launch.train_request import request_params
 from node.ledger.chain import Ledger
 from node.ledger.genesis import Genesis
 from node.ledger.keys import NodeKey

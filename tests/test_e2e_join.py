@@ -15,15 +15,16 @@ from typing import Any
 
 import pytest
 
-from node.cli.ledger import ReadOnlyStore
 from node.launch.feeder import Feeder, Target
-from node.launch.processes import get_json, wait_until
+from node.launch.processes import wait_until
 from node.launch.sensors import BUNDLED_CSV, csv_devices, csv_readings
 from node.ledger.keys import NodeKey
 from node.ledger.transactions import ModelUpdate, make_member_vote, parse_tx
 from node.net.client import LedgerClient
+from node.net.http import get_json
 from node.server.datadir import DB_FILE, KEY_FILE
 from node.store.models import models, runs
+from node.store.sqlite import SqliteStore
 from tests.e2e import LocalFederation
 
 pytestmark = pytest.mark.slow
@@ -161,7 +162,7 @@ def test_a_fifth_node_joins_syncs_trains_and_an_authority_is_voted_out(
         assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-3000:]
         t_round = time.monotonic()
         result_run = json.loads(train.stdout)
-        store = ReadOnlyStore(node5 / DB_FILE)
+        store = SqliteStore(node5 / DB_FILE, read_only=True)
         try:
             (run,) = runs(store)
             round1 = models(store, run.run)[1]

@@ -26,22 +26,31 @@ import time
 from pathlib import Path
 from typing import Any
 
-from node.cli.init import init_node, read_passphrase
-from node.cli.ledger import get_json, http_base
-from node.errors import ConfigError, FedledgerError
+from node.cli.output import port
+from node.errors import ConfigError, FedledgerError, RemoteError
 from node.ledger.genesis import Genesis
 from node.ledger.membership import OPEN_ROLES
 from node.ledger.transactions import ROLES, make_join_request, tx_id
+from node.net.http import get_json, http_base
 from node.net.ports import free_ports
 from node.net.sync import SYNC_MODES
-from node.server.datadir import CONFIG_FILE, GENESIS_FILE, KEY_FILE, LOG_FILE, PID_FILE, NodeConfig
+from node.server.datadir import (
+    CONFIG_FILE,
+    GENESIS_FILE,
+    KEY_FILE,
+    LOG_FILE,
+    PID_FILE,
+    NodeConfig,
+    init_node,
+    read_passphrase,
+)
 
 CONNECT_TIMEOUT_S = 60.0
 PROGRESS_S = 1.0
 
 
-class JoinRefused(FedledgerError):
-    """The federation could not be joined (wrong genesis, unreachable peer, refused request)."""
+class JoinRefused(RemoteError):
+    """The federation could not be joined (a wrong or mismatched genesis, a refused request)."""
 
 
 def add_parser(sub: Any) -> None:
@@ -55,7 +64,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--name", help="node name for a new identity (default node-<short id>)")
     p.add_argument("--host", default="127.0.0.1",
                    help="listen address for a new identity (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="listen port for a new identity (default: a free port)")
+    p.add_argument("--port", type=port, help="listen port for a new identity (default: a free port)")
     p.add_argument("--sync", choices=SYNC_MODES, default=None,
                    help="certificates (default): verify each block's commit certificate; full: every tx too")
     p.add_argument("--passphrase-file",
@@ -206,8 +215,6 @@ def run(args: argparse.Namespace) -> int:
     from node.cli.node_run import setup_logging
     from node.server.runtime import Node
 
-    if args.port is not None and not 0 < args.port < 65536:
-        raise ConfigError("--port must be in 1..65535")
     if args.genesis_hash is not None:
         text = args.genesis_hash.strip().lower()
         if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):

@@ -1,355 +1,39 @@
 """`fedledger ledger status|blocks|block|verify|compare`: inspect replicas, offline or live.
 
-Local replicas are read straight from DIR/node.db through a read-only SQLite connection
-(`mode=ro`: never creates, migrates or writes the file, so it is safe next to a running node;
-WAL lets readers and the node's writer proceed together). Every command reads inside one read
-transaction, so it sees a single consistent snapshot even while the node commits blocks.
-
-`compare` relies on the hash chain: a block hash commits to its parent, so two replicas with
-the same hash at height H hold the same blocks 1..H. Agreement is therefore monotone in H and
-the first divergent height is found by binary search on the common prefix. Committed blocks are
-final (BFT), so a live node's growing height does not disturb the search below the common height.
+Local replicas are read straight from DIR/node.db, read-only (node.server.offline: never creates,
+migrates or writes the file, so it is safe next to a running node). Every command reads inside one
+read transaction, so it sees a single consistent snapshot even while the node commits blocks.
+`compare` finds the first height where replicas differ by binary search on their common prefix
+(node.store.compare).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import sqlite3
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
 
-from node.errors import ConfigError, FedledgerError, RemoteError, StorageError
-from node.ledger.genesis import Genesis
+from node.cli.output import emit, fmt_time, table
+from node.errors import ConfigError, StorageError
 from node.ledger.keys import short_id
-from node.server.api import block_detail, membership_status
-from node.server.datadir import DB_FILE, GENESIS_FILE, PID_FILE, NodeConfig
-from node.store.models import runs
-from node.store.sqlite import SqliteStore
+from node.net.http import HttpReplica, probe_status
+from node.server.api import block_detail
+from node.server.datadir import NodeConfig, pid_alive
+from node.server.offline import offline_status, open_node
+from node.store.compare import Replica, StoreReplica, first_divergence, summary
 from node.store.verify import verify_chain
 
 DEFAULT_BLOCKS = 20
-PROBE_TIMEOUT_S = 1.0  # `ledger status`: is the node up?
-HTTP_TIMEOUT_S = 5.0  # `ledger compare` against node URLs
-REQUIRED_TABLES = frozenset({"meta", "blocks", "commits", "txs", "readings", "devices", "members"})
-
-
-class NodeUnreachable(RemoteError):
-    """A node URL that did not answer, or answered with something that is not its JSON API."""
-
-
-# --- reading a local replica -------------------------------------------------------------------
-
-
-class ReadOnlyStore(SqliteStore):
-    """SqliteStore's read methods on a `mode=ro` connection (SqliteStore.__init__ writes: it sets
-    WAL, creates the schema and stamps the version, which an inspection tool must never do)."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
-        self._init_caches()  # one snapshot per command, so the parent's caches stay valid
-        if not os.path.isfile(self.path):
-            raise StorageError(f"no ledger database at {self.path} (has the node ever run?)")
-        uri = "file:" + quote(os.path.abspath(self.path)) + "?mode=ro"
-        try:
-            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
-                                       timeout=5)
-            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot open database {self.path} read-only: {exc}") from exc
-        if not tables >= REQUIRED_TABLES:
-            raise StorageError(f"{self.path} is not a fedledger ledger database")
-
-    @contextlib.contextmanager
-    def snapshot(self) -> Iterator[ReadOnlyStore]:
-        """One read transaction: every read inside sees the same committed state."""
-        self._db.execute("BEGIN")
-        try:
-            yield self
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("ROLLBACK")
-
-    def block_rows(self, lo: int, hi: int) -> list[dict[str, Any]]:
-        """block_summary() of heights lo..hi from the indexed columns, without decoding any txs."""
-        rows = self._db.execute(
-            "SELECT height, hash, round, time_ms, proposer, num_txs, prev_hash FROM blocks"
-            " WHERE height BETWEEN ? AND ? ORDER BY height",
-            (lo, hi),
-        )
-        return [
-            {"height": r[0], "hash": bytes(r[1]).hex(), "round": r[2], "time_ms": r[3],
-             "proposer": short_id(bytes(r[4])), "num_txs": r[5], "prev_hash": bytes(r[6]).hex()}
-            for r in rows
-        ]
-
-
-class LocalNode:
-    """A node directory: its config, its genesis and a read-only view of its node.db."""
-
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.dir = Path(directory)
-        if not self.dir.is_dir():
-            raise ConfigError(f"{self.dir} is not a directory")
-        self.config = NodeConfig.load(self.dir)
-        self.store = ReadOnlyStore(self.dir / DB_FILE)
-
-    def genesis(self) -> Genesis:
-        """genesis.json, which the node runs with; the copy in node.db if that file is gone."""
-        path = self.dir / GENESIS_FILE
-        if path.exists():
-            return Genesis.load(path)
-        stored = self.store.genesis()
-        if stored is None:
-            raise StorageError(f"{self.dir} has no {GENESIS_FILE} and its node.db holds no genesis")
-        return Genesis.from_json(stored[1])
-
-    def genesis_hash(self) -> bytes:
-        stored = self.store.genesis()
-        if stored is None:
-            raise StorageError(f"{self.store.path} holds no genesis")
-        return stored[0]
-
-    def close(self) -> None:
-        self.store.close()
-
-
-@contextlib.contextmanager
-def open_node(directory: str | os.PathLike[str]) -> Iterator[LocalNode]:
-    node = LocalNode(directory)
-    try:
-        with node.store.snapshot():
-            yield node
-    except sqlite3.Error as exc:  # a corrupt page, a vanished file: an error, not a traceback
-        raise StorageError(f"reading {node.store.path} failed: {exc}") from exc
-    finally:
-        node.close()
-
-
-def offline_status(node: LocalNode) -> dict[str, Any]:
-    """The keys of the API's /status, built from the replica alone (no process to ask)."""
-    store, cfg = node.store, node.config
-    genesis = node.genesis()
-    counts = store.counts()
-    member = store.member(bytes.fromhex(cfg.public_key)) if cfg.public_key else None
-    head = store.head_hash() or node.genesis_hash()
-    top = store.block_rows(store.height(), store.height())
-    return {
-        "node_id": cfg.node_id,
-        "name": cfg.name,
-        "public_key": cfg.public_key,
-        "role": member.role if member else "observer",
-        "chain_id": genesis.chain_id,
-        "genesis_hash": node.genesis_hash().hex(),
-        "height": store.height(),
-        "head_hash": head.hex(),
-        "head_time_ms": top[0]["time_ms"] if top else genesis.genesis_time_ms,
-        "validators": [{"node_id": short_id(k), "public_key": k.hex()}
-                       for k in store.membership().validators_at(store.height() + 1)],
-        "peers": 0,
-        "peer_ids": [],
-        "mempool": 0,
-        "readings": counts["readings"],
-        "txs": counts["txs"],
-        "devices": counts["devices"],
-        "rejected": {},
-        "url": cfg.url,
-        "running": False,
-        "training": {"runs": [r.to_json() for r in runs(store)], "local": None},
-        **membership_status(store),
-    }
-
-
-# --- talking to a node over HTTP ---------------------------------------------------------------
-
-
-def http_base(url: str) -> str:
-    """ws://h:p or http://h:p (any path) -> http://h:p."""
-    parts = urlsplit(url)
-    scheme = {"ws": "http", "http": "http", "wss": "https", "https": "https"}.get(parts.scheme)
-    if scheme is None or not parts.hostname:
-        raise ConfigError(f"{url!r} is not a node URL (ws://host:port or http://host:port)")
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise ConfigError(f"{url!r} has a bad port") from exc
-    return f"{scheme}://{parts.netloc}"
-
-
-def local_url(cfg: NodeConfig) -> str:
-    """Where to reach the node in DIR from this machine (a wildcard listen address means loopback)."""
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(cfg.listen_host, cfg.listen_host)
-    return f"http://{f'[{host}]' if ':' in host else host}:{cfg.listen_port}"
-
-
-def get_json(base: str, path: str, timeout: float = HTTP_TIMEOUT_S) -> Any:
-    url = base + path
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            body = resp.read()
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")[:200]
-        raise NodeUnreachable(f"{url} answered HTTP {exc.code}: {detail}") from exc
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise NodeUnreachable(f"cannot reach {url}: {reason}") from exc
-    try:
-        return json.loads(body)
-    except ValueError as exc:
-        raise NodeUnreachable(f"{url} did not answer with JSON") from exc
-
-
-def tx_committed(base: str, txid: bytes) -> bool:
-    """Whether the node at `base` holds `txid` in a committed block."""
-    try:
-        get_json(base, f"/tx/{txid.hex()}")
-        return True
-    except FedledgerError:
-        return False
-
-
-def probe_status(cfg: NodeConfig) -> dict[str, Any] | None:
-    """/status of the node in DIR if it is up and really is that node; None otherwise."""
-    try:
-        st = get_json(local_url(cfg), "/status", PROBE_TIMEOUT_S)
-    except NodeUnreachable:
-        return None
-    if not isinstance(st, dict) or st.get("node_id") != cfg.node_id:
-        return None  # something else owns the port
-    return st
-
-
-def pid_alive(directory: Path) -> int | None:
-    try:
-        pid = int((directory / PID_FILE).read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
-
-
-# --- replicas for compare ----------------------------------------------------------------------
-
-
-class Replica:
-    """What `compare` needs of a replica: its identity, its head, and the hash at a height."""
-
-    target: str
-    node_id: str
-    height: int
-    head_hash: str
-    genesis_hash: str
-
-    def __init__(self) -> None:
-        self._hashes: dict[int, str] = {}
-
-    def hash_at(self, height: int) -> str:
-        if height == 0:
-            return self.genesis_hash
-        if height not in self._hashes:
-            self._hashes[height] = self._fetch_hash(height)
-        return self._hashes[height]
-
-    def _fetch_hash(self, height: int) -> str:
-        raise NotImplementedError
-
-    def to_dict(self, common: int) -> dict[str, Any]:
-        return {"target": self.target, "node_id": self.node_id, "height": self.height,
-                "head_hash": self.head_hash, "genesis_hash": self.genesis_hash,
-                "hash_at_common": self.hash_at(common)}
-
-
-class SqliteReplica(Replica):
-    """A node directory, read inside the snapshot `open_node` holds."""
-
-    def __init__(self, target: str, node: LocalNode) -> None:
-        super().__init__()
-        self.target, self.node = target, node
-        self.node_id = node.config.node_id
-        self.height = node.store.height()
-        self.genesis_hash = node.genesis_hash().hex()
-        self.head_hash = (node.store.head_hash() or bytes.fromhex(self.genesis_hash)).hex()
-
-    def _fetch_hash(self, height: int) -> str:
-        h = self.node.store.block_hash(height)
-        if h is None:
-            raise StorageError(f"{self.target}: no block at height {height} below its head {self.height}")
-        return h.hex()
-
-
-class HttpReplica(Replica):
-    """A running node asked through its HTTP API (/status, /blocks)."""
-
-    def __init__(self, target: str) -> None:
-        super().__init__()
-        self.target = target
-        self.base = http_base(target)
-        st = get_json(self.base, "/status")
-        try:
-            self.node_id, self.height = str(st["node_id"]), int(st["height"])
-            self.head_hash, self.genesis_hash = str(st["head_hash"]), str(st["genesis_hash"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise NodeUnreachable(f"{self.base}/status is not a fedledger node status") from exc
-
-    def _fetch_hash(self, height: int) -> str:
-        got = get_json(self.base, f"/blocks?from={height}&to={height}")
-        blocks = got.get("blocks") if isinstance(got, dict) else None
-        if not blocks or not isinstance(blocks[0], dict) or blocks[0].get("height") != height:
-            raise NodeUnreachable(f"{self.base} returned no block {height} below its reported height")
-        return str(blocks[0]["hash"])
 
 
 def open_replica(target: str, stack: contextlib.ExitStack) -> Replica:
+    """A node URL is asked over HTTP; anything else is a node directory, read in one snapshot."""
     if "://" in target:
         return HttpReplica(target)
-    return SqliteReplica(target, stack.enter_context(open_node(target)))
-
-
-def first_divergence(replicas: Sequence[Replica], common: int) -> int | None:
-    """Lowest height <= common where the replicas' hashes differ (0: different genesis), or None."""
-
-    def agree(h: int) -> bool:
-        return len({r.hash_at(h) for r in replicas}) == 1
-
-    if agree(common):
-        return None
-    if not agree(0):
-        return 0
-    lo, hi = 0, common  # invariant: agree(lo) and not agree(hi)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if agree(mid):
-            lo = mid
-        else:
-            hi = mid
-    return hi
-
-
-# --- output helpers ----------------------------------------------------------------------------
-
-
-def fmt_time(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
-
-
-def emit(args: argparse.Namespace, obj: dict[str, Any], human: Sequence[str]) -> None:
-    if args.json:
-        print(json.dumps(obj))
-    else:
-        print("\n".join(human))
-
-
-def table(rows: Sequence[Sequence[Any]]) -> list[str]:
-    cells = [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    node = stack.enter_context(open_node(target))
+    return StoreReplica(target, node.config.node_id, node.store)
 
 
 def describe_tx(tx: dict[str, Any]) -> str:
@@ -459,7 +143,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not Path(args.dir).is_dir():
         raise ConfigError(f"{args.dir} is not a directory")
     cfg = NodeConfig.load(Path(args.dir))
-    live = probe_status(cfg)
+    live = probe_status(cfg.local_url, cfg.node_id)
     if live is not None:
         st = {**live, "running": True}
     else:
@@ -467,7 +151,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             st = offline_status(node)
         pid = pid_alive(Path(args.dir))
         if pid is not None:
-            st["note"] = f"node.pid names live process {pid}, but {local_url(cfg)} did not answer"
+            st["note"] = f"node.pid names live process {pid}, but {cfg.local_url} did not answer"
     human = status_lines(st)
     if st.get("note"):
         human.append(f"note: {st['note']}")
@@ -558,7 +242,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         common = min(r.height for r in replicas)
         diverge = first_divergence(replicas, common)
         out = {"agree": diverge is None, "common_height": common,
-               "replicas": [r.to_dict(common) for r in replicas], "first_divergence": diverge}
+               "replicas": [summary(r, common) for r in replicas], "first_divergence": diverge}
     rows: list[list[Any]] = [["TARGET", "NODE", "HEIGHT", "HEAD", f"HASH AT {common}"]]
     rows += [[r["target"], r["node_id"], r["height"], r["head_hash"][:16], r["hash_at_common"][:16]]
              for r in out["replicas"]]

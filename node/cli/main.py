@@ -1,7 +1,11 @@
 """`fedledger` command line: a thin dispatcher. Each subcommand lives in its own module and
 registers itself through `add_parser(subparsers)` / `run(args) -> int`.
 
-Exit codes: 0 success, 1 the command failed (clear message on stderr), 2 usage error.
+Exit codes: 0 success, 1 the command failed, 2 usage error (an unknown command, a missing argument,
+a value out of range for its option). Either way stderr gets one line, `fedledger CMD: error: ...`,
+never a traceback: usage errors come from argparse, failures are FedledgerErrors (node/errors.py)
+or OSErrors of the environment (a full disk, a permission). Anything else is a bug and shows its
+traceback.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from node.cli import init as cli_init
 from node.cli import join as cli_join
@@ -25,8 +30,16 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error reported on one line (the usage itself is one --help away).
+    Subcommand parsers are made of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fedledger",
         description="Peer-to-peer federated learning node with a BFT ledger of signed sensor readings.",
     )
@@ -51,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
     try:
         return int(args.func(args))
-    except FedledgerError as exc:
+    except (FedledgerError, OSError) as exc:
         print(f"fedledger {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

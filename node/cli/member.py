@@ -19,21 +19,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from node.cli.init import read_passphrase
-from node.cli.ledger import emit, get_json, local_url, open_node, probe_status, table, tx_committed
-from node.errors import ConfigError, FedledgerError
+from node.cli.output import emit, table
+from node.errors import ConfigError, RemoteError
 from node.ledger.genesis import Genesis
 from node.ledger.keys import NodeKey, short_id
 from node.ledger.membership import EFFECT_DELAY, Membership, to_json
 from node.ledger.state import MemberRecord
 from node.ledger.transactions import ROLES, make_member_vote, tx_id
-from node.net.client import LedgerClient
-from node.server.datadir import GENESIS_FILE, KEY_FILE, NodeConfig
+from node.net.client import LedgerClient, TxResult
+from node.net.http import get_json, probe_status, tx_committed
+from node.server.datadir import GENESIS_FILE, KEY_FILE, NodeConfig, read_passphrase
+from node.server.offline import open_node
 
 POLL_S = 0.3
 
 
-class VoteRefused(FedledgerError):
+class VoteRefused(RemoteError):
     """The node refused the vote, or it did not become final in time."""
 
 
@@ -92,7 +93,7 @@ def run_vote(args: argparse.Namespace) -> int:
     if not (directory / GENESIS_FILE).exists():
         raise ConfigError(f"{directory} is not a node directory of a federation (no {GENESIS_FILE})")
     cfg = NodeConfig.load(directory)
-    if probe_status(cfg) is None:
+    if probe_status(cfg.local_url, cfg.node_id) is None:
         raise ConfigError(f"the node in {directory} is not running (fedledger node run {directory})")
     passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
     key = NodeKey.load(directory / KEY_FILE, passphrase)
@@ -106,9 +107,9 @@ def run_vote(args: argparse.Namespace) -> int:
     target, role = plan_vote(ms, members, args.node_id, args.action, args.role)
     chain_id = Genesis.load(directory / GENESIS_FILE).chain_id
     tx = make_member_vote(key, chain_id, target, role, args.action)
-    base = local_url(cfg)
+    base = cfg.local_url
 
-    async def send() -> Any:
+    async def send() -> TxResult:
         async with LedgerClient(base) as client:
             return await client.submit(tx)
 

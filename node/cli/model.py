@@ -1,7 +1,7 @@
 """`fedledger model list|show|export`: the committed models of a replica, their lineage, and a
 self-contained `.keras` file of any of them.
 
-Everything is read from DIR/node.db through the read-only view of `fedledger ledger` (safe next to
+Everything is read from DIR/node.db through the read-only view of node.server.offline (safe next to
 a running node), inside one snapshot. `export` does not trust a stored aggregate: it re-computes the
 committed weights from the updates the commit names (node.models.model_weights, which checks them
 against the committed hash), and only then imports Keras to write the file. Keras is imported by
@@ -18,10 +18,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from node.cli.ledger import emit, fmt_time, open_node, table
+from node.cli.output import emit, fmt_time, table
 from node.errors import LocalError, StorageError
 from node.ledger.keys import short_id
 from node.ledger.runs import TASKS
+from node.server.offline import open_node
 from node.store.models import ModelInfo, RunInfo, find_model, find_run, lineage, model_weights, models, runs
 
 # Shown by `list`, in this order, when a commit carries them (the averaged metrics of its updates).

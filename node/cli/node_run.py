@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from node.cli.init import read_passphrase
+from node.cli.output import port
 from node.net.sync import SYNC_MODES
-from node.server.datadir import LOG_FILE, PID_FILE
+from node.server.datadir import LOG_FILE, PID_FILE, read_passphrase
 
 LOG_MAX_BYTES = 10 * 1024 * 1024  # node.log rotates at this size ...
 LOG_BACKUPS = 3  # ... keeping node.log.1 .. node.log.3 (40 MiB at most)
@@ -26,7 +26,7 @@ def add_parser(sub: Any) -> None:
     r = nsub.add_parser("run", help="run the node in DIR until Ctrl-C / SIGTERM")
     r.add_argument("dir", type=Path, metavar="DIR", help="node data directory (made by init, launch or join)")
     r.add_argument("--host", help="listen address (default: from config.json)")
-    r.add_argument("--port", type=int, help="listen port (default: from config.json)")
+    r.add_argument("--port", type=port, help="listen port (default: from config.json)")
     r.add_argument("--bootstrap", action="append", metavar="URL", help="peer URL to dial (repeatable)")
     r.add_argument("--passphrase-file", help="file holding the key passphrase, if the key is encrypted")
     r.add_argument("--sync", choices=SYNC_MODES, default=None,
@@ -57,8 +57,6 @@ def setup_logging(data_dir: Path, level: str, console: bool = True,
 def run(args: argparse.Namespace) -> int:
     from node.server.runtime import Node  # imported here so `fedledger --help` stays fast
 
-    if args.port is not None and not 0 <= args.port <= 65535:
-        raise SystemExit("fedledger node run: --port must be between 0 and 65535")
     passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
     node = Node(args.dir, passphrase=passphrase, host=args.host, port=args.port, bootstrap=args.bootstrap,
                 sync_mode=args.sync)

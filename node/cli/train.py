@@ -10,7 +10,6 @@ and, for traceability, the class list (the registered devices), so every node ru
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
@@ -18,22 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from federated.aggregate import STRATEGIES
-from node.cli.init import read_passphrase
-from node.cli.ledger import ReadOnlyStore, get_json, local_url, probe_status, tx_committed
-from node.errors import ConfigError, FedledgerError
-from node.ledger.genesis import Genesis
-from node.ledger.keys import NodeKey
-from node.ledger.runs import TASKS, TRAINING_ROLES
-from node.ledger.transactions import make_train_request, tx_id
-from node.net.client import LedgerClient
-from node.net.ports import free_port
-from node.server.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
+from node.errors import ConfigError
+from node.launch.train_request import TUNABLE, TrainingFailed, request_params, run_progress, submit_request
+from node.ledger.runs import TASKS
+from node.net.http import get_json, probe_status
+from node.server.datadir import DB_FILE, GENESIS_FILE, NodeConfig, read_passphrase
+from node.store.models import models
+from node.store.sqlite import SqliteStore
 
 POLL_S = 0.5
-
-
-class TrainingFailed(FedledgerError):
-    """The run could not be started or did not finish."""
 
 
 def add_parser(sub: Any) -> None:
@@ -57,73 +49,17 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def request_params(directory: Path, task: str, args: argparse.Namespace | None = None) -> dict[str, Any]:
-    """The train_request params, completed from the replica: SuperLink address, min nodes, classes."""
-    cfg = NodeConfig.load(directory)
-    store = ReadOnlyStore(directory / DB_FILE)
-    try:
-        members = [m for m in store.members() if m.role in TRAINING_ROLES]
-        devices = sorted(d.name for d in store.devices())
-    finally:
-        store.close()
-    host = cfg.listen_host if cfg.listen_host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-    params: dict[str, Any] = {"superlink": f"{host}:{free_port(host)}", "min_nodes": len(members)}
-    if task == "traceability":
-        if len(devices) < 2:
-            raise ConfigError("traceability needs at least 2 registered devices on the ledger")
-        if any("," in d or " " in d for d in devices):
-            raise ConfigError("device names with commas or spaces cannot be traceability classes")
-        params["classes"] = ",".join(devices)
-    if args is not None:
-        for name in ("min_nodes", "epochs", "batch_size", "learning_rate", "seed", "beta", "krum_f"):
-            value = getattr(args, name, None)
-            if value is not None:
-                params[name] = value
-        if getattr(args, "evaluate", False):
-            params["fraction_evaluate"] = 1.0
-    return params
-
-
-def submit_request(directory: Path, task: str, rounds: int, strategy: str, params: dict[str, Any],
-                   passphrase: bytes | None = None, timeout: float = 60.0) -> bytes:
-    """Sign and submit the request to DIR's node; return the run id once it is final."""
-    cfg = NodeConfig.load(directory)
-    if probe_status(cfg) is None:
-        raise ConfigError(f"the node in {directory} is not running (fedledger node run {directory})")
-    key = NodeKey.load(directory / KEY_FILE, passphrase)
-    chain_id = Genesis.load(directory / GENESIS_FILE).chain_id
-    tx = make_train_request(key, chain_id, task, rounds, strategy, params)
-
-    async def send() -> Any:
-        async with LedgerClient(local_url(cfg)) as client:
-            return await client.submit(tx)
-
-    result = asyncio.run(send())
-    if not result.accepted:
-        hint = " (only an authority may start a run)" if result.reason == "unauthorized" else ""
-        raise TrainingFailed(f"the node refused the train request: {result.reason}{hint}")
-    run = tx_id(tx)
-    deadline = time.monotonic() + timeout
-    base = local_url(cfg)
-    while time.monotonic() < deadline:
-        if tx_committed(base, run):
-            return run
-        time.sleep(POLL_S)
-    raise TrainingFailed(f"the train request {run.hex()[:12]} was not final after {timeout:.0f} s")
-
-
-def run_progress(status: dict[str, Any], run: bytes) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """(the run on the ledger, this node's part in it) from a /status answer."""
-    training = status.get("training") or {}
-    local_runs = (training.get("local") or {}).get("runs", [])
-    ledger = next((r for r in training.get("runs", []) if r.get("run") == run.hex()), None)
-    local = next((r for r in local_runs if r.get("run") == run.hex()), None)
-    return ledger, local
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The train request params set on the command line."""
+    given = {name: getattr(args, name) for name in TUNABLE if getattr(args, name, None) is not None}
+    if args.evaluate:
+        given["fraction_evaluate"] = 1.0
+    return given
 
 
 def follow(directory: Path, run: bytes, timeout: float, quiet: bool = False) -> dict[str, Any]:
     """Poll DIR's node until the run's last round is committed; raise if its node reports failure."""
-    base = local_url(NodeConfig.load(directory))
+    base = NodeConfig.load(directory).local_url
     deadline = time.monotonic() + timeout
     shown = -1
     while True:
@@ -148,10 +84,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{directory} is not a node directory of a federation")
     if args.rounds < 1:
         raise ConfigError("--rounds must be at least 1")
-    if probe_status(NodeConfig.load(directory)) is None:
+    cfg = NodeConfig.load(directory)
+    if probe_status(cfg.local_url, cfg.node_id) is None:
         raise ConfigError(f"the node in {directory} is not running (fedledger node run {directory})")
     passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
-    params = request_params(directory, args.task, args)
+    params = request_params(directory, args.task, overrides(args))
     run_id = submit_request(directory, args.task, args.rounds, args.strategy, params, passphrase)
     if not args.json:
         print(f"run {run_id.hex()} started: {args.task}, {args.rounds} rounds, {args.strategy}, "
@@ -161,10 +98,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({"run": run_id.hex(), "params": params}))
         return 0
     summary = follow(directory, run_id, args.timeout, quiet=args.json)
-    from node.cli.ledger import ReadOnlyStore as Store  # fresh view after the run
-    from node.store.models import models
-
-    store = Store(directory / DB_FILE)
+    store = SqliteStore(directory / DB_FILE, read_only=True)  # a fresh view after the run
     try:
         committed = [m.to_json() for m in models(store, run_id)]
     finally:

@@ -1,3 +1,3 @@
 """Local federation tooling: create and start a federation of nodes on this machine, feed them sensor
-readings, and show training progress.
+readings, start a training run from an authority's directory and show its progress.
 """

@@ -6,11 +6,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.cli.init import init_node
 from node.errors import ConfigError
 from node.ledger.genesis import Genesis, GenesisMember, Timeouts
 from node.net.ports import free_ports
-from node.server.datadir import GENESIS_FILE, NodeConfig
+from node.server.datadir import GENESIS_FILE, NodeConfig, init_node
 
 # Fast enough for a local federation on one machine, slow enough for a loaded 2-core box.
 LOCAL_TIMEOUTS = Timeouts(

@@ -11,11 +11,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from node.errors import RemoteError
 from node.launch.sensors import RawReading, device_key
 from node.ledger.keys import NodeKey
 from node.ledger.transactions import make_reading, make_register_device
 from node.net.client import LedgerClient, TxResult
 from node.server.datadir import KEY_FILE
+
+
+class RegistrationRefused(RemoteError):
+    """A node refused to register the devices it is to own (other than "already registered")."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ class Feeder:
             # Already registered (a second run on the same federation) is fine.
             bad = [(d, why) for d, why in bad if why not in ("device_exists", "duplicate")]
             if bad:
-                raise RuntimeError(f"node {t.url} refused device registrations: {bad}")
+                raise RegistrationRefused(f"node {t.url} refused device registrations: {bad}")
 
     def sign(self, r: RawReading) -> tuple[int, dict[str, object]]:
         self.seq[r.device] += 1

@@ -7,69 +7,21 @@ import asyncio
 import contextlib
 import json
 import signal
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.errors import ConfigError
+from node.errors import ConfigError, NodeUnreachable
+from node.launch.display import Display, LaunchOptions
 from node.launch.federation import create_federation
 from node.launch.feeder import Feeder, FeedStats, Target
-from node.launch.processes import NodeProcess, get_json, wait_until
+from node.launch.processes import NodeProcess, wait_until
 from node.launch.sensors import BUNDLED_CSV, CsvStats, csv_devices, csv_readings, simulated_readings
 from node.launch.training_display import TrainingWatch, print_training
+from node.net.http import get_json
 
 READY_TIMEOUT_S = 60
 DRAIN_TIMEOUT_S = 30
-TRAIN_TIMEOUT_S = 1800
-
-
-@dataclass
-class LaunchOptions:
-    nodes: int = 4
-    dir: Path | None = None
-    duration: float | None = None
-    keep_running: bool = False
-    csv: Path | None = None
-    simulated: bool = False
-    devices: int = 8
-    rate: float = 200.0
-    json: bool = False
-    task: str = "humidity"
-    rounds: int = 3  # 0 = no training
-    strategy: str = "fedavg"
-    train_after: float = 10.0  # seconds of streaming before the train request
-    train_timeout: float = TRAIN_TIMEOUT_S
-
-
-class Display:
-    """One live status line on a terminal; a line every few seconds otherwise (logs, CI)."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.tty = sys.stdout.isatty() and not quiet
-        self.quiet = quiet
-        self._last = 0.0
-
-    def say(self, text: str) -> None:
-        if not self.quiet:
-            if self.tty:
-                sys.stdout.write("\r\033[K")
-            print(text, flush=True)
-
-    def progress(self, text: str) -> None:
-        if self.quiet:
-            return
-        if self.tty:
-            sys.stdout.write("\r\033[K" + text)
-            sys.stdout.flush()
-        elif time.monotonic() - self._last >= 5:
-            print(text, flush=True)
-            self._last = time.monotonic()
-
-    def end_line(self) -> None:
-        if self.tty:
-            print()
 
 
 def statuses(procs: list[NodeProcess]) -> list[dict[str, Any] | None]:
@@ -149,7 +101,7 @@ async def _run(
     def registered() -> bool:
         try:
             return len(get_json(procs[0].url, "/devices")["devices"]) >= len(names)
-        except OSError:
+        except NodeUnreachable:
             return False
 
     # Readings of a device are only valid once its registration is final.

@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from node.net.http import probe_status
 from node.proc import ProcessTree
 from node.server.datadir import NodeConfig
 
 OUT_FILE = "node.out"
 
 
-def http_url(node_url: str) -> str:
-    return "http://" + node_url.split("://", 1)[-1].rstrip("/")
-
-
-def get_json(node_url: str, path: str, timeout: float = 2.0) -> Any:
-    with urllib.request.urlopen(http_url(node_url) + path, timeout=timeout) as resp:
-        return json.loads(resp.read())
-
-
-def try_status(node_url: str, timeout: float = 2.0) -> dict[str, Any] | None:
-    try:
-        return get_json(node_url, "/status", timeout)
-    except (OSError, urllib.error.URLError, ValueError):
-        return None
+STATUS_TIMEOUT_S = 2.0
 
 
 class NodeProcess:
@@ -59,7 +44,7 @@ class NodeProcess:
         return self._tree is not None and self._tree.alive
 
     def status(self) -> dict[str, Any] | None:
-        return try_status(self.url)
+        return probe_status(self.url, timeout=STATUS_TIMEOUT_S)
 
     def log_tail(self, lines: int = 15) -> str:
         try:

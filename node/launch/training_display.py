@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from node.cli.ledger import ReadOnlyStore
-from node.cli.train import request_params, run_progress, submit_request
 from node.errors import FedledgerError
+from node.launch.display import Display, LaunchOptions
 from node.launch.processes import NodeProcess
+from node.launch.train_request import request_params, run_progress, submit_request
 from node.server.datadir import DB_FILE
 from node.store.models import models
-
-if TYPE_CHECKING:
-    from node.launch.launcher import Display, LaunchOptions
+from node.store.sqlite import SqliteStore
 
 METRIC_KEYS = ("val_rmse", "val_r2", "val_accuracy", "loss", "val_loss")
 
@@ -73,7 +71,7 @@ class TrainingWatch:
         the block times of consecutive commits)."""
         if self.run is None:
             return []
-        store = ReadOnlyStore(self.coordinator_dir / DB_FILE)
+        store = SqliteStore(self.coordinator_dir / DB_FILE, read_only=True)
         try:
             found = [m.to_json() for m in models(store, self.run)]
         finally:

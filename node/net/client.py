@@ -9,12 +9,8 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from node.errors import FedledgerError
+from node.errors import NodeUnreachable
 from node.net import wire
-
-
-class ClientError(FedledgerError):
-    """The node could not be reached or answered something unexpected."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +36,7 @@ class LedgerClient:
         try:
             self._ws = await connect(self.url, max_size=wire.DEFAULT_MAX_FRAME, open_timeout=10)
         except (OSError, asyncio.TimeoutError) as exc:
-            raise ClientError(f"cannot reach node at {self.url}: {exc}") from exc
+            raise NodeUnreachable(f"cannot reach node at {self.url}: {exc}") from exc
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -57,7 +53,7 @@ class LedgerClient:
             return [TxResult(p["id"], p["accepted"], p["reason"])]
         if env.type == wire.ERROR:
             return [TxResult(None, False, env.payload.get("reason", "error"))] * expected
-        raise ClientError(f"unexpected reply {env.type!r} from {self.url}")
+        raise NodeUnreachable(f"unexpected reply {env.type!r} from {self.url}")
 
     async def submit(self, tx: dict[str, Any]) -> TxResult:
         (result,) = await self.submit_many([tx])

@@ -1,13 +1,21 @@
-"""The layout of a node's data directory and loading what a running node needs from it."""
+"""The layout of a node's data directory: creating one (a key and a config), and loading what a
+running node needs from it.
+
+Creating never overwrites: a node key is an identity (and for an authority, a validator seat);
+replacing it by accident cannot be undone, so a second init of the same directory fails and changes
+nothing.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.errors import ConfigError
+from node.errors import ConfigError, KeyFileError
+from node.ledger.keys import NodeKey
 
 KEY_FILE = "node.key"
 CONFIG_FILE = "config.json"
@@ -16,14 +24,27 @@ DB_FILE = "node.db"
 LOG_FILE = "node.log"
 PID_FILE = "node.pid"
 
+DEFAULT_LISTEN_HOST = "127.0.0.1"
+DEFAULT_LISTEN_PORT = 7600
+# The one port rule (config files, init, `node run --port`, join): 0 would let the OS pick a port
+# that no peer could be told about.
+PORTS = range(1, 65536)
+
+
+def check_port(port: object, what: str = "port") -> int:
+    """`port` if it is a listen port number; ConfigError naming `what` otherwise."""
+    if isinstance(port, bool) or not isinstance(port, int) or port not in PORTS:
+        raise ConfigError(f"{what} must be a port number in {PORTS.start}..{PORTS.stop - 1}, not {port!r}")
+    return port
+
 
 @dataclass
 class NodeConfig:
     name: str
     node_id: str
     public_key: str
-    listen_host: str = "127.0.0.1"
-    listen_port: int = 7600
+    listen_host: str = DEFAULT_LISTEN_HOST
+    listen_port: int = DEFAULT_LISTEN_PORT
     key_encrypted: bool = False
     bootstrap: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -31,6 +52,12 @@ class NodeConfig:
     @property
     def url(self) -> str:
         return f"ws://{self.listen_host}:{self.listen_port}"
+
+    @property
+    def local_url(self) -> str:
+        """Where to reach this node from its own machine (a wildcard listen address means loopback)."""
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.listen_host, self.listen_host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.listen_port}"
 
     @staticmethod
     def load(data_dir: Path) -> NodeConfig:
@@ -50,9 +77,7 @@ class NodeConfig:
             cfg = NodeConfig(**known, extra={k: v for k, v in d.items() if k not in known})
         except TypeError as exc:
             raise ConfigError(f"{path} is missing fields: {exc}") from exc
-        port = cfg.listen_port
-        if not isinstance(port, int) or not 0 <= port <= 65535:
-            raise ConfigError(f"{path}: listen_port must be an integer port number, not {port!r}")
+        check_port(cfg.listen_port, f"{path}: listen_port")
         if not isinstance(cfg.bootstrap, list) or not all(isinstance(u, str) for u in cfg.bootstrap):
             raise ConfigError(f"{path}: bootstrap must be a list of ws:// URLs")
         return cfg
@@ -71,3 +96,66 @@ class NodeConfig:
         tmp = data_dir / (CONFIG_FILE + ".tmp")
         tmp.write_text(json.dumps(d, indent=2) + "\n")
         tmp.replace(data_dir / CONFIG_FILE)
+
+
+def read_passphrase(path: str | os.PathLike[str]) -> bytes:
+    """The key passphrase in a file (a trailing newline is not part of it)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read passphrase file {path}: {exc.strerror}") from exc
+    data = data.rstrip(b"\r\n")
+    if not data:
+        raise ConfigError(f"passphrase file {path} is empty")
+    return data
+
+
+def init_node(
+    directory: str | os.PathLike[str],
+    name: str | None = None,
+    passphrase: bytes | None = None,
+    host: str = DEFAULT_LISTEN_HOST,
+    port: int = DEFAULT_LISTEN_PORT,
+) -> dict[str, Any]:
+    """Create DIR/node.key (0600) and DIR/config.json; return the config written."""
+    d = Path(directory)
+    key_path, config_path = d / KEY_FILE, d / CONFIG_FILE
+    if key_path.exists():
+        raise KeyFileError(f"{d} already holds a node key: {key_path} (refusing to overwrite)")
+    if config_path.exists():
+        raise ConfigError(f"{d} already holds a node config: {config_path} (refusing to overwrite)")
+    if name is not None and not 1 <= len(name) <= 64:
+        raise ConfigError("--name must be 1..64 characters")
+    check_port(port, "--port")
+    try:
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError(f"cannot create directory {d}: {exc.strerror}") from exc
+    key = NodeKey.generate()
+    key.save(key_path, passphrase)
+    config = {
+        "name": name or f"node-{key.short_id[:8]}",
+        "node_id": key.short_id,
+        "public_key": key.public.hex(),
+        "listen_host": host,
+        "listen_port": port,
+        "key_encrypted": passphrase is not None,
+    }
+    # O_EXCL: a concurrent init must not clobber the config that matches its own key.
+    try:
+        fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {config_path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(config, indent=2) + "\n")
+    return config
+
+
+def pid_alive(directory: Path) -> int | None:
+    """The process id in DIR/node.pid if that process exists (it may not be the node any more)."""
+    try:
+        pid = int((directory / PID_FILE).read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid

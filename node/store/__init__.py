@@ -1,3 +1,4 @@
 """Storage behind one interface: the Store protocol with an in-memory and a SQLite implementation,
-read-side views (models), and re-verification of a replica from genesis.
+a read-only SQLite mode for inspection, read-side views (models), re-verification of a replica from
+genesis, and comparison of replicas.
 """

@@ -34,12 +34,14 @@ import hashlib
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
+from urllib.parse import quote
 
 from node.errors import CodecError, InvalidBlock, StorageError
 from node.ledger.blocks import Block, Commit, Header, block_row_bytes
 from node.ledger.codec import decode, encode
+from node.ledger.keys import short_id
 from node.ledger.membership import Membership
 from node.ledger.state import DeviceRecord, MemberRecord, ModelRow, ReadingRow, StateDelta, TxRecord
 from node.store.base import check_commit_args, default_membership
@@ -123,12 +125,26 @@ CREATE TABLE IF NOT EXISTS consensus_state (id INTEGER PRIMARY KEY CHECK (id = 1
 """
 
 
-class SqliteStore:
-    """Store on one SQLite file. One writer (the node's event loop thread) at a time."""
+# The tables a file must have to be read as a ledger (a read-only open cannot create them).
+REQUIRED_TABLES = frozenset({"meta", "blocks", "commits", "txs", "readings", "devices", "members"})
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+
+class SqliteStore:
+    """Store on one SQLite file. One writer (the node's event loop thread) at a time.
+
+    `read_only=True` opens an existing file with `mode=ro` for inspection tools and the Flower
+    apps: it never creates, migrates or writes the file (the writable open sets WAL, creates the
+    schema and stamps the version), so it is safe next to a running node; WAL lets such readers and
+    the node's writer proceed together. Writes on it fail with StorageError. Its caches are filled
+    on first use and never invalidated, so use one read-only store per `snapshot()` or command.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], read_only: bool = False) -> None:
         self.path = os.fspath(path)
         self._init_caches()
+        if read_only:
+            self._db = self._open_read_only()
+            return
         try:
             # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so a block is one transaction.
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -146,6 +162,31 @@ class SqliteStore:
             )
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open database {self.path}: {exc}") from exc
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        if not os.path.isfile(self.path):
+            raise StorageError(f"no ledger database at {self.path} (has the node ever run?)")
+        uri = "file:" + quote(os.path.abspath(self.path)) + "?mode=ro"
+        try:
+            db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5)
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open database {self.path} read-only: {exc}") from exc
+        if not tables >= REQUIRED_TABLES:
+            db.close()
+            raise StorageError(f"{self.path} is not a fedledger ledger database")
+        return db
+
+    @contextmanager
+    def snapshot(self) -> Iterator[SqliteStore]:
+        """One read transaction: every read inside sees the same committed state, even while the
+        node commits blocks."""
+        self._db.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            with suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
 
     def _init_caches(self) -> None:
         # Every reading looks up its device and that device's owner (mempool admission, proposal
@@ -243,6 +284,19 @@ class SqliteStore:
     def block_hash(self, height: int) -> bytes | None:
         row = self._one("SELECT hash FROM blocks WHERE height = ?", (height,))
         return bytes(row[0]) if row else None
+
+    def block_rows(self, lo: int, hi: int) -> list[dict[str, Any]]:
+        """block_summary() of heights lo..hi from the indexed columns, without decoding any txs."""
+        rows = self._db.execute(
+            "SELECT height, hash, round, time_ms, proposer, num_txs, prev_hash FROM blocks"
+            " WHERE height BETWEEN ? AND ? ORDER BY height",
+            (lo, hi),
+        )
+        return [
+            {"height": r[0], "hash": bytes(r[1]).hex(), "round": r[2], "time_ms": r[3],
+             "proposer": short_id(bytes(r[4])), "num_txs": r[5], "prev_hash": bytes(r[6]).hex()}
+            for r in rows
+        ]
 
     def block_by_hash(self, block_hash: bytes) -> Block | None:
         row = self._one("SELECT height FROM blocks WHERE hash = ?", (block_hash,))

@@ -1,0 +1,94 @@
+"""Starting a federated run from an authority's node directory, as `fedledger train` and
+`fedledger launch` do: the `train_request` params completed from the replica, the request signed
+with the directory's key and submitted to its running node (which becomes the run's coordinator),
+and the run's progress as a node's /status reports it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from node.errors import ConfigError, RemoteError
+from node.ledger.genesis import Genesis
+from node.ledger.keys import NodeKey
+from node.ledger.runs import TRAINING_ROLES
+from node.ledger.transactions import make_train_request, tx_id
+from node.net.client import LedgerClient, TxResult
+from node.net.http import probe_status, tx_committed
+from node.net.ports import free_port
+from node.server.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
+from node.store.sqlite import SqliteStore
+
+POLL_S = 0.5
+# The run's params a caller may set (`fedledger train`'s options); the others come from the replica.
+TUNABLE = frozenset(
+    {"min_nodes", "epochs", "batch_size", "learning_rate", "seed", "beta", "krum_f", "fraction_evaluate"}
+)
+
+
+class TrainingFailed(RemoteError):
+    """The run could not be started or did not finish."""
+
+
+def request_params(directory: Path, task: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The train_request params, completed from the replica (SuperLink address, min nodes, classes)
+    and then set from `overrides` (TUNABLE keys)."""
+    cfg = NodeConfig.load(directory)
+    store = SqliteStore(directory / DB_FILE, read_only=True)
+    try:
+        members = [m for m in store.members() if m.role in TRAINING_ROLES]
+        devices = sorted(d.name for d in store.devices())
+    finally:
+        store.close()
+    host = cfg.listen_host if cfg.listen_host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    params: dict[str, Any] = {"superlink": f"{host}:{free_port(host)}", "min_nodes": len(members)}
+    if task == "traceability":
+        if len(devices) < 2:
+            raise ConfigError("traceability needs at least 2 registered devices on the ledger")
+        if any("," in d or " " in d for d in devices):
+            raise ConfigError("device names with commas or spaces cannot be traceability classes")
+        params["classes"] = ",".join(devices)
+    for name, value in (overrides or {}).items():
+        if name not in TUNABLE:
+            raise ConfigError(f"{name} is not a train request parameter one may set")
+        params[name] = value
+    return params
+
+
+def submit_request(directory: Path, task: str, rounds: int, strategy: str, params: dict[str, Any],
+                   passphrase: bytes | None = None, timeout: float = 60.0) -> bytes:
+    """Sign and submit the request to DIR's node; return the run id once it is final."""
+    cfg = NodeConfig.load(directory)
+    if probe_status(cfg.local_url, cfg.node_id) is None:
+        raise ConfigError(f"the node in {directory} is not running (fedledger node run {directory})")
+    key = NodeKey.load(directory / KEY_FILE, passphrase)
+    chain_id = Genesis.load(directory / GENESIS_FILE).chain_id
+    tx = make_train_request(key, chain_id, task, rounds, strategy, params)
+
+    async def send() -> TxResult:
+        async with LedgerClient(cfg.local_url) as client:
+            return await client.submit(tx)
+
+    result = asyncio.run(send())
+    if not result.accepted:
+        hint = " (only an authority may start a run)" if result.reason == "unauthorized" else ""
+        raise TrainingFailed(f"the node refused the train request: {result.reason}{hint}")
+    run = tx_id(tx)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if tx_committed(cfg.local_url, run):
+            return run
+        time.sleep(POLL_S)
+    raise TrainingFailed(f"the train request {run.hex()[:12]} was not final after {timeout:.0f} s")
+
+
+def run_progress(status: dict[str, Any], run: bytes) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(the run on the ledger, this node's part in it) from a /status answer."""
+    training = status.get("training") or {}
+    local_runs = (training.get("local") or {}).get("runs", [])
+    ledger = next((r for r in training.get("runs", []) if r.get("run") == run.hex()), None)
+    local = next((r for r in local_runs if r.get("run") == run.hex()), None)
+    return ledger, local
