@@ -49,13 +49,13 @@ from node.ledger.chain import Ledger
 from node.ledger.codec import sign_prefix
 from node.ledger.genesis import Genesis
 from node.ledger.keys import NodeKey, verify_message
+from node.ledger.signer import sign_commit
 from node.ledger.transactions import make_reading, make_register_device, parse_tx, tx_sign_kind
 from node.net.http import get_json
 from node.net.ports import free_ports
 from node.proc import mib, peak_rss_bytes
 from node.server.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig, init_node
 from node.store.sqlite import SqliteStore
-from tests.factories import sign_commit
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_CSV = REPO.parent / "shared" / "data" / "smart_building_th.csv.gz"

@@ -1,4 +1,4 @@
-"""Test factories for ledgers, blocks and commit certificates (reused by the consensus simulator).
+"""Test factories for ledgers, blocks and commit certificates (node.ledger.signer.sign_commit signs them).
 
 Everything is deterministic: keys come from labels, so a seed or a test name reproduces them.
 
@@ -17,11 +17,11 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from consensus.messages import Vote, VoteType
 from node.ledger.blocks import Block, Commit
 from node.ledger.chain import Ledger
 from node.ledger.genesis import Genesis, GenesisMember
-from node.ledger.keys import NodeKey, sign_vote
+from node.ledger.keys import NodeKey
+from node.ledger.signer import sign_commit
 from node.ledger.transactions import make_reading, make_register_device
 
 CHAIN_ID = "test-chain"
@@ -76,16 +76,6 @@ def key_for(keys: Iterable[NodeKey], public: bytes) -> NodeKey:
         if k.public == public:
             return k
     raise KeyError(f"no key for {public.hex()[:16]}")
-
-
-def sign_commit(
-    signers: Sequence[NodeKey], chain_id: str, height: int, round: int, block_id: bytes
-) -> Commit:
-    """A commit certificate with a PRECOMMIT from each of `signers`."""
-    votes = tuple(
-        sign_vote(k, chain_id, Vote(VoteType.PRECOMMIT, height, round, block_id, k.public)) for k in signers
-    )
-    return Commit(height, round, block_id, votes)
 
 
 def make_block(

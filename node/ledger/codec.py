@@ -167,3 +167,19 @@ def sign_bytes(kind: bytes, chain_id: str, obj: Any) -> bytes:
 def sign_prefix(kind: bytes, chain_id: str) -> bytes:
     """sign_bytes without the object: for callers that already hold its canonical encoding."""
     return _PREFIX + kind + b"/" + chain_id.encode() + b"/"
+
+
+def hexify(obj: Any) -> Any:
+    """The JSON view of ledger values (HTTP answers, CLI output): bytes as hex strings, recursively;
+    map keys as strings, tuples and sets as lists. Anything else is left for the JSON encoder."""
+    if isinstance(obj, (bytes, bytearray)):
+        return bytes(obj).hex()
+    if isinstance(obj, dict):
+        return {_json_key(k): hexify(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [hexify(v) for v in obj]
+    return obj
+
+
+def _json_key(key: Any) -> str:
+    return bytes(key).hex() if isinstance(key, (bytes, bytearray)) else str(key)

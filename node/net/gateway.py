@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from node.errors import CodecError, ProtocolViolation, RemoteError
+from node.ledger.codec import hexify
 from node.net import wire
 from node.net.handshake import CloseCode, Refusal
 from node.net.peers import PeerState
@@ -66,17 +67,9 @@ def misbehaved(st: PeerState) -> Refusal:
     return Refusal(CloseCode.MISBEHAVIOUR, "misbehaviour", worst)
 
 
-def _json_default(obj: Any) -> Any:
-    # HTTP readers get hex for hashes and keys; anything else unexpected becomes its str().
-    if isinstance(obj, (bytes, bytearray)):
-        return bytes(obj).hex()
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    return str(obj)
-
-
 def json_response(status: int, body: Any) -> Response:
-    data = json.dumps(body, default=_json_default, separators=(",", ":")).encode()
+    # HTTP readers get hex for hashes and keys; anything else unexpected becomes its str().
+    data = json.dumps(hexify(body), default=str, separators=(",", ":")).encode()
     try:
         phrase = http.HTTPStatus(status).phrase
     except ValueError:

@@ -16,33 +16,40 @@ GET /finality?last=K              the latest K finality latencies (ms from submi
 from __future__ import annotations
 
 import json
-import statistics
-import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from node.host.core import TxResult
 from node.ledger import membership
 from node.ledger.blocks import Block, Commit
+from node.ledger.codec import hexify
+from node.ledger.genesis import Genesis
 from node.ledger.keys import short_id
 from node.ledger.transactions import tx_id
 from node.net import wire
 from node.store.base import Store
-from node.store.models import runs
-
-if TYPE_CHECKING:
-    from node.server.runtime import Node
 
 MAX_BLOCKS_PER_REQUEST = 200
 
 
-def hexify(obj: Any) -> Any:
-    """JSON view of ledger values: bytes as hex strings."""
-    if isinstance(obj, bytes):
-        return obj.hex()
-    if isinstance(obj, dict):
-        return {str(k): hexify(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [hexify(v) for v in obj]
-    return obj
+class NodeView(Protocol):
+    """What the API needs of a running node (node/server/runtime.py's Node): the API reads the
+    ledger through `store` and asks the node for everything else."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def genesis(self) -> Genesis: ...
+
+    def status(self) -> dict[str, Any]:
+        """GET /status, assembled by the node."""
+        ...
+
+    def peers_json(self) -> list[dict[str, Any]]: ...
+
+    def finality(self, last: int) -> dict[str, Any]: ...
+
+    def accept_txs(self, raws: list[Any]) -> list[TxResult]: ...
 
 
 def block_summary(block: Block) -> dict[str, Any]:
@@ -74,67 +81,21 @@ def membership_status(store: Store) -> dict[str, Any]:
     return {"members": view.pop("members"), "membership": view}
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
-
-
 class NodeApi:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeView) -> None:
         self.node = node
-
-    def status(self) -> dict[str, Any]:
-        n = self.node
-        store = n.store
-        counts = store.counts()
-        vset = n.ledger.validators_at(store.height() + 1)
-        lat = list(n.latencies_ms)
-        rejected = {k.split(":", 1)[1]: v for k, v in n.counters.items() if k.startswith("rejected:")}
-        return {
-            "node_id": n.key.short_id,
-            "name": n.config.name,
-            "public_key": n.key.public.hex(),
-            "role": n.role,
-            "chain_id": n.genesis.chain_id,
-            "genesis_hash": n.ledger.genesis_hash.hex(),
-            "height": store.height(),
-            "head_hash": (store.head_hash() or n.ledger.genesis_hash).hex(),
-            "head_time_ms": n.ledger.head_time_ms,
-            "consensus": {"height": n.core.height, "round": n.core.round, "step": n.core.step_.name.lower()},
-            "validators": [{"node_id": short_id(k), "public_key": k.hex()} for k in vset.members],
-            "peers": len(n.net.peers()),
-            "peer_ids": [p.short_id for p in n.net.peers()],
-            "mempool": len(n.mempool),
-            "readings": counts["readings"],
-            "txs": counts["txs"],
-            "devices": counts["devices"],
-            "rejected": rejected,
-            "counters": dict(n.counters),
-            "finalized_txs_since_start": n.finalized_txs,
-            "finality_ms": {"p50": percentile(lat, 50), "p99": percentile(lat, 99), "samples": len(lat),
-                            "count": n.latency_count},
-            "url": n.url,
-            "uptime_s": round(time.time() - n.started_at, 1),
-            "network": n.net.stats(),
-            "training": {"runs": [r.to_json() for r in runs(store)], "local": n.training.status()},
-            "sync": n.sync_status(),
-            **membership_status(store),
-        }
 
     def handle_http(self, path: str, query: dict[str, str]) -> tuple[int, Any] | None:
         store = self.node.store
         parts = [p for p in path.split("/") if p]
         try:
             if parts == ["status"] or not parts:
-                return 200, self.status()
+                return 200, self.node.status()
             if parts == ["genesis"]:
                 # What `fedledger join` fetches: the exact file this federation runs with.
-                return 200, {"chain_id": self.node.genesis.chain_id,
-                             "genesis_hash": self.node.ledger.genesis_hash.hex(),
-                             "genesis": json.loads(self.node.genesis.to_json())}
+                genesis = self.node.genesis
+                return 200, {"chain_id": genesis.chain_id, "genesis_hash": genesis.hash.hex(),
+                             "genesis": json.loads(genesis.to_json())}
             if parts == ["members"]:
                 return 200, membership_status(store)
             if parts == ["blocks"]:
@@ -158,12 +119,9 @@ class NodeApi:
                 return 200, {"id": rec.id.hex(), "height": rec.height, "index": rec.index, "kind": rec.kind,
                              "signer": rec.signer.hex(), "tx": hexify(rec.raw)}
             if parts == ["peers"]:
-                now = time.time()
-                return 200, {"peers": [hexify(p.to_json(now)) for p in self.node.net.peers()]}
+                return 200, {"peers": hexify(self.node.peers_json())}
             if parts == ["finality"]:
-                k = int(query.get("last", 1000))
-                lat = list(self.node.latencies_ms)
-                return 200, {"count": self.node.latency_count, "ms": lat[-k:] if k > 0 else []}
+                return 200, self.node.finality(int(query.get("last", 1000)))
             if parts == ["devices"]:
                 return 200, {"devices": [
                     {"device": d.device.hex(), "id": short_id(d.device), "owner": short_id(d.owner),
@@ -176,7 +134,7 @@ class NodeApi:
 
     def handle_client(self, type_: str, payload: Any) -> tuple[str, Any] | None:
         if type_ == wire.SUBMIT_TX:
-            txid, reason = self.node.accept_tx(payload)
+            [(txid, reason)] = self.node.accept_txs([payload])
             return wire.TX_RESULT, {"id": txid, "accepted": reason is None, "reason": reason}
         if type_ == wire.SUBMIT_TXS:
             results = self.node.accept_txs(payload)

@@ -1,9 +1,9 @@
-"""A running node: the consensus core driven by real timers, the SQLite ledger, the mempool and the
-peer network. This module owns the I/O; every decision is made by consensus/ and node/ledger.py.
+"""A running node: the host core (node/host/) on real timers, the wall clock, the SQLite ledger and
+the peer network. This module owns the I/O; every decision is made by consensus/ and node/ledger/,
+and the order of persist, broadcast and commit by node/host/core.py (the simulator runs the same).
 
-Order contract with the core (consensus/events.py): actions run in order; the persisted signed
-state is written (synchronous=FULL) before the message it records is handed to the network; a
-decided block is committed before the next height starts.
+What the I/O adds to that contract: the signed state is written with synchronous=FULL before
+persist_signed_state returns, so it is on disk before the message it records reaches the network.
 """
 
 from __future__ import annotations
@@ -11,37 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import statistics
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from consensus.events import (
-    Action,
-    Broadcast,
-    Decide,
-    Event,
-    MessageReceived,
-    Misbehaviour,
-    PersistState,
-    ScheduleTimeout,
-    StartHeight,
-    TimeoutFired,
-    TxsAvailable,
-)
-from consensus.messages import Proposal, Vote
+from consensus.events import Event, MessageReceived, SignedState
+from consensus.messages import Message, Proposal, Vote
 from consensus.tendermint import Tendermint
-from consensus.validators import ValidatorSet
-from node.errors import CodecError, ConfigError, InvalidBlock, InvalidTransaction, ProtocolViolation, Reason
+from node.errors import CodecError, ConfigError, InvalidBlock, ProtocolViolation
 from node.flower.training import SYNC_SLACK, Training
+from node.host.core import ConsensusHost, HostConfig, TxResult
 from node.ledger.blocks import Block, Commit
 from node.ledger.chain import Ledger
 from node.ledger.genesis import Genesis
-from node.ledger.keys import NodeKey, verify_proposal, verify_vote
+from node.ledger.keys import NodeKey, short_id, verify_proposal, verify_vote
 from node.ledger.mempool import Mempool
-from node.ledger.signer import KeySigner
 from node.ledger.state import StateDelta
-from node.ledger.transactions import parse_tx
+from node.ledger.transactions import Transaction
 from node.net import wire
 from node.net.consensus_wire import (
     decode_signed_state,
@@ -52,8 +41,9 @@ from node.net.consensus_wire import (
 from node.net.sync import DEFAULT_MODE as DEFAULT_SYNC_MODE
 from node.net.sync import SYNC_MODES, BlockSync, SyncStats, decode_items
 from node.net.transport import PeerInfo, PeerNetwork
-from node.server.api import NodeApi
+from node.server.api import NodeApi, membership_status
 from node.server.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
+from node.store.models import runs
 from node.store.sqlite import SqliteStore
 
 log = logging.getLogger("fedledger.node")
@@ -70,6 +60,14 @@ TX_FLUSH_S = 0.02  # client txs are gossiped in batches at most this late
 
 def wall_ms() -> int:
     return int(time.time() * 1000)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
 class Node:
@@ -118,7 +116,9 @@ class Node:
         self._progress_mark: tuple[int, int, int] = (0, 0, 0)
         self._progress_at = time.monotonic()
         self._outbox: list[bytes] = []  # encoded client txs waiting to be gossiped
-        self.core = self._make_core()
+        config = HostConfig(MAX_BLOCK_TXS, COMMIT_DELAY_MS, verify_synced_txs=self.sync_mode == "full")
+        self.consensus = ConsensusHost(self.ledger, self.mempool, self.key, self, config,
+                                       restored=self._restored_state(), counters=self.counters, log=log)
         self.training = Training(self.dir, self.key.public, self.store, lambda: self.url, self.host,
                                  lambda: self.role, passphrase)
         self.api = NodeApi(self)
@@ -136,109 +136,70 @@ class Node:
         )
 
     # --- consensus wiring ---------------------------------------------------------------------
-    def _make_core(self) -> Tendermint:
-        height = self.store.height() + 1
+    def _restored_state(self) -> SignedState | None:
         raw = self.store.load_consensus_state()
-        restored = None
-        if raw is not None:
-            try:
-                restored = decode_signed_state(raw)
-            except CodecError as exc:
-                raise ConfigError(
-                    f"{self.dir / DB_FILE}: {exc}; refusing to start (it could double-sign)"
-                ) from exc
-        timeouts = self.genesis.timeouts
-        signer = KeySigner(self.key, self.genesis.chain_id)
-        return Tendermint(self, signer, height, timeouts, self.genesis.create_empty_blocks, restored)
+        if raw is None:
+            return None
+        try:
+            return decode_signed_state(raw)
+        except CodecError as exc:
+            raise ConfigError(
+                f"{self.dir / DB_FILE}: {exc}; refusing to start (it could double-sign)"
+            ) from exc
+
+    @property
+    def core(self) -> Tendermint:
+        return self.consensus.core
 
     @property
     def role(self) -> str:
         m = self.store.member(self.key.public)
         return m.role if m is not None else "observer"
 
-    # Application (consensus/app.py)
-    def validators(self, height: int) -> ValidatorSet:
-        return self.ledger.validators_at(height)
-
-    def propose(self, height: int, round: int) -> Block:
-        time_ms = max(wall_ms(), self.ledger.head_time_ms)
-        txs = self.mempool.reap(self.store, time_ms, height, MAX_BLOCK_TXS)
-        return self.ledger.make_next_block(self.key.public, round, time_ms, txs)
-
-    def valid(self, height: int, value: Any) -> bool:
-        if not isinstance(value, Block):
-            return False
-        try:
-            self.ledger.validate_block(value, now_ms=wall_ms())
-        except InvalidBlock as exc:
-            self.counters[f"invalid_proposal:{exc.reason.value}"] += 1
-            log.warning("invalid proposal at height %s: %s", height, exc)
-            return False
-        return True
-
-    def value_id(self, value: Any) -> bytes:
-        return value.hash
-
-    def has_pending(self) -> bool:
-        # A decided membership change needs its two blocks even on an idle federation.
-        return len(self.mempool) > 0 or bool(self.store.membership().scheduled)
-
-    # --- driving the core ---------------------------------------------------------------------
     def step(self, event: Event) -> None:
-        self.execute(self.core.step(event))
+        self.consensus.step(event)
 
-    def execute(self, actions: list[Action]) -> None:
-        for a in actions:
-            if isinstance(a, PersistState):
-                self.store.save_consensus_state(encode_signed_state(a.state))
-            elif isinstance(a, Broadcast):
-                type_, payload = message_to_wire(a.message)
-                self.net.broadcast(type_, payload)
-            elif isinstance(a, ScheduleTimeout):
-                ev = TimeoutFired(a.step, a.height, a.round)
-                assert self._loop is not None
-                self._loop.call_later(a.delay_ms / 1000, self.step, ev)
-            elif isinstance(a, Decide):
-                self._on_decide(a)
-            elif isinstance(a, Misbehaviour):
-                self.counters[f"misbehaviour:{a.reason}"] += 1
+    # --- HostIO (node/host/ports.py): the real world the host core runs in ---------------------
+    def now_ms(self) -> int:
+        return wall_ms()
 
-    def _on_decide(self, a: Decide) -> None:
-        if self.store.height() < a.height:
-            commit = Commit(a.height, a.round, a.value_id, tuple(a.precommits))
-            if self._apply(a.value, commit) is None:
-                return
+    def call_later(self, delay_ms: int, callback: Callable[[], None]) -> None:
         assert self._loop is not None
-        self._loop.call_later(COMMIT_DELAY_MS / 1000, self._start_next_height)
+        self._loop.call_later(delay_ms / 1000, callback)
 
-    def _start_next_height(self) -> None:
-        self.step(StartHeight(self.store.height() + 1))
-        self._send_status()
+    def persist_signed_state(self, state: SignedState) -> None:
+        self.store.save_consensus_state(encode_signed_state(state))
 
-    def _apply(self, block: Block, commit: Commit, *, synced: bool = False) -> StateDelta | None:
-        """Commit a decided or synced block; its state delta, or None if it was refused."""
-        try:
-            # A decided block was fully validated as a proposal; a synced one as the mode says.
-            delta = self.ledger.commit(block, commit, verify_txs=not synced or self.sync_mode == "full",
-                                       durable=not synced)
-        except InvalidBlock as exc:
-            self.counters[f"rejected_block:{exc.reason.value}"] += 1
-            log.error("could not commit block %s: %s", block.height, exc)
-            return None
+    def broadcast(self, message: Message) -> None:
+        type_, payload = message_to_wire(message)
+        self.net.broadcast(type_, payload)
+
+    def gossip_txs(self, txs: list[Transaction]) -> None:
+        """Client txs new to this node: timed until they commit, and gossiped in batches."""
         now = time.monotonic()
-        ids = list(block.tx_ids)
-        self.mempool.remove(ids)
+        for tx in txs:
+            self._submitted[tx.id] = now
+        self._outbox.extend(tx.encoded for tx in txs)
+        if len(self._outbox) >= wire.MAX_TX_BATCH // 2:
+            self._flush_txs()
+
+    def committed(self, block: Block, commit: Commit, delta: StateDelta, synced: bool) -> None:
+        now = time.monotonic()
+        ids = block.tx_ids
         self.finalized_txs += len(ids)
         for i in ids:
             t0 = self._submitted.pop(i, None)
             if t0 is not None:
                 self.latencies_ms.append((now - t0) * 1000)
                 self.latency_count += 1
-        log.log(logging.DEBUG if synced else logging.INFO, "committed height %d (%d txs, round %d)",
-                block.height, len(ids), commit.round)
         self.training.on_block(block)
         self._on_membership(block)
-        return delta
+
+    def rejected(self, block: Block, error: InvalidBlock, synced: bool) -> None:
+        pass  # counted and logged by the host; block sync penalises the peer that sent it
+
+    def height_started(self, height: int) -> None:
+        self._send_status()
 
     def _on_membership(self, block: Block) -> None:
         """Keep what this node tells peers about itself in step with the ledger."""
@@ -288,52 +249,19 @@ class Node:
             return
         self.step(MessageReceived(p))
 
-    def accept_tx(self, raw: Any, relay_from: bytes | None = None) -> tuple[bytes | None, str | None]:
+    def accept_tx(self, raw: Any, relay_from: bytes | None = None) -> TxResult:
         """Mempool admission for one tx from a client or a peer."""
         return self.accept_txs([raw], relay_from)[0]
 
-    def accept_txs(
-        self, raws: list[Any], relay_from: bytes | None = None
-    ) -> list[tuple[bytes | None, str | None]]:
-        """Mempool admission; txs new to this node that came from a client are gossiped on.
+    def accept_txs(self, raws: list[Any], relay_from: bytes | None = None) -> list[TxResult]:
+        """Mempool admission (node/host/core.py); txs new to this node that came from a client are
+        gossiped on.
 
         Txs from peers are not relayed again: the peer network is a full mesh (peer exchange dials
         every advertised node), the proposal carries its txs anyway, and a node that stalls
         re-gossips its mempool (see _status_loop).
         """
-        was_empty = len(self.mempool) == 0
-        results: list[tuple[bytes | None, str | None]] = []
-        fresh: list[Any] = []
-        now = wall_ms()
-        for raw in raws:
-            try:
-                tx = parse_tx(raw)
-            except InvalidTransaction as exc:
-                self.counters[f"rejected:{exc.reason.value}"] += 1
-                results.append((None, exc.reason.value))
-                continue
-            if tx.id in self.mempool:
-                results.append((tx.id, None))
-                continue
-            txid, reason = self.mempool.add(tx, self.store, now)
-            if reason is not None:
-                if relay_from is not None and reason in (Reason.DUPLICATE, Reason.REPLAYED_SEQUENCE):
-                    # Gossip racing the block that already carried the tx here: not a rejection.
-                    self.counters["gossip_already_committed"] += 1
-                else:
-                    self.counters[f"rejected:{reason.value}"] += 1
-                results.append((txid, reason.value))
-                continue
-            results.append((txid, None))
-            if relay_from is None:
-                self._submitted[tx.id] = time.monotonic()
-                fresh.append(tx.encoded)
-        self._outbox.extend(fresh)
-        if len(self._outbox) >= wire.MAX_TX_BATCH // 2:
-            self._flush_txs()
-        if was_empty and len(self.mempool) > 0:
-            self.step(TxsAvailable())
-        return results
+        return self.consensus.accept_txs(raws, from_peer=relay_from is not None)
 
     def _flush_txs(self) -> None:
         while self._outbox:
@@ -402,7 +330,7 @@ class Node:
                 peer, batch = ready
                 t0 = time.perf_counter()
                 for block, commit in batch:
-                    delta = self._apply(block, commit, synced=True)
+                    delta = self.consensus.commit(block, commit, synced=True)
                     if delta is None:
                         self.counters["sync_bad_block"] += 1
                         self.sync_stats.failures += 1
@@ -419,12 +347,61 @@ class Node:
                 self._request_blocks()
                 await asyncio.sleep(0)
             if applied_any:
-                self.step(StartHeight(self.store.height() + 1))
-                self._send_status()
+                self.consensus.start_next_height()
             self._request_blocks()
 
     def sync_status(self) -> dict[str, Any]:
         return self.sync_stats.to_dict(self.store.height(), max(self.sync.target, self.store.height()))
+
+    # --- what the API shows (node/server/api.py's NodeView) ------------------------------------
+    def status(self) -> dict[str, Any]:
+        """GET /status: this node's ids, ledger head, consensus position, peers and counters."""
+        store = self.store
+        counts = store.counts()
+        vset = self.ledger.validators_at(store.height() + 1)
+        lat = list(self.latencies_ms)
+        rejected = {k.split(":", 1)[1]: v for k, v in self.counters.items() if k.startswith("rejected:")}
+        peers = self.net.peers()
+        return {
+            "node_id": self.key.short_id,
+            "name": self.config.name,
+            "public_key": self.key.public.hex(),
+            "role": self.role,
+            "chain_id": self.genesis.chain_id,
+            "genesis_hash": self.ledger.genesis_hash.hex(),
+            "height": store.height(),
+            "head_hash": (store.head_hash() or self.ledger.genesis_hash).hex(),
+            "head_time_ms": self.ledger.head_time_ms,
+            "consensus": {"height": self.core.height, "round": self.core.round,
+                          "step": self.core.step_.name.lower()},
+            "validators": [{"node_id": short_id(k), "public_key": k.hex()} for k in vset.members],
+            "peers": len(peers),
+            "peer_ids": [p.short_id for p in peers],
+            "mempool": len(self.mempool),
+            "readings": counts["readings"],
+            "txs": counts["txs"],
+            "devices": counts["devices"],
+            "rejected": rejected,
+            "counters": dict(self.counters),
+            "finalized_txs_since_start": self.finalized_txs,
+            "finality_ms": {"p50": percentile(lat, 50), "p99": percentile(lat, 99), "samples": len(lat),
+                            "count": self.latency_count},
+            "url": self.url,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "network": self.net.stats(),
+            "training": {"runs": [r.to_json() for r in runs(store)], "local": self.training.status()},
+            "sync": self.sync_status(),
+            **membership_status(store),
+        }
+
+    def peers_json(self) -> list[dict[str, Any]]:
+        now = time.time()
+        return [p.to_json(now) for p in self.net.peers()]
+
+    def finality(self, last: int) -> dict[str, Any]:
+        """The latest `last` finality latencies (ms), and how many were ever measured."""
+        lat = list(self.latencies_ms)
+        return {"count": self.latency_count, "ms": lat[-last:] if last > 0 else []}
 
     # --- background loops ---------------------------------------------------------------------
     async def _status_loop(self) -> None:
@@ -443,8 +420,7 @@ class Node:
                 # Stuck: peers may have missed messages (a restart, a dropped frame). Re-send what
                 # the core says matters for this height, as the paper's gossip assumption requires.
                 for msg in self.core.gossip_messages():
-                    type_, payload = message_to_wire(msg)
-                    self.net.broadcast(type_, payload)
+                    self.broadcast(msg)
                 pending = [t.raw for t in self.mempool.pending()[: wire.MAX_TX_BATCH]]
                 if pending:
                     self.net.broadcast(wire.TXS, pending)
@@ -457,7 +433,7 @@ class Node:
         self._loop = asyncio.get_running_loop()
         await self.net.start()
         log.info("node %s listening on %s (height %d)", self.key.short_id, self.net.url, self.store.height())
-        self.execute(self.core.start())
+        self.consensus.start()
         loops = [asyncio.create_task(self._status_loop()), asyncio.create_task(self._tx_gossip_loop()),
                  asyncio.create_task(self._sync_loop())]
         try:

@@ -1,38 +1,27 @@
-"""Simulated fedledger nodes: real consensus cores, real ledgers (in-memory stores), real
-Ed25519 signatures, on a simulated clock and network."""
+"""Simulated fedledger nodes: the node's own host core (node/host/) driving real consensus cores
+over real ledgers (in-memory stores) with real Ed25519 signatures, on a simulated clock and network."""
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from consensus.events import (
-    Action,
-    Broadcast,
-    Decide,
-    MessageReceived,
-    Misbehaviour,
-    PersistState,
-    ScheduleTimeout,
-    SignedState,
-    StartHeight,
-    TimeoutFired,
-    TxsAvailable,
-)
+from consensus.events import Event, MessageReceived, SignedState
 from consensus.messages import Message, Proposal
 from consensus.tendermint import Tendermint, TimeoutConfig
-from consensus.validators import ValidatorSet
 from node.errors import InvalidBlock
+from node.host.core import ConsensusHost, HostConfig
 from node.ledger.blocks import Block, Commit
 from node.ledger.chain import Ledger
 from node.ledger.genesis import Genesis, GenesisMember
 from node.ledger.keys import NodeKey, verify_proposal, verify_vote
 from node.ledger.mempool import Mempool
-from node.ledger.signer import KeySigner
-from node.ledger.transactions import make_reading, make_register_device, tx_id
+from node.ledger.state import StateDelta
+from node.ledger.transactions import Transaction, make_reading, make_register_device
 from node.sim.byzantine import Behaviour, Byzantine
 from node.sim.invariants import SafetyMonitor
 from node.sim.network import Faults, Network, Scheduler
@@ -40,41 +29,18 @@ from node.store.base import MemoryStore
 
 CHAIN_ID = "sim"
 SIM_TIMEOUTS = TimeoutConfig(300, 100, 100, 50, 100, 50)
-MAX_BLOCK_TXS = 20
+SIM_HOST = HostConfig(max_block_txs=20, commit_delay_ms=5)
 SYNC_BATCH = 20
-
-
-class SimApp:
-    """The Application the core sees: the node's ledger and mempool at simulated time."""
-
-    def __init__(self, node: SimNode) -> None:
-        self.node = node
-
-    def validators(self, height: int) -> ValidatorSet:
-        return self.node.ledger.validators_at(height)
-
-    def propose(self, height: int, round: int, time_bump: int = 0) -> Block:
-        ledger = self.node.ledger
-        time_ms = max(self.node.cluster.now_ms, ledger.head_time_ms) + time_bump
-        txs = self.node.mempool.reap(ledger.store, time_ms, height, MAX_BLOCK_TXS)
-        return ledger.make_next_block(self.node.key.public, round, time_ms, txs)
-
-    def valid(self, height: int, value: Any) -> bool:
-        try:
-            self.node.ledger.validate_block(value, now_ms=self.node.cluster.now_ms)
-        except InvalidBlock:
-            return False
-        return True
-
-    def value_id(self, value: Any) -> bytes:
-        return value.hash
-
-    def has_pending(self) -> bool:
-        return len(self.node.mempool) > 0 or bool(self.node.store.membership().scheduled)
+LOG = logging.getLogger("fedledger.sim")
+LOG.addHandler(logging.NullHandler())  # a seed's invalid proposals are counted, not printed
 
 
 @dataclass
 class SimNode:
+    """One simulated process: the node's real host core (node/host/) on the simulated clock,
+    network and persistence. It implements node.host.ports.HostIO; what a real process would
+    lose in a crash (the host, its timers, anything not yet sent) dies with `crash()`."""
+
     index: int
     key: NodeKey
     cluster: Cluster
@@ -82,33 +48,36 @@ class SimNode:
     alive: bool = True
     epoch: int = 0
     persisted: SignedState | None = None
-    core: Tendermint | None = None
+    consensus: ConsensusHost | None = None
     counters: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self.store = MemoryStore()
         self.ledger = Ledger(self.store, self.cluster.genesis)
         self.mempool = Mempool(self.ledger.params)
-        self.app = SimApp(self)
-        self.signer = KeySigner(self.key, CHAIN_ID)
 
     @property
     def correct(self) -> bool:
         return self.byzantine is None
 
+    @property
+    def core(self) -> Tendermint | None:
+        return self.consensus.core if self.consensus is not None else None
+
     # --- lifecycle ----------------------------------------------------------------------------
     def boot(self) -> None:
         self.alive = True
-        self.core = Tendermint(
-            self.app, self.signer, self.store.height() + 1, SIM_TIMEOUTS, restored=self.persisted
-        )
-        self.execute(self.core.start())
+        self.consensus = ConsensusHost(self.ledger, self.mempool, self.key, self, SIM_HOST,
+                                       restored=self.persisted, counters=self.counters, log=LOG)
+        self.consensus.start()
 
     def crash(self) -> None:
         self.cluster.trace(f"node {self.index} crashes at height {self.store.height() + 1}")
         self.alive = False
         self.epoch += 1  # timers of the dead process never fire
-        self.core = None
+        if self.consensus is not None:
+            self.consensus.halt()  # and whatever its current step had still to do is lost
+        self.consensus = None
 
     def restart(self) -> None:
         if self.alive:
@@ -118,9 +87,9 @@ class SimNode:
         self.boot()
 
     # --- inputs -------------------------------------------------------------------------------
-    def step(self, event: Any) -> None:
-        if self.alive and self.core is not None:
-            self.execute(self.core.step(event))
+    def step(self, event: Event) -> None:
+        if self.alive and self.consensus is not None:
+            self.consensus.step(event)
 
     def receive(self, msg: Message) -> None:
         if not self.alive:
@@ -131,92 +100,71 @@ class SimNode:
         self.step(MessageReceived(msg))
 
     def receive_tx(self, tx: dict[str, Any]) -> None:
-        if not self.alive:
-            return
-        was_empty = len(self.mempool) == 0
-        _, reason = self.mempool.add(tx, self.store, self.cluster.now_ms)
-        if reason is None and was_empty and len(self.mempool) > 0:
-            self.step(TxsAvailable())
+        if self.alive and self.consensus is not None:
+            self.consensus.accept_txs([tx])
 
-    # --- outputs ------------------------------------------------------------------------------
-    def execute(self, actions: list[Action]) -> None:
-        for i, a in enumerate(actions):
-            if not self.alive:
-                return
-            if isinstance(a, PersistState):
-                self.persisted = a.state
-                if self.cluster.maybe_crash_after_persist(self):
-                    self.cluster.trace(f"node {self.index} crashed between persisting and sending "
-                                       f"({len(actions) - i - 1} actions lost)")
-                    return
-            elif isinstance(a, Broadcast):
-                self.broadcast(a.message)
-            elif isinstance(a, ScheduleTimeout):
-                epoch = self.epoch
-                ev = TimeoutFired(a.step, a.height, a.round)
-                self.cluster.scheduler.after(
-                    a.delay_ms, lambda ev=ev, epoch=epoch: self._timer(epoch, ev), f"timeout {self.index}"
-                )
-            elif isinstance(a, Decide):
-                self.decide(a)
-            elif isinstance(a, Misbehaviour):
-                self.counters[f"misbehaviour:{a.reason}"] += 1
+    # --- HostIO: the simulated world the host core runs in -------------------------------------
+    def now_ms(self) -> int:
+        return self.cluster.now_ms
 
-    def _timer(self, epoch: int, event: Any) -> None:
-        if epoch == self.epoch:
-            self.step(event)
+    def call_later(self, delay_ms: int, callback: Callable[[], None]) -> None:
+        epoch = self.epoch
 
-    def broadcast(self, msg: Message) -> None:
+        def fire() -> None:
+            if epoch == self.epoch:
+                callback()
+
+        self.cluster.scheduler.after(delay_ms, fire, f"timer {self.index}")
+
+    def persist_signed_state(self, state: SignedState) -> None:
+        self.persisted = state
+        if self.cluster.maybe_crash_after_persist(self):
+            self.cluster.trace(f"node {self.index} crashed between persisting and sending")
+
+    def broadcast(self, message: Message) -> None:
         peers = [n.index for n in self.cluster.nodes if n.index != self.index]
         if self.byzantine is None:
-            self.cluster.monitor.on_signed(self.index, msg)
-            sends: list[tuple[int, Message]] = [(p, msg) for p in peers]
+            self.cluster.monitor.on_signed(self.index, message)
+            sends: list[tuple[int, Message]] = [(p, message) for p in peers]
         else:
-            sends = self.byzantine.distort(msg, peers, self._alt_proposal(msg))
+            sends = self.byzantine.distort(message, peers, self._alt_proposal(message))
         for p, m in sends:
             self.cluster.send(self.index, p, m)
 
-    def _alt_proposal(self, msg: Message) -> Proposal | None:
-        if not isinstance(msg, Proposal) or self.byzantine is None:
-            return None
-        block = self.app.propose(msg.height, msg.round, time_bump=1)
-        p = Proposal(msg.height, msg.round, block, block.hash, msg.valid_round, self.key.public)
-        return self.signer.sign_proposal(p)
+    def gossip_txs(self, txs: list[Transaction]) -> None:
+        pass  # tx gossip is not under test: Cluster.submit_tx hands every tx to every node
 
-    def decide(self, a: Decide) -> None:
-        h = a.height
-        if self.store.height() < h:
-            commit = Commit(h, a.round, a.value_id, tuple(a.precommits))
-            self.apply(a.value, commit, how="decided")
-        self.cluster.scheduler.after(
-            self.cluster.commit_delay_ms,
-            lambda epoch=self.epoch: self._timer(epoch, StartHeight(self.store.height() + 1)),
-            f"start-height {self.index}",
-        )
-
-    def apply(self, block: Block, commit: Commit, how: str) -> bool:
-        try:
-            self.ledger.commit(block, commit)
-        except InvalidBlock as exc:
-            if self.correct:
-                self.cluster.monitor.fail(f"validity: node {self.index} could not commit {how} block "
-                                          f"{block.height}: {exc}")
-            return False
-        self.mempool.remove([tx_id(tx) for tx in block.txs])
+    def committed(self, block: Block, commit: Commit, delta: StateDelta, synced: bool) -> None:
         if self.correct:
             self.cluster.monitor.on_commit(self.index, block.height, block.hash)
-        self.cluster.trace(f"node {self.index} commits height {block.height} ({how}, round "
+        self.cluster.trace(f"node {self.index} commits height {block.height} ({_how(synced)}, round "
                            f"{commit.round}, {len(block.txs)} txs) {block.hash.hex()[:12]}")
-        return True
+
+    def rejected(self, block: Block, error: InvalidBlock, synced: bool) -> None:
+        if self.correct:
+            self.cluster.monitor.fail(f"validity: node {self.index} could not commit {_how(synced)} block "
+                                      f"{block.height}: {error}")
+
+    def height_started(self, height: int) -> None:
+        pass
+
+    def _alt_proposal(self, msg: Message) -> Proposal | None:
+        """The second proposal a Byzantine proposer sends: another valid block for the position."""
+        if not isinstance(msg, Proposal) or self.byzantine is None or self.consensus is None:
+            return None
+        app = self.consensus.app
+        block = app.build(msg.height, msg.round, app.proposal_time_ms() + 1)
+        p = Proposal(msg.height, msg.round, block, block.hash, msg.valid_round, self.key.public)
+        return self.consensus.signer.sign_proposal(p)
 
     # --- gossip and block sync ----------------------------------------------------------------
     def gossip(self) -> None:
         """What a real gossip layer keeps doing: re-send the messages that matter for the current
         height (the core says which) and tell peers how far its ledger is."""
-        if not self.alive or self.core is None:
+        if not self.alive or self.consensus is None:
             return
         if self.correct:
-            for msg in self.core.gossip_messages():
+            for msg in self.consensus.core.gossip_messages():
                 for n in self.cluster.nodes:
                     if n.index != self.index:
                         self.cluster.send(self.index, n.index, msg)
@@ -235,17 +183,22 @@ class SimNode:
         self.cluster.send_blocks(self.index, peer, batch)
 
     def on_blocks(self, batch: list[tuple[Block, Commit]]) -> None:
-        if not self.alive:
+        consensus = self.consensus
+        if not self.alive or consensus is None:
             return
         applied = False
         for block, commit in batch:
             if block.height != self.store.height() + 1:
                 continue
-            if not self.apply(block, commit, how="synced"):
+            if consensus.commit(block, commit, synced=True) is None:
                 break
             applied = True
         if applied:
-            self.step(StartHeight(self.store.height() + 1))
+            consensus.start_next_height()
+
+
+def _how(synced: bool) -> str:
+    return "synced" if synced else "decided"
 
 
 class Cluster:
@@ -265,7 +218,6 @@ class Cluster:
         self.network = Network(self.scheduler, self.rng, faults)
         self.monitor = SafetyMonitor()
         self._trace = trace
-        self.commit_delay_ms = 5
         self.crash_after_persist = 0.0
         # Joiners run a replica from genesis but are not authorities until the ledger says so.
         keys = [NodeKey.from_seed(bytes([i + 1]) * 32) for i in range(validators + joiners)]

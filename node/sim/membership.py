@@ -14,12 +14,8 @@ certificates after it took its seat, and none of the leaver's appear after it lo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from node.ledger.transactions import make_join_request, make_member_vote
-
-if TYPE_CHECKING:
-    from node.sim.cluster import Cluster, SimNode
+from node.sim.cluster import Cluster, SimNode
 
 DRIVER_PERIOD_MS = 250
 

@@ -74,7 +74,7 @@ def run_seed(
     joiners: int = 0,
 ) -> SeedResult:
     """One seed. With joiners=1, an extra node joins as an authority by votes and then a genesis
-    authority is voted out, while the faults run (tests/sim/membership.py)."""
+    authority is voted out, while the faults run (node/sim/membership.py)."""
     started = time.perf_counter()
     rng = random.Random(f"faults/{seed}")
     chosen, phase = choose_faults(rng, byzantine)
