@@ -112,6 +112,7 @@ def test_a_join_with_the_wrong_genesis_hash_is_refused(fed: LocalFederation, tmp
     assert not (tmp_path / "stranger" / "genesis.json").exists()  # nothing was joined
 
 
+@pytest.mark.federated
 def test_a_fifth_node_joins_syncs_trains_and_an_authority_is_voted_out(
     fed: LocalFederation, tmp_path: Path
 ) -> None:
