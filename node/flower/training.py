@@ -31,9 +31,9 @@ from node.flower.supervise import FlowerRuntimeError, ManagedProcess
 from node.ledger.blocks import Block
 from node.ledger.keys import short_id
 from node.ledger.runs import TRAINING_ROLES
+from node.ledger.storage import Store
 from node.ledger.transactions import ModelCommit, TrainRequest, Transaction
 from node.net.ports import free_port
-from node.store.base import Store
 
 log = logging.getLogger("fedledger.training")
 

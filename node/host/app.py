@@ -9,7 +9,7 @@ from typing import Any
 
 from consensus.validators import ValidatorSet
 from node.errors import InvalidBlock
-from node.host.ports import Clock
+from node.host.hostio import Clock
 from node.ledger.blocks import Block
 from node.ledger.chain import Ledger
 from node.ledger.mempool import Mempool

@@ -1,6 +1,6 @@
 """The host loop of one consensus core: it executes the core's actions, commits decided and
 synced blocks, and admits transactions to the mempool. I/O-free: the clock, timers, network and
-durable storage come in through node/host/ports.py.
+durable storage come in through node/host/hostio.py.
 
 Order contract (consensus/events.py), kept here once for the node and the simulator:
 1. actions run in the order the core returns them;
@@ -36,7 +36,7 @@ from consensus.events import (
 from consensus.tendermint import Tendermint
 from node.errors import InvalidBlock, InvalidTransaction, Reason
 from node.host.app import LedgerApp
-from node.host.ports import HostIO
+from node.host.hostio import HostIO
 from node.ledger.blocks import Block, Commit
 from node.ledger.chain import Ledger
 from node.ledger.keys import NodeKey

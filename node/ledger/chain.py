@@ -18,7 +18,7 @@ from node.ledger import merkle
 from node.ledger.blocks import Block, Commit, canonical_commit, commit_hash, make_block, verify_commit
 from node.ledger.genesis import Genesis
 from node.ledger.state import ChainParams, MemberRecord, Reason, StateDelta, apply_block, check_tx
-from node.store.base import Store
+from node.ledger.storage import Store
 
 
 class Ledger:

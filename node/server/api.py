@@ -24,9 +24,9 @@ from node.ledger.blocks import Block, Commit
 from node.ledger.codec import hexify
 from node.ledger.genesis import Genesis
 from node.ledger.keys import short_id
+from node.ledger.storage import Store
 from node.ledger.transactions import tx_id
 from node.net import wire
-from node.store.base import Store
 
 MAX_BLOCKS_PER_REQUEST = 200
 

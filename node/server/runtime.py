@@ -159,7 +159,7 @@ class Node:
     def step(self, event: Event) -> None:
         self.consensus.step(event)
 
-    # --- HostIO (node/host/ports.py): the real world the host core runs in ---------------------
+    # --- HostIO (node/host/hostio.py): the real world the host core runs in ---------------------
     def now_ms(self) -> int:
         return wall_ms()
 

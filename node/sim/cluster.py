@@ -38,7 +38,7 @@ LOG.addHandler(logging.NullHandler())  # a seed's invalid proposals are counted,
 @dataclass
 class SimNode:
     """One simulated process: the node's real host core (node/host/) on the simulated clock,
-    network and persistence. It implements node.host.ports.HostIO; what a real process would
+    network and persistence. It implements node.host.hostio.HostIO; what a real process would
     lose in a crash (the host, its timers, anything not yet sent) dies with `crash()`."""
 
     index: int

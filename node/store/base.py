@@ -1,21 +1,14 @@
-"""The narrow storage interface, and the in-memory implementation.
+"""The in-memory store, and what both stores share.
 
-Everything the node persists goes through `Store`. Both implementations (MemoryStore here,
-SqliteStore in sqlite_store.py) pass one contract test suite (tests/test_store_contract.py), so
-code tested against MemoryStore behaves the same on disk.
-
-Rules every implementation keeps:
-- `commit_block(block, commit, delta)` is all-or-nothing and only accepts height() + 1, with a
-  commit certificate for exactly that block. It does not validate the block: Ledger does.
-- Returned objects are fresh values; mutating them never changes the store.
-- Blobs are content addressed: put_blob returns sha256(data).
+Everything the node persists goes through `Store` (node/ledger/storage.py, where its rules are
+written). MemoryStore here and SqliteStore (sqlite.py) both implement it and pass one contract
+test suite (tests/test_store_contract.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Protocol
 
 from node.errors import StorageError
 from node.ledger.blocks import Block, Commit, block_row_bytes
@@ -23,93 +16,6 @@ from node.ledger.codec import encode
 from node.ledger.membership import Membership, initial_membership
 from node.ledger.state import DeviceRecord, MemberRecord, ModelRow, ReadingRow, StateDelta, TxRecord
 from node.ledger.transactions import Transaction
-
-
-class Store(Protocol):
-    def initialize(self, genesis_hash: bytes, genesis_json: str, members: Sequence[MemberRecord]) -> None:
-        """Record the genesis and its members once (the authorities among them are the first
-        validator set); a second call must name the same genesis."""
-        ...
-
-    def genesis(self) -> tuple[bytes, str] | None:
-        """(genesis hash, genesis JSON) or None before initialize."""
-        ...
-
-    def height(self) -> int:
-        """Height of the last committed block; 0 when there is none."""
-        ...
-
-    def head_hash(self) -> bytes | None: ...
-
-    def block(self, height: int) -> Block | None: ...
-
-    def block_hash(self, height: int) -> bytes | None:
-        """The hash recorded for `height` (an index; verify re-derives it from the block)."""
-        ...
-
-    def block_by_hash(self, block_hash: bytes) -> Block | None: ...
-
-    def commit(self, height: int) -> Commit | None: ...
-
-    def block_parts(self, height: int) -> tuple[bytes, list[bytes], bytes] | None:
-        """What block sync sends for `height`: blocks.block_row_bytes(block), each tx's
-        encoding, and the commit certificate's encoding (SqliteStore returns its stored bytes)."""
-        ...
-
-    def tx(self, tx_id: bytes) -> TxRecord | None: ...
-
-    def has_tx(self, tx_id: bytes) -> bool: ...
-
-    def commit_block(self, block: Block, commit: Commit, delta: StateDelta, durable: bool = True) -> None:
-        """durable=False (block sync): the write may be lost by a power failure, never torn; the
-        block can be fetched again. Decided blocks and the consensus state are always durable."""
-        ...
-
-    def device(self, device: bytes) -> DeviceRecord | None: ...
-
-    def devices(self) -> list[DeviceRecord]: ...
-
-    def member(self, key: bytes) -> MemberRecord | None: ...
-
-    def members(self) -> list[MemberRecord]: ...
-
-    def membership(self) -> Membership:
-        """The membership state after the last committed block (node/membership.py)."""
-        ...
-
-    def readings(
-        self, device: bytes | None = None, *, height: int | None = None, limit: int | None = None
-    ) -> list[ReadingRow]:
-        """Committed readings in ledger order, optionally of one device and/or one height."""
-        ...
-
-    def counts(self) -> dict[str, int]:
-        """Sizes for status displays: blocks, txs, readings, devices."""
-        ...
-
-    def txs_of_kind(self, kind: str) -> list[TxRecord]:
-        """Committed txs of one kind in ledger order (for the rare kinds: requests, votes)."""
-        ...
-
-    def model_commit(self, run: bytes, round: int) -> ModelRow | None: ...
-
-    def model_update(self, run: bytes, round: int, node: bytes) -> ModelRow | None: ...
-
-    def model_rows(self, run: bytes | None = None, kind: str | None = None) -> list[ModelRow]:
-        """Model update and commit index rows in ledger order, optionally of one run and/or kind."""
-        ...
-
-    def put_blob(self, data: bytes) -> bytes: ...
-
-    def get_blob(self, blob_hash: bytes) -> bytes | None: ...
-
-    def save_consensus_state(self, data: bytes) -> None:
-        """Durably replace the consensus core's persisted state (must hit the disk before return)."""
-        ...
-
-    def load_consensus_state(self) -> bytes | None: ...
-
-    def close(self) -> None: ...
 
 
 def default_membership(members: Sequence[MemberRecord]) -> Membership:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from node.errors import StorageError
-from node.store.base import Store
+from node.ledger.storage import Store
 
 
 class Replica(Protocol):

@@ -14,8 +14,8 @@ from federated.aggregate import Update, aggregate
 from federated.weights import Weights, decode_weights, weights_hash
 from node.ledger.keys import short_id
 from node.ledger.runs import aggregation_params
+from node.ledger.storage import Store
 from node.ledger.transactions import ModelCommit, ModelUpdate, TrainRequest, parse_tx
-from node.store.base import Store
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from typing import Any
 from node.errors import BlockReason, FedledgerError, InvalidBlock
 from node.ledger.chain import Ledger
 from node.ledger.genesis import Genesis
-from node.store.base import MemoryStore, Store
+from node.ledger.storage import Store
+from node.store.base import MemoryStore
 
 
 @dataclass
