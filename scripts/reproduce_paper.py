@@ -50,17 +50,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from consensus.messages import Vote, VoteType
 from federated import tasks
 from federated.aggregate import Update, aggregate
 from federated.data import read_csv_rows
 from federated.weights import Weights
 from node.cli.output import table
 from node.errors import InvalidTransaction, Reason
-from node.ledger.blocks import Commit
 from node.ledger.chain import Ledger
 from node.ledger.genesis import Genesis, GenesisMember
-from node.ledger.keys import NodeKey, sign_vote
+from node.ledger.keys import NodeKey
+from node.ledger.signer import sign_commit
 from node.ledger.state import OverlayView, check_tx
 from node.ledger.transactions import make_reading, make_register_device, parse_tx, signed_part, tx_sign_kind
 from node.store.base import MemoryStore
@@ -529,14 +528,6 @@ def make_stream(
     return [it for _, it in items], dkeys
 
 
-def sign_commit(keys: Sequence[NodeKey], height: int, block_id: bytes) -> Commit:
-    """A commit certificate: PRECOMMITs of every authority (consensus itself is not the subject)."""
-    votes = tuple(
-        sign_vote(k, CHAIN_ID, Vote(VoteType.PRECOMMIT, height, 0, block_id, k.public)) for k in keys
-    )
-    return Commit(height, 0, block_id, votes)
-
-
 def run_ledger(
     stream: list[StreamItem], dkeys: dict[str, NodeKey], owner: dict[str, int], keys: list[NodeKey], log: Log
 ) -> tuple[Ledger, list[Reason | None]]:
@@ -554,7 +545,7 @@ def run_ledger(
     def commit(txs: list[dict[str, Any]], time_ms: int) -> None:
         h = ledger.height + 1
         block = ledger.make_next_block(ledger.validators_at(h).proposer(h, 0), 0, time_ms, txs)
-        ledger.commit(block, sign_commit(keys, h, block.hash))
+        ledger.commit(block, sign_commit(keys, CHAIN_ID, h, 0, block.hash))
 
     regs = [make_register_device(keys[owner[d]], CHAIN_ID, k.public, d) for d, k in dkeys.items()]
     commit(regs, first_ts - 30_000)

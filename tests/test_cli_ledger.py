@@ -4,7 +4,6 @@ in-thread server that answers like a node's API)."""
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -20,17 +19,12 @@ from node.cli.main import main
 from node.ledger.chain import Ledger
 from node.ledger.genesis import Genesis
 from node.ledger.keys import short_id
+from node.net.ports import free_port
 from node.server.api import NodeApi
 from node.server.datadir import DB_FILE, GENESIS_FILE, init_node
 from node.server.offline import offline_status, open_node
 from node.store.sqlite import SqliteStore
 from tests.factories import commit_next, make_genesis, populated_ledger
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_node_dir(

@@ -202,7 +202,7 @@ def humidity_predict(weights: Weights, temps: np.ndarray) -> np.ndarray:
 
 def test_export_writes_a_keras_file_with_the_recomputed_weights(fed: Fed, tmp_path: Path,
                                                                  capsys: Any) -> None:
-    keras = pytest.importorskip("keras")
+    keras = pytest.importorskip("keras", reason="needs the federated extra (pip install -e '.[federated]')")
     out = tmp_path / "sub" / "humidity.keras"
     got = run_json(capsys, "export", str(fed.dir), "--task", "humidity", "--round", "1", "--out", str(out))
     assert got == {"path": str(out), "model_hash": weights_hash(fed.weights[1]).hex(), "task": "humidity",
@@ -230,7 +230,7 @@ def test_export_writes_a_keras_file_with_the_recomputed_weights(fed: Fed, tmp_pa
 
 def test_export_of_a_traceability_model_has_one_output_per_class(fed: Fed, tmp_path: Path,
                                                                   capsys: Any) -> None:
-    keras = pytest.importorskip("keras")
+    keras = pytest.importorskip("keras", reason="needs the federated extra (pip install -e '.[federated]')")
     out = tmp_path / "trace.keras"
     got = run_json(capsys, "export", str(fed.dir), "--task", "traceability", "--out", str(out))
     assert got["round"] == 1 and got["classes"] == ["device-0", "device-1"]

@@ -16,6 +16,8 @@ from node.cli.node_run import setup_logging
 from node.errors import LocalError
 from node.flower.logs import LogPump, RotatingLog, backup_path, log_tail, read_log
 from node.flower.supervise import FlowerRuntimeError, ManagedProcess
+from node.launch.federation import create_federation
+from node.launch.processes import OUT_FILE, OUT_MAX_BYTES, NodeProcess, wait_until
 from node.proc import ProcessTree, alive, cpu_seconds, mib, peak_rss_bytes, rss_bytes
 from node.server.datadir import LOG_FILE
 
@@ -181,3 +183,22 @@ def test_node_log_rotates(tmp_path: Path) -> None:
     assert not backup_path(log, 3).exists()
     assert "message 199" in log.read_text()
 
+
+
+@pytest.mark.slow
+def test_a_launched_node_keeps_info_in_its_rotating_log_and_node_out_stays_bounded(tmp_path: Path) -> None:
+    """node.out (the child's stderr) cannot rotate under a running child: the node writes info only
+    to node.log, and an oversized node.out is set aside when the node is next started."""
+    _, (made,) = create_federation(tmp_path / "fed", 1)
+    out = made.dir / OUT_FILE
+    out.write_bytes(b"x" * (OUT_MAX_BYTES + 1))
+    node = NodeProcess(made.dir)
+    node.start()
+    try:
+        assert wait_until(lambda: node.status() is not None, 60), node.log_tail()
+    finally:
+        node.stop()
+    assert (made.dir / (OUT_FILE + ".1")).stat().st_size == OUT_MAX_BYTES + 1
+    assert "listening on" in (made.dir / LOG_FILE).read_text()
+    assert "listening on" not in out.read_text()
+    assert "--- node.log" in node.log_tail()

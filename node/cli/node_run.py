@@ -32,14 +32,16 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--sync", choices=SYNC_MODES, default=None,
                    help="catch-up verification: certificates (default; from config.json) or full")
     r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    r.add_argument("--quiet", action="store_true",
+                   help="only warnings and errors on stderr; the full log is in DIR/node.log (rotated)")
     r.set_defaults(func=run)
 
 
 def setup_logging(data_dir: Path, level: str, console: bool = True,
                   max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS) -> None:
     """Log to DIR/node.log (rotated at `max_bytes`, `backups` old files kept), and to stderr unless
-    `console` is False (join prints its own progress and keeps the node's log in the file; warnings
-    still reach stderr)."""
+    `console` is False (join prints its own progress, and a launched node's stderr goes to a file
+    that does not rotate: both keep the node's log in node.log; warnings still reach stderr)."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     root.setLevel(level.upper())
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
     node = Node(args.dir, passphrase=passphrase, host=args.host, port=args.port, bootstrap=args.bootstrap,
                 sync_mode=args.sync)
-    setup_logging(args.dir, args.log_level)
+    setup_logging(args.dir, args.log_level, console=not args.quiet)
     pid_file = args.dir / PID_FILE
 
     async def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -11,9 +12,10 @@ from typing import Any
 
 from node.net.http import probe_status
 from node.proc import ProcessTree
-from node.server.datadir import NodeConfig
+from node.server.datadir import LOG_FILE, NodeConfig
 
-OUT_FILE = "node.out"
+OUT_FILE = "node.out"  # the child's stderr: warnings, errors, a crash's traceback (info is in node.log)
+OUT_MAX_BYTES = 1024 * 1024  # past this, node.out becomes node.out.1 when the node is next started
 
 
 STATUS_TIMEOUT_S = 2.0
@@ -29,10 +31,14 @@ class NodeProcess:
         self._tree: ProcessTree | None = None
 
     def start(self, detach: bool = False, extra_args: list[str] | None = None) -> None:
-        out = open(self.dir / OUT_FILE, "ab")  # noqa: SIM115 (owned by the child from here on)
+        path = self.dir / OUT_FILE
+        with contextlib.suppress(OSError):
+            if path.stat().st_size > OUT_MAX_BYTES:
+                path.replace(path.with_name(OUT_FILE + ".1"))
+        out = open(path, "ab")  # noqa: SIM115 (owned by the child from here on)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node", "node", "run", str(self.dir), *(extra_args or [])],
+            [sys.executable, "-m", "node", "node", "run", str(self.dir), "--quiet", *(extra_args or [])],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=detach,  # --keep-running: the node outlives the launcher's terminal
         )
@@ -47,11 +53,16 @@ class NodeProcess:
         return probe_status(self.url, timeout=STATUS_TIMEOUT_S)
 
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = (self.dir / OUT_FILE).read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        """The end of node.log (what the node was doing) and of node.out (warnings, a traceback)."""
+        parts = []
+        for name in (LOG_FILE, OUT_FILE):
+            try:
+                text = (self.dir / name).read_text(errors="replace")
+            except OSError:
+                continue
+            if text.strip():
+                parts.append(f"--- {name}\n" + "\n".join(text.splitlines()[-lines:]))
+        return "\n".join(parts)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM (a clean shutdown: the node stops its own Flower processes), then SIGKILL the node
