@@ -12,7 +12,7 @@ from node.sim.byzantine import Behaviour
 from node.sim.runner import run_seed
 
 # Seeds that once failed, pinned forever (see the regression tests in test_tendermint_rules.py).
-REGRESSION_SEEDS = [18, 21, 24, 75, 151]
+REGRESSION_SEEDS = [18, 21, 24, 75, 151, 268, 681]
 SEEDS_4 = int(os.environ.get("FEDLEDGER_SIM_SEEDS", "300"))
 
 
