@@ -13,6 +13,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from node.errors import ProtocolViolation
 from node.ledger.keys import NodeKey
 from node.net import wire
 from node.net.handshake import Handshake
@@ -425,5 +426,31 @@ def test_full_send_queue_drops_gossip_and_cuts_off_a_slow_peer() -> None:
         await asyncio.sleep(0)
         assert ws.closed is not None and ws.closed[0] == 4007
         assert net.stats()["disconnects"] == {"slow_peer": 1}
+
+    run(scenario())
+
+
+def test_a_handler_that_names_an_offence_scores_the_sender_by_it_until_cut_off() -> None:
+    """Issue 11, finding 6: misbehaviour the node detects (a forged proposal, a bad signature) costs
+    the sender, as malformed frames do, instead of only bumping a counter."""
+
+    async def scenario() -> None:
+        def judge(peer: PeerInfo, type_: str, payload: Any) -> None:
+            raise ProtocolViolation("forged_proposal", "test")
+
+        a, _ = await start_node()
+        a.on_message = judge
+        try:
+            ws, _ = await raw_peer(a.url)
+            await ws.send(wire.encode_frame(wire.TX, TX))
+            await until(lambda: a.stats()["rejected"].get("forged_proposal") == 1)
+            assert len(a.peers()) == 1  # one offence is not yet a disconnect ...
+            await ws.send(wire.encode_frame(wire.TX, TX))
+            await ws.send(wire.encode_frame(wire.TX, TX))
+            code, reason = await close_code(ws)  # ... three are (50 points each, threshold 100)
+            assert code == 4005 and "forged_proposal" in reason
+            await until(lambda: a.peers() == [])
+        finally:
+            await a.stop()
 
     run(scenario())

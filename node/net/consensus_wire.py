@@ -21,7 +21,7 @@ def proposal_from_wire(m: dict[str, Any]) -> Proposal:
     try:
         block = Block.from_wire(codec.decode(m["block"]))
     except (InvalidBlock, CodecError) as exc:
-        raise ProtocolViolation(f"proposal carries a malformed block: {exc}") from exc
+        raise ProtocolViolation("malformed_block", f"proposal carries a malformed block: {exc}") from exc
     return Proposal(
         height=m["height"],
         round=m["round"],

@@ -23,6 +23,10 @@ DEFAULT_PENALTIES: Final[dict[str, float]] = {
     "text_frame": 20.0,
     "rate_limited": 2.0,
     "remote_error": 10.0,
+    # Consensus messages a correct peer never sends: it relays only what it verified itself.
+    "bad_signature": 20.0,
+    "forged_proposal": 50.0,
+    "malformed_block": 20.0,
     "handler_error": 1.0,
 }
 DEFAULT_THRESHOLD: Final = 100.0

@@ -34,7 +34,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from node.errors import RemoteError
+from node.errors import ProtocolViolation, RemoteError
 from node.ledger.keys import NodeKey, short_id
 from node.net import wire
 from node.net.gateway import ClientHandler, Gateway, HttpHandler, admit_frame, maybe_await, misbehaved
@@ -414,6 +414,9 @@ class PeerNetwork:
             return None
         try:
             await maybe_await(self.on_message(conn.info, env.type, env.payload))
+        except ProtocolViolation as exc:  # the handler names the offence: score it as such
+            log.debug("%s from %s rejected: %s", env.type, conn.info.short_id, exc)
+            return self._penalize(st, exc.reason)
         except RemoteError as exc:
             log.debug("%s from %s rejected: %s", env.type, conn.info.short_id, exc)
             return self._penalize(st, "remote_error")

@@ -227,6 +227,7 @@ class Node:
         except ProtocolViolation as exc:
             self.counters[f"peer_error:{type_}"] += 1
             log.info("dropped %s from %s: %s", type_, peer.short_id, exc)
+            raise  # the transport scores the sender by the offence's reason (node/net/peers.py)
 
     def _relevant(self, height: int) -> bool:
         return self.core.height <= height <= self.core.height + 1
@@ -237,16 +238,22 @@ class Node:
             return
         if not verify_vote(self.genesis.chain_id, vote):
             self.counters["bad_signature:vote"] += 1
-            return
+            raise ProtocolViolation("bad_signature", "vote")
         self.step(MessageReceived(vote))
 
     def _on_proposal(self, p: Proposal) -> None:
         if not self._relevant(p.height):
             self.counters["stale_consensus_message"] += 1
             return
+        if p.value.hash != p.value_id:
+            # The signature covers only the id: whoever sent this paired a genuine signature with
+            # another block. Dropped before the core sees it (issue 11, finding 1), sender scored.
+            self.counters["forged_proposal"] += 1
+            raise ProtocolViolation("forged_proposal", f"block {p.value.hash.hex()[:12]} under id "
+                                    f"{p.value_id.hex()[:12]}")
         if not verify_proposal(self.genesis.chain_id, p):
             self.counters["bad_signature:proposal"] += 1
-            return
+            raise ProtocolViolation("bad_signature", "proposal")
         self.step(MessageReceived(p))
 
     def accept_tx(self, raw: Any, relay_from: bytes | None = None) -> TxResult:

@@ -1,0 +1,81 @@
+"""A node's answer to consensus messages that no correct peer sends: dropped before the core, the
+sender scored (issue 11). Driven in-process through the node's real peer-message handler."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from consensus.messages import Proposal, Step, Vote, VoteType
+from node.errors import ProtocolViolation
+from node.launch.federation import create_federation
+from node.ledger.keys import NodeKey
+from node.ledger.signer import KeySigner
+from node.net.consensus_wire import message_to_wire
+from node.net.peers import PeerState
+from node.net.transport import PeerInfo
+from node.server.datadir import KEY_FILE
+from node.server.runtime import Node
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> tuple[Node, dict[bytes, NodeKey]]:
+    _, made = create_federation(tmp_path / "fed", 4)
+    keys = {k.public: k for k in (NodeKey.load(m.dir / KEY_FILE) for m in made)}
+    node = Node(made[0].dir)
+    return node, keys
+
+
+def peer() -> PeerInfo:
+    state = PeerState(time.monotonic())
+    return PeerInfo(b"\x01" * 32, None, "test", "inbound", time.time(), "authority", state)
+
+
+def deliver(node: Node, msg: Proposal | Vote) -> None:
+    async def go() -> None:
+        node._loop = asyncio.get_running_loop()
+        type_, payload = message_to_wire(msg)
+        await node._on_peer_message(peer(), type_, payload)
+
+    asyncio.run(go())
+
+
+def genuine_proposal(node: Node, keys: dict[bytes, NodeKey], time_ms: int) -> Proposal:
+    proposer = node.ledger.validators_at(1).proposer(1, 0)
+    block = node.ledger.make_next_block(proposer, 0, time_ms, [])
+    signer = KeySigner(keys[proposer], node.genesis.chain_id)
+    return signer.sign_proposal(Proposal(1, 0, block, block.hash, -1, proposer))
+
+
+def test_a_genuine_signature_on_another_block_is_refused_and_the_genuine_proposal_still_counts(
+    federation: tuple[Node, dict[bytes, NodeKey]],
+) -> None:
+    node, keys = federation
+    now = int(time.time() * 1000)
+    genuine = genuine_proposal(node, keys, now)
+    other = node.ledger.make_next_block(genuine.proposer, 0, now + 1, [])
+    forged = replace(genuine, value=other)  # same id and signature, different block
+    with pytest.raises(ProtocolViolation) as caught:
+        deliver(node, forged)
+    assert caught.value.reason == "forged_proposal"
+    assert node.counters["forged_proposal"] == 1
+    assert not node.core.log.get(0) or not node.core.log[0].proposals
+    deliver(node, genuine)
+    assert node.core.log[0].first_proposal == genuine
+    mine = node.core.signed.get((0, Step.PREVOTE))
+    assert isinstance(mine, Vote) and mine.block_id == genuine.value_id  # it prevoted the real block
+    node.store.close()
+
+
+def test_bad_signatures_are_offences_not_just_counters(federation: tuple[Node, dict[bytes, NodeKey]]) -> None:
+    node, keys = federation
+    voter = next(iter(keys))
+    vote = Vote(VoteType.PREVOTE, 1, 0, None, voter, b"\x00" * 64)
+    with pytest.raises(ProtocolViolation) as caught:
+        deliver(node, vote)
+    assert caught.value.reason == "bad_signature" and node.counters["bad_signature:vote"] == 1
+    node.store.close()
