@@ -29,6 +29,16 @@ from node.ledger.transactions import tx_id
 from node.net import wire
 
 MAX_BLOCKS_PER_REQUEST = 200
+MAX_HEIGHT = 2**63 - 1  # SQLite's INTEGER: a larger height is no height, not a server error
+MAX_FINALITY_SAMPLES = 20_000
+
+
+def bounded_int(text: str, name: str, lo: int, hi: int) -> int:
+    """A query or path number from a client, checked before it reaches storage (ValueError: 400)."""
+    value = int(text)
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}")
+    return value
 
 
 class NodeView(Protocol):
@@ -99,21 +109,24 @@ class NodeApi:
             if parts == ["members"]:
                 return 200, membership_status(store)
             if parts == ["blocks"]:
-                hi = int(query.get("to", store.height()))
-                lo = int(query.get("from", max(1, hi - 19)))
+                hi = bounded_int(query.get("to", str(store.height())), "to", 0, MAX_HEIGHT)
+                lo = bounded_int(query.get("from", str(max(1, hi - 19))), "from", 0, MAX_HEIGHT)
                 if lo < 1 or hi < lo:
                     return 400, {"error": "need 1 <= from <= to"}
                 hi = min(hi, store.height(), lo + MAX_BLOCKS_PER_REQUEST - 1)
                 blocks = [store.block(h) for h in range(lo, hi + 1)]
                 return 200, {"height": store.height(), "blocks": [block_summary(b) for b in blocks if b]}
             if len(parts) == 2 and parts[0] == "block":
-                h = int(parts[1])
+                h = bounded_int(parts[1], "height", 0, MAX_HEIGHT)
                 block = store.block(h)
                 if block is None:
                     return 404, {"error": f"no block at height {h} (height is {store.height()})"}
                 return 200, block_detail(block, store.commit(h))
             if len(parts) == 2 and parts[0] == "tx":
-                rec = store.tx(bytes.fromhex(parts[1]))
+                txid = bytes.fromhex(parts[1])
+                if len(txid) != 32:
+                    raise ValueError("a tx id is 32 bytes (64 hex digits)")
+                rec = store.tx(txid)
                 if rec is None:
                     return 404, {"error": "no committed transaction with that id"}
                 return 200, {"id": rec.id.hex(), "height": rec.height, "index": rec.index, "kind": rec.kind,
@@ -121,7 +134,8 @@ class NodeApi:
             if parts == ["peers"]:
                 return 200, {"peers": hexify(self.node.peers_json())}
             if parts == ["finality"]:
-                return 200, self.node.finality(int(query.get("last", 1000)))
+                return 200, self.node.finality(bounded_int(query.get("last", "1000"), "last", 1,
+                                                           MAX_FINALITY_SAMPLES))
             if parts == ["devices"]:
                 return 200, {"devices": [
                     {"device": d.device.hex(), "id": short_id(d.device), "owner": short_id(d.owner),
