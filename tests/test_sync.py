@@ -178,3 +178,48 @@ def test_malformed_parts_are_an_invalid_block_not_a_crash() -> None:
         block_from_parts(b"\x80", [])
     with pytest.raises(InvalidBlock):
         decode_items([{"block": b"\x80", "txs": [], "commit": b"\x00"}])
+
+
+def test_an_unbacked_height_claim_stops_counting_once_the_peer_answers_with_nothing() -> None:
+    """Issue 11, finding 7: a peer announcing height 2^63 - 1 kept a node "syncing" forever."""
+    s = BlockSync(batch=10, per_peer=1)
+    s.peer_height(A, 5, now=0.0)
+    s.peer_height(B, 2**63 - 1, now=0.0)
+    assert [r.peer for r in s.requests(0, now=0.0)] == [B]  # only B claims heights 1..10
+    assert s.target == 2**63 - 1
+    assert s.on_blocks(B, [], now=0.5) is True  # nothing inside the range its claim covers
+    assert s.target == 5 and s.disproven == 1
+    s.peer_height(B, 2**63 - 1, now=1.0)  # repeating the lie changes nothing for a while
+    assert s.target == 5
+    (honest,) = s.requests(0, now=1.0)
+    assert (honest.peer, honest.lo, honest.hi) == (A, 1, 5)
+    s.on_blocks(A, [FAKES[h] for h in range(1, 6)], now=1.1)
+    assert s.take_ready(0) is not None
+
+
+def test_a_silent_claim_times_out_and_distrust_doubles_with_each_failure() -> None:
+    s = BlockSync(batch=10, per_peer=1, timeout_s=5.0)
+    s.peer_height(B, 1000, now=0.0)
+    assert [r.peer for r in s.requests(0, now=0.0)] == [B]
+    s.requests(0, now=6.0)  # B never answered
+    assert s.target == 0
+    s.peer_height(B, 1000, now=6.0 + 29.0)
+    assert s.target == 0  # still inside the first 30 s
+    s.peer_height(B, 1000, now=6.0 + 31.0)
+    assert s.target == 1000  # a new claim is heard again ...
+    s.requests(0, now=40.0)
+    s.requests(0, now=46.0)  # ... and failing again costs 60 s
+    s.peer_height(B, 1000, now=46.0 + 59.0)
+    assert s.target == 0
+
+
+def test_heights_a_peer_delivered_stay_credible_after_it_fails_above_them() -> None:
+    s = BlockSync(batch=5, per_peer=1)
+    s.peer_height(A, 10, now=0.0)
+    (_first,) = s.requests(0, now=0.0)
+    s.on_blocks(A, [FAKES[h] for h in range(1, 6)], now=0.1)
+    assert s.take_ready(0) is not None
+    (second,) = s.requests(5, now=0.2)
+    assert (second.lo, second.hi) == (6, 10)
+    assert s.on_blocks(A, [], now=0.3) is True
+    assert s.target == 5  # what it proved, not what it claimed

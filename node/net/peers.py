@@ -27,6 +27,7 @@ DEFAULT_PENALTIES: Final[dict[str, float]] = {
     "bad_signature": 20.0,
     "forged_proposal": 50.0,
     "malformed_block": 20.0,
+    "unproven_height": 20.0,
     "handler_error": 1.0,
 }
 DEFAULT_THRESHOLD: Final = 100.0

@@ -5,8 +5,16 @@ their commit certificates from every peer that has them: consecutive ranges go t
 peers, several requests are in flight at once, and batches that arrive out of order wait until
 the ones below them are applied, strictly in height order. A peer that times out or sends a
 block that fails verification loses its requests and is left out for a while; another peer gets
-the range. Sans-I/O like the consensus core: time is an argument, the runtime sends the requests
-and applies the batches (node/runtime.py).
+the range.
+
+A height a peer announces is a claim, not a fact: it steers requests, and it counts towards the
+sync target (how far behind this node thinks it is) only until the peer fails to back it. A peer
+that answers a range inside its claim with nothing, or not at all, has its claim cut to the height
+it has proven (the last block it delivered), and its claims above that are ignored for a while
+that doubles with each failure: a peer announcing height 2^63 - 1 cannot keep a node "syncing".
+
+Sans-I/O like the consensus core: time is an argument, the runtime sends the requests and applies
+the batches (node/server/runtime.py).
 
 Modes (how much a node re-checks of a synced block, DESIGN.md section 4):
 - ``certificates``: the commit certificate (more than 2/3 of the authorities in force at that
@@ -33,6 +41,8 @@ PER_PEER = 2  # requests in flight per peer
 MAX_AHEAD = 256  # heights fetched beyond the applied head at most (bounds memory)
 REQUEST_TIMEOUT_S = 15.0
 PENALTY_S = 10.0  # a peer that failed us is not asked again for this long
+DISTRUST_S = 30.0  # claims above what a peer proved are ignored this long after it failed one ...
+MAX_DISTRUST_S = 600.0  # ... doubling per failure up to this
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,9 @@ class BlockSync:
         self.in_flight: dict[int, Request] = {}  # by first height
         self.fetched: dict[int, tuple[bytes, list[tuple[Block, Commit]]]] = {}  # first height -> batch
         self.penalised: dict[bytes, float] = {}  # peer -> until
+        self.proven: dict[bytes, int] = {}  # peer -> highest height it delivered a block for
+        self.distrusted: dict[bytes, tuple[float, float]] = {}  # peer -> (until, current period)
+        self.disproven = 0  # claims cut back because the peer did not back them
         self._next_peer = 0
         # Heights per request, learnt from answers: a server stops at a byte budget, so with big
         # blocks a 16-block range comes back one block at a time. Asking for what a peer will
@@ -106,10 +119,15 @@ class BlockSync:
 
     # --- inputs ----------------------------------------------------------------------------------
 
-    def peer_height(self, peer: bytes, height: int) -> None:
+    def peer_height(self, peer: bytes, height: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        distrust = self.distrusted.get(peer)
+        if distrust is not None and now < distrust[0]:
+            height = min(height, self.proven.get(peer, 0))
         self.peer_heights[peer] = height
 
     def peer_gone(self, peer: bytes) -> None:
+        # `distrusted` and `proven` stay: a peer that reconnects does not start with a clean slate.
         self.peer_heights.pop(peer, None)
         for lo in [lo for lo, r in self.in_flight.items() if r.peer == peer]:
             del self.in_flight[lo]
@@ -146,27 +164,33 @@ class BlockSync:
             lo = hi + 1
         return out
 
-    def on_blocks(self, peer: bytes, items: Sequence[tuple[Block, Commit]], now: float) -> None:
+    def on_blocks(self, peer: bytes, items: Sequence[tuple[Block, Commit]], now: float) -> bool:
         """A peer answered. The batch must continue a request made to that peer; a partial answer
-        (the server caps a batch by bytes) leaves the rest of the range to be asked again."""
+        (the server caps a batch by bytes) leaves the rest of the range to be asked again. True
+        when the answer disproved the height the peer claimed (the caller scores the peer)."""
         if not items:
-            # The peer has nothing there (it may have been pruned or lied about its height).
-            for lo in [lo for lo, r in self.in_flight.items() if r.peer == peer]:
+            # The peer has nothing inside the range it claimed to have: the claim was false.
+            asked = [lo for lo, r in self.in_flight.items() if r.peer == peer]
+            for lo in asked:
                 del self.in_flight[lo]
             self.penalised[peer] = now + PENALTY_S
-            return
+            if asked:
+                self._disprove(peer, now)
+            return bool(asked)
         lo = items[0][0].height
         req = self.in_flight.get(lo)
         if req is None or req.peer != peer:
-            return  # unasked for, or late after a timeout: ignore
+            return False  # unasked for, or late after a timeout: ignore
         del self.in_flight[lo]
         heights = [b.height for b, _ in items]
         if heights != list(range(lo, lo + len(items))) or heights[-1] > req.hi:
             self.penalise(peer, now)
-            return
+            return False
         self.fetched[lo] = (peer, list(items))
+        self.proven[peer] = max(self.proven.get(peer, 0), heights[-1])
         asked = req.hi - req.lo + 1
         self.span = len(items) if len(items) < asked else min(self.batch, 2 * self.span)
+        return False
 
     def penalise(self, peer: bytes, now: float) -> None:
         """The peer sent something that failed verification: drop what we hold from it."""
@@ -188,11 +212,21 @@ class BlockSync:
 
     # --- helpers ---------------------------------------------------------------------------------
 
+    def _disprove(self, peer: bytes, now: float) -> None:
+        """Cut the peer's claim back to what it proved, and ignore higher ones for a while."""
+        _, period = self.distrusted.get(peer, (0.0, DISTRUST_S / 2))
+        period = min(2 * period, MAX_DISTRUST_S)
+        self.distrusted[peer] = (now + period, period)
+        if peer in self.peer_heights:
+            self.peer_heights[peer] = min(self.peer_heights[peer], self.proven.get(peer, 0))
+        self.disproven += 1
+
     def _expire(self, now: float) -> None:
         for lo, r in list(self.in_flight.items()):
             if now - r.sent_at > self.timeout_s:
                 del self.in_flight[lo]
                 self.penalised[r.peer] = now + PENALTY_S
+                self._disprove(r.peer, now)
         for p, until in list(self.penalised.items()):
             if until <= now:
                 del self.penalised[p]

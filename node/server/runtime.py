@@ -322,7 +322,9 @@ class Node:
             self.sync.penalise(peer.key, time.monotonic())
             log.info("malformed blocks from %s: %s", peer.short_id, exc)
             return
-        self.sync.on_blocks(peer.key, decoded, time.monotonic())
+        if self.sync.on_blocks(peer.key, decoded, time.monotonic()):
+            self.counters["sync_unproven_height"] += 1
+            raise ProtocolViolation("unproven_height", "no blocks inside the height it announced")
         self._sync_wake.set()
 
     async def _sync_loop(self) -> None:
@@ -358,7 +360,8 @@ class Node:
             self._request_blocks()
 
     def sync_status(self) -> dict[str, Any]:
-        return self.sync_stats.to_dict(self.store.height(), max(self.sync.target, self.store.height()))
+        return {**self.sync_stats.to_dict(self.store.height(), max(self.sync.target, self.store.height())),
+                "disproven_claims": self.sync.disproven}
 
     # --- what the API shows (node/server/api.py's NodeView) ------------------------------------
     def status(self) -> dict[str, Any]:
