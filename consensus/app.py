@@ -22,7 +22,16 @@ class Application(Protocol):
         ...
 
     def valid(self, height: int, value: Any) -> bool:
-        """valid(v) of the paper."""
+        """valid(v) of the paper: a deterministic function of the ledger and the value (the core
+        caches it for the height), so it never depends on this node's clock."""
+        ...
+
+    def timely(self, height: int, round: int, value: Any) -> bool:
+        """Whether a value proposed fresh in `round` (validRound -1) is acceptable to this node's
+        clock now. Asked once, when prevoting on that proposal (lines 22-27) and never cached; not
+        asked for a re-proposal with a polka (lines 28-33), for locking or for deciding, so a value
+        timed at the edge of the clock skew costs at most a nil prevote, never a stalled height
+        (the rule CometBFT's proposer-based timestamps follow)."""
         ...
 
     def value_id(self, value: Any) -> bytes:

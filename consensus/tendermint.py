@@ -307,8 +307,12 @@ class Tendermint:
         if p is None:
             return False
         q = self.vset.quorum
-        if p.valid_round == -1:  # lines 22-27
-            ok = self._valid(p) and (self.locked_round == -1 or self._is_locked_on(p.value_id))
+        if p.valid_round == -1:  # lines 22-27, with a timeliness check of the fresh value
+            ok = (
+                self._valid(p)
+                and self.app.timely(self.height, self.round, p.value)
+                and (self.locked_round == -1 or self._is_locked_on(p.value_id))
+            )
         else:  # lines 28-33
             vr_log = self.log.get(p.valid_round)
             if vr_log is None or vr_log.prevotes.count(p.value_id) < q:

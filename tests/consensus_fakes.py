@@ -21,6 +21,7 @@ class FakeApp:
     vset: ValidatorSet
     pending: bool = True
     invalid: set[bytes] = field(default_factory=set)
+    untimely: set[bytes] = field(default_factory=set)
     proposed: int = 0
 
     def validators(self, height: int) -> ValidatorSet:
@@ -32,6 +33,9 @@ class FakeApp:
 
     def valid(self, height: int, value: bytes) -> bool:
         return value not in self.invalid
+
+    def timely(self, height: int, round: int, value: bytes) -> bool:
+        return value not in self.untimely
 
     def value_id(self, value: bytes) -> bytes:
         return vid(value)

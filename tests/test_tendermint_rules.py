@@ -304,3 +304,36 @@ def test_a_forged_value_under_a_genuine_proposal_id_is_dropped_and_the_genuine_o
     assert not votes_of(out, P) and not core.log[0].proposals
     out = feed(core, genuine)
     assert votes_of(out, P)[0].block_id == vid(b"A")
+
+
+def test_a_fresh_proposal_past_my_clock_gets_a_nil_prevote_but_its_polka_still_locks_and_decides() -> None:
+    """Issue 11, finding 2: with the clock folded into valid(v), cached for the height, a Byzantine
+    proposer timing a block just past one validator's skew bound kept that validator from ever
+    locking on it or deciding it. Timeliness is asked of fresh proposals only, once."""
+    me = non_proposer(1, 0)
+    core, app = make(me)
+    core.start()
+    app.untimely.add(b"A")
+    proposer = who(VSET.proposer(1, 0))
+    out = feed(core, proposal(1, 0, b"A", -1, proposer))
+    assert votes_of(out, P)[0].block_id is None  # untimely: nil, as the paper's line 26
+    others = [i for i in range(4) if i != me][:3]
+    out = feed(core, *[vote(P, 1, 0, b"A", i) for i in others])
+    assert votes_of(out, V)[0].block_id == vid(b"A") and core.locked_round == 0
+    out = feed(core, *[vote(V, 1, 0, b"A", i) for i in others])
+    assert decisions(out)[0].value == b"A"
+
+
+def test_a_re_proposal_with_a_polka_is_prevoted_without_asking_the_clock() -> None:
+    me = non_proposer(1, 1)
+    core, app = make(me)
+    core.start()
+    app.untimely.add(b"A")
+    polka = [vote(P, 1, 0, b"A", i) for i in range(4) if i != me][:3]
+    feed(core, *polka)
+    core.step(TimeoutFired(Step.PROPOSE, 1, 0))
+    core.step(TimeoutFired(Step.PREVOTE, 1, 0))
+    core.step(TimeoutFired(Step.PRECOMMIT, 1, 0))
+    assert core.round == 1
+    out = feed(core, proposal(1, 1, b"A", 0, who(VSET.proposer(1, 1))))
+    assert votes_of(out, P)[0].block_id == vid(b"A")  # lines 28-33: 2f+1 already found it timely

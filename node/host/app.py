@@ -54,12 +54,19 @@ class LedgerApp:
         if not isinstance(value, Block):
             return False
         try:
-            self.ledger.validate_block(value, now_ms=self.clock.now_ms())
+            self.ledger.validate_block(value)
         except InvalidBlock as exc:
             self.counters[f"invalid_proposal:{exc.reason.value}"] += 1
             self.log.warning("invalid proposal at height %s: %s", height, exc)
             return False
         return True
+
+    def timely(self, height: int, round: int, value: Any) -> bool:
+        if self.ledger.timely(value, self.clock.now_ms()):
+            return True
+        self.counters["untimely_proposal"] += 1
+        self.log.info("proposal at height %s round %s is timed beyond the clock skew", height, round)
+        return False
 
     def value_id(self, value: Any) -> bytes:
         return value.hash

@@ -88,12 +88,11 @@ class Ledger:
         return make_block(self.chain_id, h, round, self.head_hash, time_ms, proposer, txs, last_commit)
 
     def validate_block(
-        self, block: Block, now_ms: int | None = None, *, certified: bool = False
+        self, block: Block, *, certified: bool = False
     ) -> StateDelta:
         """Raise InvalidBlock unless `block` may be committed as head+1; return its state delta.
 
-        `now_ms` (the local clock) also rejects blocks timed beyond the allowed clock skew; leave
-        it None when replaying or syncing old blocks. `certified`: the caller has verified a
+        Deterministic: the local clock has no say here (see timely). `certified`: the caller has verified a
         commit certificate for this block, so tx signatures are taken as checked by the
         authorities that signed it; every other rule is still applied.
         """
@@ -110,8 +109,6 @@ class Ledger:
             raise InvalidBlock(BlockReason.BAD_PROPOSER, h, f"round {hdr.round} belongs to another proposer")
         if hdr.time_ms < self.head_time_ms:
             raise InvalidBlock(BlockReason.BAD_TIME, h, "block time is before the previous block's")
-        if now_ms is not None and hdr.time_ms > now_ms + self.params.max_skew_ms:
-            raise InvalidBlock(BlockReason.BAD_TIME, h, "block time is in the future")
         try:
             root = merkle.root(list(block.tx_ids))
         except CodecError as exc:
@@ -131,6 +128,11 @@ class Ledger:
             del self._validated[next(iter(self._validated))]
         self._validated[block.hash] = (self.head_hash, delta)
         return delta
+
+    def timely(self, block: Block, now_ms: int) -> bool:
+        """Whether `block`'s time is at most the allowed clock skew ahead of `now_ms` (the local
+        clock). Not part of validity: consensus asks it only of fresh proposals (consensus/app.py)."""
+        return block.header.time_ms <= now_ms + self.params.max_skew_ms
 
     def _check_last_commit(self, block: Block) -> None:
         h = block.height
