@@ -5,10 +5,12 @@ replays any seed printed here."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
 from node.sim.byzantine import Behaviour
+from node.sim.cluster import Cluster
 from node.sim.runner import run_seed
 
 # Seeds that once failed, pinned forever (see the regression tests in test_tendermint_rules.py).
@@ -67,3 +69,33 @@ def test_validator_set_changes_with_seven_validators_two_byzantine(seed: int) ->
 def test_a_seed_replays_identically() -> None:
     a, b = run_seed(77, 4, 1), run_seed(77, 4, 1)
     assert (a.heights, a.steps, a.messages, a.sim_ms) == (b.heights, b.steps, b.messages, b.sim_ms)
+
+
+@pytest.mark.parametrize("behaviour", [Behaviour.FORGED_PROPOSAL, Behaviour.SKEW_EDGE])
+def test_issue_11_attacks_under_the_seeds_faults(behaviour: Behaviour) -> None:
+    """Forged proposals (a genuine signature on another block) and blocks timed at the clock-skew
+    edge of correct clocks that disagree by up to 150 ms, with each seed's fault mix."""
+    for seed in range(6000, 6020):
+        check(run_seed(seed, 4, 1, behaviours=[behaviour]))
+    for seed in range(6100, 6104):
+        check(run_seed(seed, 7, 2, behaviours=[behaviour, behaviour]))
+
+
+def test_a_skew_edge_proposer_is_refused_by_a_slow_clock_and_still_decided_by_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The skew-edge proposer does split the correct validators (some prevote nil, counted), and
+    every height still finalizes on every correct node."""
+    made: list[Cluster] = []
+    original = Cluster.__init__
+
+    def keep(self: Cluster, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(Cluster, "__init__", keep)
+    untimely = 0
+    for seed in range(6200, 6210):
+        check(run_seed(seed, 4, 1, behaviours=[Behaviour.SKEW_EDGE]))
+        untimely += sum(n.counters["untimely_proposal"] for n in made[-1].nodes)
+    assert untimely > 0

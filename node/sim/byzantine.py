@@ -20,6 +20,14 @@ class Behaviour(str, Enum):
     DOUBLE_VOTE = "double_vote"  # two conflicting votes to everybody
     BAD_SIGNATURE = "bad_signature"  # forged and corrupted signatures
     FUTURE_ROUNDS = "future_rounds"  # votes for far-away rounds to drag others along
+    # Issue 11's attacks; a seed draws only from SEEDED_BEHAVIOURS, so older seeds replay as they
+    # did: these run when forced (scripts/simulate.py --behaviour NAME, tests/test_simulation.py).
+    FORGED_PROPOSAL = "forged_proposal"  # its proposal's signature on another block, to half the peers
+    SKEW_EDGE = "skew_edge"  # its blocks timed at the edge of the clock skew of correct nodes
+
+
+SEEDED_BEHAVIOURS = (Behaviour.SILENT, Behaviour.EQUIVOCATE, Behaviour.DOUBLE_VOTE,
+                     Behaviour.BAD_SIGNATURE, Behaviour.FUTURE_ROUNDS)
 
 
 class Byzantine:
@@ -59,6 +67,18 @@ class Byzantine:
                 return out
             other = self._vote(msg, self._other_id(msg.block_id))
             return [(p, m) for p in peers for m in (msg, other)]
+        if b is Behaviour.FORGED_PROPOSAL:
+            if isinstance(msg, Proposal) and alt_proposal is not None:
+                forged = replace(msg, value=alt_proposal.value)  # id and signature of the genuine one
+                return [(p, forged if p in half else msg) for p in peers]
+            return [(p, msg) for p in peers]
+        if b is Behaviour.SKEW_EDGE:
+            # Its blocks are timed at the skew edge (cluster.py); it prevotes with the others so that
+            # the ones whose clock accepts the block lock on it, and withholds its precommits so
+            # that only those locked nodes and the one that refused the block remain.
+            if isinstance(msg, Vote) and msg.type is VoteType.PRECOMMIT:
+                return []
+            return [(p, msg) for p in peers]
         if b is Behaviour.BAD_SIGNATURE:
             forged = replace(msg, signature=self.rng.randbytes(64))
             if isinstance(msg, Vote):

@@ -50,6 +50,7 @@ class SimNode:
     persisted: SignedState | None = None
     consensus: ConsensusHost | None = None
     counters: Counter[str] = field(default_factory=Counter)
+    clock_offset_ms: int = 0  # this process's clock against the simulated true time
 
     def __post_init__(self) -> None:
         self.store = MemoryStore()
@@ -69,6 +70,16 @@ class SimNode:
         self.alive = True
         self.consensus = ConsensusHost(self.ledger, self.mempool, self.key, self, SIM_HOST,
                                        restored=self.persisted, counters=self.counters, log=LOG)
+        if self.byzantine is not None and self.byzantine.behaviour is Behaviour.SKEW_EDGE:
+            # A test-only Byzantine build of the proposer: every block it proposes is timed as far
+            # ahead as the skew bound allows on a clock that is right, so correct nodes whose
+            # clock runs behind find it untimely while the others prevote it.
+            skew = self.cluster.genesis.max_clock_skew_ms
+
+            def at_the_edge() -> int:
+                return max(self.cluster.now_ms + skew - 1, self.ledger.head_time_ms)
+
+            self.consensus.app.proposal_time_ms = at_the_edge  # type: ignore[method-assign]
         self.consensus.start()
 
     def crash(self) -> None:
@@ -105,7 +116,7 @@ class SimNode:
 
     # --- HostIO: the simulated world the host core runs in -------------------------------------
     def now_ms(self) -> int:
-        return self.cluster.now_ms
+        return self.cluster.now_ms + self.clock_offset_ms
 
     def call_later(self, delay_ms: int, callback: Callable[[], None]) -> None:
         epoch = self.epoch
@@ -232,6 +243,13 @@ class Cluster:
         for i, b in enumerate(behaviours or []):
             node = self.nodes[validators - 1 - i]
             node.byzantine = Byzantine(b, node.key, CHAIN_ID, random.Random(seed * 1000 + i))
+        if Behaviour.SKEW_EDGE in (behaviours or []):
+            # Correct clocks that disagree by up to +-150 ms (their own generator: the seed's main
+            # one stays as it was), so the skew-edge blocks split the correct validators.
+            clocks = random.Random(f"clocks/{seed}")
+            for node in self.nodes:
+                if node.byzantine is None:
+                    node.clock_offset_ms = clocks.randint(-150, 150)
         self._sig_cache: dict[tuple[Any, ...], bool] = {}
         self.devices = [NodeKey.from_seed(bytes([200 + i]) * 32) for i in range(3)]
         self._seq = [0] * len(self.devices)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from node.sim.byzantine import Behaviour
+from node.sim.byzantine import SEEDED_BEHAVIOURS, Behaviour
 from node.sim.cluster import Cluster
 from node.sim.membership import DRIVER_PERIOD_MS, MembershipDriver
 from node.sim.network import Faults
@@ -81,7 +81,7 @@ def run_seed(
     faults = faults or chosen
     heal_at = fault_phase_ms if fault_phase_ms is not None else phase
     if behaviours is None:
-        behaviours = [rng.choice(list(Behaviour)) for _ in range(byzantine)]
+        behaviours = [rng.choice(SEEDED_BEHAVIOURS) for _ in range(byzantine)]
     cluster = Cluster(seed, validators, faults, behaviours, trace, joiners=joiners)
     result = SeedResult(seed, validators, [b.value for b in behaviours], faults.describe(), heal_ms=heal_at,
                         joiners=joiners)
