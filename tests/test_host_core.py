@@ -9,7 +9,7 @@ from typing import Any
 
 from consensus.events import SignedState, StartHeight
 from consensus.messages import Message, Proposal, Vote
-from node.errors import InvalidBlock
+from node.errors import InvalidBlock, StorageError
 from node.host.core import ConsensusHost, HostConfig
 from node.ledger.blocks import Block, Commit
 from node.ledger.chain import Ledger
@@ -58,6 +58,9 @@ class RecordingIO:
 
     def height_started(self, height: int) -> None:
         self.trace.append(("height_started", height))
+
+    def halted(self, error: Exception) -> None:
+        self.trace.append(("halted", error))
 
     def fire(self, delay_ms: int) -> None:
         """Run the pending timers of exactly this delay (in the order they were set)."""
@@ -189,3 +192,34 @@ def test_block_times_never_go_back_even_when_the_clock_does() -> None:
     host.accept_txs(registrations(keys, 2)[1:])
     block = host.ledger.store.block(2)
     assert block is not None and block.header.time_ms == first
+
+
+def test_a_signed_state_that_cannot_be_made_durable_stops_the_host_before_anything_is_sent() -> None:
+    """Issue 11, finding 5: the failed write was swallowed, the core counted the vote as signed and
+    re-gossip sent it later; after a kill -9 the node could sign a conflicting one."""
+    host, io, keys = solo()
+
+    def disk_full(state: SignedState) -> None:
+        raise StorageError("disk I/O error")
+
+    io.on_persist = disk_full
+    host.start()
+    host.accept_txs(registrations(keys, 1))
+    kinds = io.kinds()
+    assert "broadcast" not in kinds and kinds.count("persist") == 1
+    assert kinds[-1] == "halted" and host.halted
+    assert host.gossip_messages() == []  # the unpersisted proposal is never re-sent either
+    host.accept_txs(registrations(keys, 2)[1:])
+    assert io.kinds() == kinds  # nothing more runs
+
+
+def test_a_block_that_cannot_be_written_stops_the_host_instead_of_skipping_the_height() -> None:
+    host, io, keys = solo()
+    host.start()
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise StorageError("database is locked")
+
+    host.ledger.store.commit_block = broken  # type: ignore[method-assign]
+    host.accept_txs(registrations(keys, 1))
+    assert host.halted and io.kinds()[-1] == "halted" and "committed" not in io.kinds()

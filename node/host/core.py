@@ -9,7 +9,8 @@ Order contract (consensus/events.py), kept here once for the node and the simula
 3. a decided block is committed durably before the next height starts, and the next height
    starts `commit_delay_ms` after the decision (CometBFT's commit timeout: straggling precommits
    still reach the peers that need them for the certificate).
-A halted host (the process died) executes nothing more, not even the rest of the current step.
+A halted host (the process died, or its signed state could not be made durable) executes nothing
+more, not even the rest of the current step, and offers nothing to gossip.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from consensus.events import (
     TimeoutFired,
     TxsAvailable,
 )
+from consensus.messages import Message
 from consensus.tendermint import Tendermint
-from node.errors import InvalidBlock, InvalidTransaction, Reason
+from node.errors import InvalidBlock, InvalidTransaction, Reason, StorageError
 from node.host.app import LedgerApp
 from node.host.hostio import HostIO
 from node.ledger.blocks import Block, Commit
@@ -99,12 +101,28 @@ class ConsensusHost:
         """The process died: no further action runs, and timers already set fire into nothing."""
         self.halted = True
 
+    def _fail_stop(self, what: str, exc: Exception) -> None:
+        self.halt()
+        self.log.critical("%s: %s; this node stops signing", what, exc)
+        self.io.halted(exc)
+
+    def gossip_messages(self) -> list[Message]:
+        """What to re-send to peers (the core decides), nothing once halted."""
+        return [] if self.halted else self.core.gossip_messages()
+
     def execute(self, actions: list[Action]) -> None:
         for a in actions:
             if self.halted:
                 return
             if isinstance(a, PersistState):
-                self.io.persist_signed_state(a.state)
+                try:
+                    self.io.persist_signed_state(a.state)
+                except Exception as exc:
+                    # The core already counts this vote as signed, and sending it (now, or by
+                    # re-gossip later) without it on disk lets a restart sign a conflicting one.
+                    # Fail-stop: nothing more of this host runs (issue 11, finding 5).
+                    self._fail_stop("could not persist the signed consensus state", exc)
+                    return
             elif isinstance(a, Broadcast):
                 self.io.broadcast(a.message)
             elif isinstance(a, ScheduleTimeout):
@@ -142,6 +160,11 @@ class ConsensusHost:
             self.log.error("could not commit block %s: %s", block.height, exc)
             self.io.rejected(block, exc, synced)
             return None
+        except StorageError as exc:
+            # Not the block's fault: the ledger cannot be written. Carrying on would leave a decided
+            # height uncommitted (or a catch-up silently ended): stop, and say why.
+            self._fail_stop(f"could not write block {block.height}", exc)
+            return None
         self.mempool.remove(list(block.tx_ids))
         self.log.log(logging.DEBUG if synced else logging.INFO, "committed height %d (%d txs, round %d)",
                      block.height, len(block.tx_ids), commit.round)
@@ -152,6 +175,8 @@ class ConsensusHost:
     def accept_txs(self, raws: list[Any], *, from_peer: bool = False) -> list[TxResult]:
         """Admit txs to the mempool; those new to this node that came from a client are passed to
         the network's tx gossip. The core hears TxsAvailable when the mempool went non-empty."""
+        if self.halted:  # the process is stopping: take nothing it could not finalize
+            return [(None, "halted") for _ in raws]
         was_empty = len(self.mempool) == 0
         results: list[TxResult] = []
         fresh: list[Transaction] = []

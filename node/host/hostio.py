@@ -41,7 +41,8 @@ class Network(Protocol):
 
 class SignedStateLog(Protocol):
     def persist_signed_state(self, state: SignedState) -> None:
-        """Make `state` durable before returning: a message it records leaves only afterwards."""
+        """Make `state` durable before returning: a message it records leaves only afterwards.
+        Raising means it is not durable: the host halts (see Listener.halted)."""
         ...
 
 
@@ -53,6 +54,11 @@ class Listener(Protocol):
     def rejected(self, block: Block, error: InvalidBlock, synced: bool) -> None: ...
 
     def height_started(self, height: int) -> None: ...
+
+    def halted(self, error: Exception) -> None:
+        """The signed state could not be made durable: the host has stopped signing for good, and
+        the process must stop with `error` (fail-stop; a restart resumes from what is durable)."""
+        ...
 
 
 class HostIO(Clock, Timers, Network, SignedStateLog, Listener, Protocol):

@@ -21,7 +21,7 @@ from typing import Any
 from consensus.events import Event, MessageReceived, SignedState
 from consensus.messages import Message, Proposal, Vote
 from consensus.tendermint import Tendermint
-from node.errors import CodecError, ConfigError, InvalidBlock, ProtocolViolation
+from node.errors import CodecError, ConfigError, InvalidBlock, ProtocolViolation, StorageError
 from node.flower.training import SYNC_SLACK, Training
 from node.host.core import ConsensusHost, HostConfig, TxResult
 from node.ledger.blocks import Block, Commit
@@ -113,6 +113,7 @@ class Node:
         self.latency_count = 0  # samples ever taken (the deque keeps the latest)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
+        self.fatal: StorageError | None = None  # why the host halted, raised by run() once stopped
         self._progress_mark: tuple[int, int, int] = (0, 0, 0)
         self._progress_at = time.monotonic()
         self._outbox: list[bytes] = []  # encoded client txs waiting to be gossiped
@@ -200,6 +201,11 @@ class Node:
 
     def height_started(self, height: int) -> None:
         self._send_status()
+
+    def halted(self, error: Exception) -> None:
+        self.fatal = StorageError(f"{self.dir}: {error}; the node stopped signing and exits (nothing "
+                                  "undurable was sent); free the disk or fix the database, then restart")
+        self.stop()
 
     def _on_membership(self, block: Block) -> None:
         """Keep what this node tells peers about itself in step with the ledger."""
@@ -340,6 +346,8 @@ class Node:
                 t0 = time.perf_counter()
                 for block, commit in batch:
                     delta = self.consensus.commit(block, commit, synced=True)
+                    if self.consensus.halted:
+                        return  # a storage failure: run() stops the node and reports it
                     if delta is None:
                         self.counters["sync_bad_block"] += 1
                         self.sync_stats.failures += 1
@@ -429,7 +437,7 @@ class Node:
             elif now - self._progress_at >= REGOSSIP_AFTER_S:
                 # Stuck: peers may have missed messages (a restart, a dropped frame). Re-send what
                 # the core says matters for this height, as the paper's gossip assumption requires.
-                for msg in self.core.gossip_messages():
+                for msg in self.consensus.gossip_messages():
                     self.broadcast(msg)
                 pending = [t.raw for t in self.mempool.pending()[: wire.MAX_TX_BATCH]]
                 if pending:
@@ -456,6 +464,8 @@ class Node:
             height = self.store.height()
             self.store.close()
             log.info("node %s stopped at height %d", self.key.short_id, height)
+        if self.fatal is not None:
+            raise self.fatal
 
     def stop(self) -> None:
         self._stop.set()

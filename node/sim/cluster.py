@@ -159,6 +159,9 @@ class SimNode:
     def height_started(self, height: int) -> None:
         pass
 
+    def halted(self, error: Exception) -> None:
+        self.crash()  # what a fail-stopped process is to its peers
+
     def _alt_proposal(self, msg: Message) -> Proposal | None:
         """The second proposal a Byzantine proposer sends: another valid block for the position."""
         if not isinstance(msg, Proposal) or self.byzantine is None or self.consensus is None:
@@ -175,7 +178,7 @@ class SimNode:
         if not self.alive or self.consensus is None:
             return
         if self.correct:
-            for msg in self.consensus.core.gossip_messages():
+            for msg in self.consensus.gossip_messages():
                 for n in self.cluster.nodes:
                     if n.index != self.index:
                         self.cluster.send(self.index, n.index, msg)
