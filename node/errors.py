@@ -46,6 +46,7 @@ class Reason(str, Enum):
     DUPLICATE_VOTE = "duplicate_vote"  # a second vote of one authority on one change
     CHANGE_PENDING = "change_pending"  # the node already has a decided change waiting for its height
     LAST_AUTHORITY = "last_authority"  # removing it would leave no authority to finalise blocks
+    JOIN_REQUESTS_FULL = "join_requests_full"  # the ledger holds as many open join requests as it takes
 
 
 class BlockReason(str, Enum):

@@ -270,3 +270,49 @@ def test_membership_survives_a_restart_and_tampering_is_caught(tmp_path: Path) -
 
 def make_genesis_membership_bytes(keys: Sequence[NodeKey]) -> bytes:
     return initial_membership(k.public for k in keys).to_bytes()
+
+
+def test_open_join_requests_are_bounded_and_undecided_ones_expire(
+    store_kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11, finding 3: join requests from fresh keys were free, unbounded and never expired."""
+    from node.ledger import membership
+
+    monkeypatch.setattr(membership, "MAX_OPEN_JOIN_REQUESTS", 3)
+    monkeypatch.setattr(membership, "JOIN_REQUEST_TTL_BLOCKS", 5)
+    ledger, keys = new_ledger(store_kind, tmp_path)
+    strangers = [key_from(f"stranger-{i}") for i in range(4)]
+    h = commit(ledger, keys, [join(k, name=f"s{i}") for i, k in enumerate(strangers[:3])])
+    assert len(ledger.store.membership().requests) == 3
+    assert rejection(ledger, join(strangers[3], name="s3")) is Reason.JOIN_REQUESTS_FULL
+    assert rejection(ledger, join(strangers[0], role="observer", name="s0")) is None  # replacing one's own
+    commit(ledger, keys, [vote(keys[0], strangers[0])])  # one vote: not decided
+    while ledger.height < h + 4:
+        commit(ledger, keys)
+    assert len(ledger.store.membership().requests) == 3
+    commit(ledger, keys)  # height h + 5: the requests of height h expire, with their open tallies
+    ms = ledger.store.membership()
+    assert ms.requests == () and ms.tallies == ()
+    assert rejection(ledger, join(strangers[3], name="s3")) is None
+    assert rejection(ledger, vote(keys[1], strangers[0])) is Reason.NO_JOIN_REQUEST
+    assert verify_chain(ledger.store, ledger.genesis).ok
+
+
+def test_a_join_request_flood_cannot_crowd_the_mempool(tmp_path: Path) -> None:
+    """20,000 join requests from fresh keys were all admitted: the mempool keeps few, one per node."""
+    from node.ledger.mempool import MAX_PENDING_JOIN_REQUESTS, Mempool
+
+    ledger, keys = new_ledger("memory", tmp_path)
+    pool = Mempool(ledger.params)
+    now = ledger.head_time_ms + 1000
+    flood = [join(key_from(f"flood-{i}"), name=f"f{i}") for i in range(MAX_PENDING_JOIN_REQUESTS + 50)]
+    reasons = [pool.add(tx, ledger.store, now)[1] for tx in flood]
+    assert reasons.count(None) == MAX_PENDING_JOIN_REQUESTS
+    assert set(reasons) == {None, Reason.MEMPOOL_FULL}
+    again = join(key_from("flood-0"), role="observer", name="f0")  # a second one of the same node
+    assert pool.add(again, ledger.store, now)[1] is Reason.DUPLICATE
+    dev = device_key(0)
+    reg = make_register_device(keys[0], CHAIN_ID, dev.public, "d0")
+    assert pool.add(reg, ledger.store, now)[1] is None  # other txs still get in
+    pool.remove([t.id for t in pool.pending() if t.kind == "join_request"][:10])
+    assert pool.add(flood[-1], ledger.store, now)[1] is None  # room again once some left

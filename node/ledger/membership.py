@@ -34,6 +34,10 @@ from node.ledger.transactions import JoinRequest, MemberVote
 
 EFFECT_DELAY = 2  # a change decided at H takes effect at H + 2
 OPEN_ROLES = ("participant", "observer")  # what the open admission policy admits without votes
+# A join request costs its sender one signature with a fresh key: the ledger bounds how many are
+# open at once, and forgets one that no vote decided within the TTL (issue 11, finding 3).
+MAX_OPEN_JOIN_REQUESTS = 1_000
+JOIN_REQUEST_TTL_BLOCKS = 50_000
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,8 @@ def check_join(ms: Membership, view: MemberLookup, body: JoinRequest) -> Reason 
         return Reason.ALREADY_MEMBER
     if ms.pending_change(body.node) is not None:
         return Reason.CHANGE_PENDING
+    if ms.request(body.node) is None and len(ms.requests) >= MAX_OPEN_JOIN_REQUESTS:
+        return Reason.JOIN_REQUESTS_FULL
     return None
 
 
@@ -207,8 +213,16 @@ def record_vote(ms: Membership, body: MemberVote, height: int) -> Membership:
 
 
 def begin_height(ms: Membership, height: int) -> tuple[Membership, list[Change]]:
-    """Apply the changes that take effect at `height`, before its block's transactions. Returns
-    the new value and the changes applied (the caller updates the members table with them)."""
+    """Expire undecided join requests, then apply the changes that take effect at `height`, before
+    its block's transactions. Returns the new value (`ms` itself when nothing changed) and the
+    changes applied (the caller updates the members table with them)."""
+    expired = {r.node for r in ms.requests if height - r.height >= JOIN_REQUEST_TTL_BLOCKS}
+    if expired:
+        ms = dataclasses.replace(
+            ms,
+            requests=tuple(r for r in ms.requests if r.node not in expired),
+            tallies=tuple(t for t in ms.tallies if not (t.action == "add" and t.node in expired)),
+        )
     due = ms.changes_at(height)
     if not due:
         return ms, []

@@ -11,6 +11,9 @@ from node.ledger.state import ChainParams, OverlayView, StateView, check_tx
 from node.ledger.transactions import Transaction, parse_tx
 
 DEFAULT_MAX_TXS = 50_000
+# Join requests are free to make (a fresh key each) and the ledger takes few: the mempool keeps at
+# most this many, one per joining node, so a flood of them cannot crowd out readings.
+MAX_PENDING_JOIN_REQUESTS = 256
 
 
 class Mempool:
@@ -18,6 +21,7 @@ class Mempool:
         self.params = params
         self.max_txs = max_txs
         self._txs: dict[bytes, Transaction] = {}  # insertion order = arrival order
+        self._joins: dict[bytes, bytes] = {}  # joining node -> id of its pending join_request
         self.rejected: Counter[str] = Counter()
 
     def __len__(self) -> int:
@@ -38,11 +42,20 @@ class Mempool:
         if len(self._txs) >= self.max_txs:
             self.rejected[Reason.MEMPOOL_FULL.value] += 1
             return tx.id, Reason.MEMPOOL_FULL
+        if tx.kind == "join_request":
+            if tx.signer in self._joins:
+                self.rejected[Reason.DUPLICATE.value] += 1
+                return tx.id, Reason.DUPLICATE  # one pending request per node
+            if len(self._joins) >= MAX_PENDING_JOIN_REQUESTS:
+                self.rejected[Reason.MEMPOOL_FULL.value] += 1
+                return tx.id, Reason.MEMPOOL_FULL
         reason = check_tx(view, tx, now_ms, self.params)
         if reason is not None:
             self.rejected[reason.value] += 1
             return tx.id, reason
         self._txs[tx.id] = tx
+        if tx.kind == "join_request":
+            self._joins[tx.signer] = tx.id
         return tx.id, None
 
     def reap(self, view: StateView, block_time_ms: int, height: int, max_txs: int) -> list[dict[str, Any]]:
@@ -63,13 +76,14 @@ class Mempool:
                 # can become valid; everything else (replay, duplicate, bad signature) cannot.
                 dead.append(tx_id)
                 self.rejected[reason.value] += 1
-        for tx_id in dead:
-            del self._txs[tx_id]
+        self.remove(dead)
         return out
 
     def remove(self, tx_ids: list[bytes] | set[bytes]) -> None:
         for tx_id in tx_ids:
-            self._txs.pop(tx_id, None)
+            tx = self._txs.pop(tx_id, None)
+            if tx is not None and tx.kind == "join_request":
+                self._joins.pop(tx.signer, None)
 
     def pending(self) -> list[Transaction]:
         return list(self._txs.values())

@@ -155,10 +155,10 @@ class OverlayView:
         self._begin_height()
 
     def _begin_height(self) -> None:
-        new, applied = ms_rules.begin_height(self.base.membership(), self.delta.height)
-        if not applied:
-            return
-        self._set_membership(new)
+        base = self.base.membership()
+        new, applied = ms_rules.begin_height(base, self.delta.height)
+        if new is not base:
+            self._set_membership(new)
         for change in applied:
             if change.action == "add":
                 rec = MemberRecord(change.node, change.role, change.name, change.effective)
