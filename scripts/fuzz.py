@@ -434,8 +434,12 @@ def keep_corpus(work: Path, target: str, corpus: Path, python: str) -> int:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900)
     except (ImportError, subprocess.TimeoutExpired):
         pass
-    pick = sorted((p for p in (merged.iterdir() if any(merged.iterdir()) else found.iterdir())
-                   if p.stat().st_size <= KEEP_MAX_BYTES), key=lambda p: (p.stat().st_size, p.name))
+    small = sorted((p for p in (merged.iterdir() if any(merged.iterdir()) else found.iterdir())
+                    if p.stat().st_size <= KEEP_MAX_BYTES), key=lambda p: (p.stat().st_size, p.name))
+    # Spread over the sizes, not the smallest only: the tiny ones stop at the first check, the
+    # larger ones are the shapes that got deep into the parser.
+    step = max(1, len(small) // KEEP_PER_TARGET)
+    pick = small[::step]
     dest = corpus / target
     dest.mkdir(parents=True, exist_ok=True)
     have = {p.name for p in dest.iterdir()}
