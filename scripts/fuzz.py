@@ -510,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="fedledger-fuzz-run-") as tmp:
         work = Path(tmp)
+        os.environ["FEDLEDGER_FUZZ_TMP"] = tmp  # the workers' ledgers go here (tests/fuzz_targets.py)
         write_seeds(work, targets, args.corpus)
         for i, t in enumerate(targets):
             print(f"== {t}: {budget[t]} inputs ({engine})", file=sys.stderr, flush=True)

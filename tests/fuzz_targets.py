@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import tempfile
 import traceback
 from collections.abc import Callable
@@ -165,7 +166,9 @@ class Env:
 @functools.cache
 def env() -> Env:
     keys, genesis = make_genesis(4)
-    tmp = tempfile.TemporaryDirectory(prefix="fedledger-fuzz-")
+    # scripts/fuzz.py names its run's directory: its workers end by os._exit (libFuzzer's way),
+    # which skips this directory's cleanup, and the run's own cleanup then takes it.
+    tmp = tempfile.TemporaryDirectory(prefix="fedledger-fuzz-", dir=os.environ.get("FEDLEDGER_FUZZ_TMP"))
     ledger = Ledger(SqliteStore(Path(tmp.name) / "node.db"), genesis)
     devices = populated_ledger(ledger, keys)
     io = _QuietIO(ledger.head_time_ms + 1000)
