@@ -28,6 +28,8 @@ DEFAULT_PENALTIES: Final[dict[str, float]] = {
     "forged_proposal": 50.0,
     "malformed_block": 20.0,
     "unproven_height": 20.0,
+    "not_a_validator": 20.0,
+    "unrequested_blocks": 20.0,
     "handler_error": 1.0,
 }
 DEFAULT_THRESHOLD: Final = 100.0

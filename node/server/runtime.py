@@ -39,7 +39,7 @@ from node.net.consensus_wire import (
     proposal_from_wire,
 )
 from node.net.sync import DEFAULT_MODE as DEFAULT_SYNC_MODE
-from node.net.sync import SYNC_MODES, BlockSync, SyncStats, decode_items
+from node.net.sync import SYNC_MODES, Answer, BlockSync, SyncStats, decode_items, first_height
 from node.net.transport import PeerInfo, PeerNetwork
 from node.server.api import NodeApi, membership_status
 from node.server.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
@@ -245,7 +245,16 @@ class Node:
         if not verify_vote(self.genesis.chain_id, vote):
             self.counters["bad_signature:vote"] += 1
             raise ProtocolViolation("bad_signature", "vote")
+        self._check_validator(vote.validator, vote.height, "vote")
         self.step(MessageReceived(vote))
+
+    def _check_validator(self, key: bytes, height: int, what: str) -> None:
+        """A correct peer relays only what its core recorded, so only messages of validators of
+        that height (known here up to two heights above the head, and relevant heights are at
+        most one above the core's): anything else costs the peer that sent it, before the core."""
+        if key not in self.ledger.validators_at(height):
+            self.counters[f"not_a_validator:{what}"] += 1
+            raise ProtocolViolation("not_a_validator", f"{what} of height {height} by {short_id(key)}")
 
     def _on_proposal(self, p: Proposal) -> None:
         if not self._relevant(p.height):
@@ -260,6 +269,7 @@ class Node:
         if not verify_proposal(self.genesis.chain_id, p):
             self.counters["bad_signature:proposal"] += 1
             raise ProtocolViolation("bad_signature", "proposal")
+        self._check_validator(p.proposer, p.height, "proposal")
         self.step(MessageReceived(p))
 
     def accept_tx(self, raw: Any, relay_from: bytes | None = None) -> TxResult:
@@ -321,6 +331,15 @@ class Node:
         self.net.send(peer.key, wire.BLOCKS, out)
 
     def _on_blocks(self, peer: PeerInfo, items: list[dict[str, Any]]) -> None:
+        answer = self.sync.classify(peer.key, first_height(items), len(items))
+        if answer is Answer.LATE:
+            self.counters["sync_late_answer"] += 1
+            return
+        if answer is Answer.UNREQUESTED:
+            # Checked on the first header alone: decoding every block and tx of a frame nobody
+            # asked for would let any peer spend this node's CPU (issue 11, finding 6).
+            self.counters["sync_unrequested"] += 1
+            raise ProtocolViolation("unrequested_blocks", f"{len(items)} blocks nobody asked this peer for")
         try:
             decoded = decode_items(items)
         except InvalidBlock as exc:
