@@ -242,6 +242,7 @@ def test_blocks_frames_are_judged_against_the_requests_before_decoding() -> None
     s = BlockSync(batch=10, per_peer=1, timeout_s=5.0)
     s.peer_height(A, 100, now=0.0)
     (req,) = s.requests(0, now=0.0)
+    assert (req.peer, req.lo, req.hi) == (A, 1, 10)
     assert first_height(raw_items(range(1, 4))) == 1 and first_height([]) is None
     assert s.classify(B, 1, 3) is Answer.UNREQUESTED  # asked A, not B
     assert s.classify(A, 2, 3) is Answer.UNREQUESTED  # not where the request starts

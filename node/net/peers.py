@@ -30,6 +30,12 @@ DEFAULT_PENALTIES: Final[dict[str, float]] = {
     "unproven_height": 20.0,
     "not_a_validator": 20.0,
     "unrequested_blocks": 20.0,
+    # Asking for more than the serving budget: an honest syncer (two requests in flight per peer)
+    # stays far below it, a loop of GET_BLOCKS does not.
+    "serve_budget": 5.0,
+    # A client over its tx quota, or with a bigger batch than a client may send.
+    "client_quota": 2.0,
+    "client_batch_too_large": 20.0,
     "handler_error": 1.0,
 }
 DEFAULT_THRESHOLD: Final = 100.0
@@ -66,6 +72,12 @@ class TokenBucket:
         self._tokens -= amount
         return True
 
+    def charge(self, amount: float, now: float) -> None:
+        """Take `amount` even if it is more than is banked: a debt the refill pays back first (for
+        costs known only after the work, such as the bytes of a block read from disk)."""
+        self._refill(now)
+        self._tokens -= amount
+
 
 @dataclass(frozen=True, slots=True)
 class RateLimits:
@@ -94,6 +106,52 @@ class RateLimiter:
         self.messages.take(1, now)
         self.bytes.take(nbytes, now)
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class ServeLimits:
+    """What one peer may make this node read and send for it per second, answering GET_BLOCKS.
+    Without it a peer asking 500 times a second had up to 2 MiB read and sent for each request.
+    An honest catch-up (README: up to 24,000 readings or 12 full blocks a second, or a few
+    thousand empty ones, spread over every peer) stays below it."""
+
+    blocks_per_s: float = 4000.0
+    blocks_burst: float = 8000.0
+    bytes_per_s: float = 32 * 1024 * 1024
+    bytes_burst: float = 64 * 1024 * 1024
+
+
+class ServeBudget:
+    """Block-sync serving budget of one peer: a bucket of blocks and one of bytes."""
+
+    __slots__ = ("blocks", "bytes")
+
+    def __init__(self, limits: ServeLimits, now: float) -> None:
+        self.blocks = TokenBucket(limits.blocks_per_s, limits.blocks_burst, now)
+        self.bytes = TokenBucket(limits.bytes_per_s, limits.bytes_burst, now)
+
+    def grant(self, now: float) -> tuple[int, int] | None:
+        """(blocks, bytes) one answer may hold now, or None: answer with nothing."""
+        blocks, nbytes = int(self.blocks.available(now)), int(self.bytes.available(now))
+        if blocks < 1 or nbytes < 1:
+            return None
+        return blocks, nbytes
+
+    def charge(self, blocks: int, nbytes: int, now: float) -> None:
+        # An answer costs at least one block: an empty one was still a request to serve.
+        self.blocks.charge(max(1, blocks), now)
+        self.bytes.charge(nbytes, now)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """Per /client connection: txs admitted per second and per frame. Above what one node admits
+    (README: about 2,400 readings/s finalized by the whole federation), so an honest client never
+    meets it; a client that keeps going past it is scored and cut off."""
+
+    txs_per_s: float = 5000.0
+    txs_burst: float = 10_000.0
+    max_txs_per_frame: int = 500
 
 
 class MisbehaviourScore:
@@ -151,7 +209,7 @@ class Counters:
 class PeerState:
     """Everything the transport tracks about one connection besides the socket itself."""
 
-    __slots__ = ("counters", "limiter", "penalties", "score", "totals")
+    __slots__ = ("counters", "limiter", "penalties", "score", "serving", "totals")
 
     def __init__(
         self,
@@ -162,8 +220,10 @@ class PeerState:
         decay_per_s: float = DEFAULT_DECAY_PER_S,
         penalties: dict[str, float] | None = None,
         totals: Counters | None = None,
+        serve_limits: ServeLimits | None = None,
     ) -> None:
         self.limiter = RateLimiter(limits or RateLimits(), now)
+        self.serving = ServeBudget(serve_limits or ServeLimits(), now)  # what it may ask us to send
         self.score = MisbehaviourScore(now, threshold, decay_per_s)
         self.penalties = penalties if penalties is not None else DEFAULT_PENALTIES
         self.counters = Counters()

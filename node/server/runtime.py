@@ -316,17 +316,31 @@ class Node:
             self.net.send(r.peer, wire.GET_BLOCKS, {"from": r.lo, "to": r.hi})
 
     def _serve_blocks(self, peer: PeerInfo, payload: dict[str, Any]) -> None:
+        """Answer GET_BLOCKS (at most wire.MAX_BLOCKS_BATCH heights) within the peer's serving
+        budget (node/net/peers.py ServeBudget): past it, the answer is empty and the peer scored."""
+        now = time.monotonic()
+        budget = peer.state.serving
+        grant = budget.grant(now)
+        if grant is None:
+            self.counters["blocks_refused:serve_budget"] += 1
+            self.net.send(peer.key, wire.BLOCKS, [])
+            budget.charge(0, 0, now)
+            raise ProtocolViolation("serve_budget", "asked for blocks faster than it may")
+        max_blocks, max_bytes = grant
         out: list[dict[str, Any]] = []
         size = 0
-        for h in range(payload["from"], min(payload["to"], self.store.height()) + 1):
+        last = min(payload["to"], self.store.height(), payload["from"] + max_blocks - 1)
+        for h in range(payload["from"], last + 1):
             parts = self.store.block_parts(h)
             if parts is None:
                 break
             raw_block, raw_txs, raw_commit = parts
-            size += len(raw_block) + len(raw_commit) + sum(len(t) + 3 for t in raw_txs)
-            if out and size > SYNC_BATCH_BYTES:
+            item = len(raw_block) + len(raw_commit) + sum(len(t) + 3 for t in raw_txs)
+            if out and size + item > min(SYNC_BATCH_BYTES, max_bytes):
                 break  # keeps the frame under the limit; the peer asks for the rest
+            size += item
             out.append({"block": raw_block, "txs": raw_txs, "commit": raw_commit})
+        budget.charge(len(out), size, now)
         self.counters["blocks_served"] += len(out)
         self.net.send(peer.key, wire.BLOCKS, out)
 
