@@ -11,6 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from node.net import wire
+
 # Misbehaviour points per offence. Malformed input is never an honest accident between two
 # correct implementations of one protocol, so five malformed frames (5 x 20) end the connection.
 # Rate-limit drops cost little: an honest peer can burst during a catch-up, a flood cannot last.
@@ -151,7 +153,7 @@ class ClientLimits:
 
     txs_per_s: float = 5000.0
     txs_burst: float = 10_000.0
-    max_txs_per_frame: int = 500
+    max_txs_per_frame: int = wire.MAX_CLIENT_TX_BATCH  # what node.net.client sends at most
 
 
 class MisbehaviourScore:

@@ -57,6 +57,7 @@ TX_RESULT: Final = "tx_result"
 SUBMIT_TXS: Final = "submit_txs"  # a batch, answered by one tx_results in the same order
 TX_RESULTS: Final = "tx_results"
 MAX_TX_BATCH: Final = 2000
+MAX_CLIENT_TX_BATCH: Final = 500  # txs a client may put in one submit_txs frame (peers: MAX_TX_BATCH)
 ERROR: Final = "error"
 
 HANDSHAKE_TYPES: Final = frozenset({HELLO, PROOF})

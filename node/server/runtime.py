@@ -41,9 +41,9 @@ from node.net.consensus_wire import (
 from node.net.sync import DEFAULT_MODE as DEFAULT_SYNC_MODE
 from node.net.sync import SYNC_MODES, Answer, BlockSync, SyncStats, decode_items, first_height
 from node.net.transport import PeerInfo, PeerNetwork
-from node.server.api import NodeApi, membership_status
+from node.server.api import MAX_STATUS_LIST, NodeApi, capped, membership_status
 from node.server.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
-from node.store.models import runs
+from node.store.models import latest_runs
 from node.store.sqlite import SqliteStore
 
 log = logging.getLogger("fedledger.node")
@@ -413,6 +413,8 @@ class Node:
         lat = list(self.latencies_ms)
         rejected = {k.split(":", 1)[1]: v for k, v in self.counters.items() if k.startswith("rejected:")}
         peers = self.net.peers()
+        peer_ids, _ = capped([p.short_id for p in peers], MAX_STATUS_LIST)
+        run_list, run_count = latest_runs(store, MAX_STATUS_LIST)
         return {
             "node_id": self.key.short_id,
             "name": self.config.name,
@@ -427,7 +429,7 @@ class Node:
                           "step": self.core.step_.name.lower()},
             "validators": [{"node_id": short_id(k), "public_key": k.hex()} for k in vset.members],
             "peers": len(peers),
-            "peer_ids": [p.short_id for p in peers],
+            "peer_ids": peer_ids,  # "peers" counts them all
             "mempool": len(self.mempool),
             "readings": counts["readings"],
             "txs": counts["txs"],
@@ -440,9 +442,10 @@ class Node:
             "url": self.url,
             "uptime_s": round(time.time() - self.started_at, 1),
             "network": self.net.stats(),
-            "training": {"runs": [r.to_json() for r in runs(store)], "local": self.training.status()},
+            "training": {"runs": [r.to_json() for r in run_list], "runs_total": run_count,
+                         "local": self.training.status()},
             "sync": self.sync_status(),
-            **membership_status(store),
+            **membership_status(store, MAX_STATUS_LIST),
         }
 
     def peers_json(self) -> list[dict[str, Any]]:
