@@ -1,13 +1,18 @@
-"""Per-peer bookkeeping: rate limits, misbehaviour score and counters. Pure: the clock is passed in.
+"""Per-peer bookkeeping: rate limits, misbehaviour score and counters; node-wide: back-off bans
+and the peer-exchange address book. Pure: the clock is passed in.
 
 The transport asks `PeerState.admit(nbytes, now)` before it decodes a frame, reports what went
-wrong with `penalize(reason, now)`, and disconnects when that returns True. Keeping this free of
-asyncio lets tests drive hours of simulated traffic in microseconds.
+wrong with `penalize(reason, now)`, and disconnects when that returns True. A peer cut off for
+misbehaviour goes on the `BanList` (by node key and by address) for a period that doubles per
+offence. Addresses learnt by peer exchange go through the `AddressBook`, bounded per announcing
+peer and in total. Keeping this free of asyncio lets tests drive hours of simulated traffic in
+microseconds.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -39,6 +44,8 @@ DEFAULT_PENALTIES: Final[dict[str, float]] = {
     "client_quota": 2.0,
     "client_batch_too_large": 20.0,
     "handler_error": 1.0,
+    # A sealed frame that does not open: the link is unusable after it, so it is closed at once.
+    "bad_seal": 100.0,
 }
 DEFAULT_THRESHOLD: Final = 100.0
 DEFAULT_DECAY_PER_S: Final = 0.5  # slow: a peer misbehaving once a minute is still cut off
@@ -261,3 +268,110 @@ class PeerState:
 
     def to_json(self, now: float) -> dict[str, Any]:
         return {**self.counters.to_json(), "score": round(self.score.value(now), 2)}
+
+
+class BanList:
+    """Back-off bans: the n-th offence of a node key or an address bans it for base * 2^(n-1)
+    seconds, capped. An entry is forgotten `cap` seconds after its ban ended, so a peer that once
+    misbehaved and then behaved for that long starts over at `base`. At most `max_entries` are
+    kept (addresses are cheap for an attacker): when full, the entry whose ban ends first goes."""
+
+    def __init__(self, base: float = 60.0, cap: float = 24 * 3600.0, max_entries: int = 4096) -> None:
+        if base <= 0 or cap < base or max_entries < 1:
+            raise ValueError("ban base must be positive, cap at least base, max_entries at least 1")
+        self.base = base
+        self.cap = cap
+        self.max_entries = max_entries
+        self._entries: dict[Hashable, tuple[int, float]] = {}  # id -> (offences, banned until)
+
+    def ban(self, ids: Iterable[Hashable], now: float) -> float:
+        """Record one offence against each id; returns the longest ban it imposed (seconds)."""
+        longest = 0.0
+        for ident in ids:
+            offences, until = self._entries.pop(ident, (0, 0.0))
+            if now > until + self.cap:
+                offences = 0
+            offences += 1
+            duration = min(self.cap, self.base * 2 ** min(offences - 1, 60))
+            if len(self._entries) >= self.max_entries:
+                del self._entries[min(self._entries, key=lambda k: self._entries[k][1])]
+            self._entries[ident] = (offences, now + duration)
+            longest = max(longest, duration)
+        return longest
+
+    def banned_for(self, ident: Hashable, now: float) -> float:
+        """Seconds left of `ident`'s ban; 0.0 when it is not banned."""
+        entry = self._entries.get(ident)
+        if entry is None:
+            return 0.0
+        if now > entry[1] + self.cap:
+            del self._entries[ident]
+            return 0.0
+        return max(0.0, entry[1] - now)
+
+    def offences(self, ident: Hashable) -> int:
+        entry = self._entries.get(ident)
+        return entry[0] if entry else 0
+
+    def active(self, now: float) -> int:
+        return sum(until > now for _, until in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class AddressBook:
+    """Dial targets learnt by peer exchange: who announced each, bounded per peer and in total.
+
+    A peer can name at most `per_peer` addresses at a time and the book holds at most `max_urls`,
+    so one peer cannot fill the node's dial slots with arbitrary URLs; an address several peers
+    announced ranks above one a single peer did (`votes`). An address whose dial failed is not
+    dialled again for `hold` seconds, however often it is announced. A peer's announcements are
+    forgotten when it disconnects."""
+
+    def __init__(self, per_peer: int = 32, max_urls: int = 256, hold: float = 60.0) -> None:
+        self.per_peer = per_peer
+        self.max_urls = max_urls
+        self.hold = hold
+        self._by_url: dict[str, set[bytes]] = {}
+        self._by_peer: dict[bytes, set[str]] = {}
+        self._failed: dict[str, float] = {}  # url -> when its last dial failed
+
+    def announce(self, peer: bytes, url: str) -> bool:
+        """Record that `peer` announced `url`; False when a bound refused it (ignore the url)."""
+        mine = self._by_peer.setdefault(peer, set())
+        if url in mine:
+            return True
+        if len(mine) >= self.per_peer:
+            return False
+        if url not in self._by_url and len(self._by_url) >= self.max_urls:
+            return False
+        mine.add(url)
+        self._by_url.setdefault(url, set()).add(peer)
+        return True
+
+    def forget_peer(self, peer: bytes) -> None:
+        for url in self._by_peer.pop(peer, ()):
+            who = self._by_url.get(url)
+            if who is not None:
+                who.discard(peer)
+                if not who:
+                    del self._by_url[url]
+                    self._failed.pop(url, None)
+
+    def votes(self, url: str) -> int:
+        return len(self._by_url.get(url, ()))
+
+    def failed(self, url: str, now: float) -> None:
+        if url in self._by_url:  # bounded with the book: only addresses it holds are remembered
+            self._failed[url] = now
+
+    def succeeded(self, url: str) -> None:
+        self._failed.pop(url, None)
+
+    def dialable(self, url: str, now: float) -> bool:
+        when = self._failed.get(url)
+        return when is None or now - when >= self.hold
+
+    def __len__(self) -> int:
+        return len(self._by_url)
