@@ -126,6 +126,7 @@ class Tendermint:
             valid_value=self.valid_value,
             signed=tuple(self.signed.values()),
             proof=self._polka_proof(),
+            round_proof=self._round_proof(),
         )
 
     def gossip_messages(self) -> list[Message]:
@@ -154,6 +155,20 @@ class Tendermint:
             if log.precommits.total() >= q:
                 out.extend(log.precommits.all_votes())
         return out
+
+    def _round_proof(self) -> tuple[Vote, ...]:
+        """The votes of others that put this node in its round (see SignedState.round_proof);
+        at most two rounds' worth, so the persisted state stays small."""
+        q = self.vset.quorum
+        ended = [r for r, log in self.log.items() if r < self.round and log.precommits.total() >= q]
+        votes: list[Vote] = []
+        if ended:
+            votes.extend(self.log[max(ended)].precommits.all_votes())
+        current = self.log.get(self.round)
+        if current is not None:
+            votes.extend(current.prevotes.all_votes())
+            votes.extend(current.precommits.all_votes())
+        return tuple(v for v in votes if v.validator != self.me)
 
     def _polka_proof(self) -> tuple[Vote, ...]:
         """The 2f+1 prevotes behind validValue (a restarted node must still be able to prove it)."""
@@ -439,7 +454,7 @@ class Tendermint:
         for msg in sorted(self.signed.values(), key=lambda m: (m.round, isinstance(m, Vote))):
             self._record(msg)
             self._out.append(Broadcast(msg))
-        for vote in s.proof:
+        for vote in (*s.proof, *s.round_proof):
             if vote.validator != self.me:
                 self._record(vote)
         # Timeouts scheduled before the crash are gone; a fresh one for the current step keeps

@@ -387,3 +387,21 @@ def test_equivocators_share_a_bounded_number_of_extra_values_per_round() -> None
             vs.add(replace(vote(P, 1, 0, k + bytes([j]), 0), validator=k))
     assert len(vs.by_value) == len(many) + MAX_EXTRA_VALUES_PER_ROUND
     assert vs.total() == len(many)
+
+
+def test_the_precommits_that_ended_a_round_survive_a_restart_and_are_gossiped_again() -> None:
+    """Regression (simulator seed 7445, 10,000-seed sweep): a node left round 1 on its precommit
+    timeout, signed in round 2, crashed and restarted; the in-memory precommits of round 1 were
+    gone, and the two nodes still in round 1 never reached 2f+1 of them."""
+    core, _ = make(0)
+    core.start()
+    core.step(TimeoutFired(Step.PROPOSE, 1, 0))
+    ended = [vote(V, 1, 0, None, i) for i in (1, 2, 3)]
+    feed(core, *ended)
+    out = core.step(TimeoutFired(Step.PRECOMMIT, 1, 0))
+    out += core.step(TimeoutFired(Step.PROPOSE, 1, 1))  # signs a nil prevote in round 1: persisted
+    saved = persisted(out)[-1].state
+    assert saved.round == 1 and set(ended) <= set(saved.round_proof)
+    restarted = Tendermint(FakeApp(VSET), FakeSigner(KEYS[0]), 1, TimeoutConfig(), restored=saved)
+    restarted.start()
+    assert all(v in restarted.gossip_messages() for v in ended)
