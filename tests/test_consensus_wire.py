@@ -30,7 +30,8 @@ def test_signed_state_round_trips_with_blocks_votes_and_proof() -> None:
 
 def test_signed_state_keeps_its_round_proof_and_older_states_without_one_still_load() -> None:
     keys, genesis = make_genesis(4)
-    nils = tuple(sign_vote(k, genesis.chain_id, Vote(VoteType.PRECOMMIT, 1, 0, None, k.public)) for k in keys[1:])
+    chain = genesis.chain_id
+    nils = tuple(sign_vote(k, chain, Vote(VoteType.PRECOMMIT, 1, 0, None, k.public)) for k in keys[1:])
     state = SignedState(1, 1, Step.PREVOTE, -1, None, -1, None, (), (), nils)
     assert decode_signed_state(encode_signed_state(state)).round_proof == nils
     older = decode(encode_signed_state(state))
