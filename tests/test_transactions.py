@@ -77,6 +77,17 @@ def test_non_map_and_oversized_names():
         make_register_device(OWNER, CHAIN_ID, DEV.public, "x" * 65)
 
 
+@pytest.mark.parametrize("kind", [{}, [], {"reading": 1}, ["reading"], b"reading", 1, None])
+def test_a_kind_that_is_not_a_string_is_malformed_not_a_type_error(kind):
+    # Found by scripts/fuzz.py: a map or list as kind was looked up in BODY_TYPES and raised
+    # TypeError (unhashable) out of parse_tx, through a peer's tx gossip or a client's submit_tx.
+    raw = make_reading(DEV, CHAIN_ID, 1, 1000, 21.5, 40.0)
+    raw["kind"] = kind
+    with pytest.raises(InvalidTransaction, match="unknown transaction kind") as ei:
+        parse_tx(raw)
+    assert ei.value.reason is Reason.MALFORMED
+
+
 FIELD_CHANGES = {
     "device": st.just(device_key(1).public),
     "seq": st.integers(0, 2**40),

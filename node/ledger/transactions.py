@@ -377,8 +377,10 @@ def _parse_structure(obj: Any) -> tuple[str, Body, bytes, bytes]:
     if set(obj) != {"kind", "body", "signer", "sig"}:
         raise _fail(f"transaction must have exactly kind, body, signer, sig; got {sorted(map(str, obj))}")
     kind = obj["kind"]
-    if kind not in BODY_TYPES:
-        raise _fail(f"unknown transaction kind {kind!r}")
+    # A str test first: a map or list as kind is unhashable, and the lookup would raise TypeError
+    # out of the parser (found by scripts/fuzz.py).
+    if not isinstance(kind, str) or kind not in BODY_TYPES:
+        raise _fail(f"unknown transaction kind {repr(kind)[:64]}")
     signer = _key("signer", obj["signer"])
     sig = obj["sig"]
     if not (isinstance(sig, bytes) and len(sig) == 64):
