@@ -94,7 +94,10 @@ class SignedState:
     """Everything a restarted node needs so that it never contradicts what it already signed.
 
     `signed` holds this node's own signed messages of `height`; `proof` the 2f+1 prevotes behind
-    `valid_value` (the polka it locked on), which the host verified when they arrived.
+    `valid_value` (the polka it locked on), which the host verified when they arrived;
+    `round_proof` the votes that brought it to `round` (the 2f+1 precommits that ended an earlier
+    round, and the current round's votes of others): peers still in the earlier round need them
+    to follow, and after a restart this node is the only one that may still hold them.
     """
 
     height: int
@@ -106,3 +109,4 @@ class SignedState:
     valid_value: Any = field(repr=False)
     signed: tuple[Message, ...] = field(repr=False)
     proof: tuple[Vote, ...] = field(default=(), repr=False)
+    round_proof: tuple[Vote, ...] = field(default=(), repr=False)

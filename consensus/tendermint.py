@@ -43,8 +43,12 @@ from consensus.votes import RoundLog
 # Messages for rounds further ahead than this are dropped: a Byzantine validator must not be able
 # to grow the log without bound, and a correct peer that far ahead is reached by block sync.
 MAX_ROUNDS_AHEAD = 100
-# Messages for the next height are buffered (they arrive while this node is still committing).
-MAX_FUTURE_MESSAGES = 10_000
+# Messages for the next height are buffered (they arrive while this node is still committing),
+# only from validators of that height and at most this many per validator: a key outside the set
+# cannot take buffer room, nor can one validator crowd out the others. A correct validator sends
+# three messages a round; what it sent further ahead reaches this node again by gossip.
+MAX_FUTURE_PER_SENDER = 32
+MAX_FUTURE_MESSAGES = 10_000  # and in all, whatever the size of the next validator set
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class Tendermint:
         self.timeouts = timeouts or TimeoutConfig()
         self.create_empty_blocks = create_empty_blocks
         self._restored = restored if restored is not None and restored.height == height else None
+        self._future_size = 0
         self._reset(height)
 
     # --- public interface ---------------------------------------------------------------------
@@ -121,6 +126,7 @@ class Tendermint:
             valid_value=self.valid_value,
             signed=tuple(self.signed.values()),
             proof=self._polka_proof(),
+            round_proof=self._round_proof(),
         )
 
     def gossip_messages(self) -> list[Message]:
@@ -150,6 +156,20 @@ class Tendermint:
                 out.extend(log.precommits.all_votes())
         return out
 
+    def _round_proof(self) -> tuple[Vote, ...]:
+        """The votes of others that put this node in its round (see SignedState.round_proof);
+        at most two rounds' worth, so the persisted state stays small."""
+        q = self.vset.quorum
+        ended = [r for r, log in self.log.items() if r < self.round and log.precommits.total() >= q]
+        votes: list[Vote] = []
+        if ended:
+            votes.extend(self.log[max(ended)].precommits.all_votes())
+        current = self.log.get(self.round)
+        if current is not None:
+            votes.extend(current.prevotes.all_votes())
+            votes.extend(current.precommits.all_votes())
+        return tuple(v for v in votes if v.validator != self.me)
+
     def _polka_proof(self) -> tuple[Vote, ...]:
         """The 2f+1 prevotes behind validValue (a restarted node must still be able to prove it)."""
         if self.valid_value is None:
@@ -177,7 +197,8 @@ class Tendermint:
         self.waiting_for_txs = False
         self.vset: ValidatorSet = self.app.validators(height)
         self._valid_cache: dict[bytes, bool] = {}
-        self._future: list[Message] = getattr(self, "_future", [])
+        # Buffered next-height messages by sender; kept across _reset for the height they are for.
+        self._future: dict[bytes, list[Message]] = getattr(self, "_future", {})
         self._out: list[Action] = []
 
     def _round_log(self, round: int) -> RoundLog:
@@ -247,12 +268,28 @@ class Tendermint:
     # --- messages -----------------------------------------------------------------------------
     def _on_message(self, msg: Message) -> None:
         if msg.height == self.height + 1 or (msg.height == self.height and self.decided):
-            if msg.height == self.height + 1 and len(self._future) < MAX_FUTURE_MESSAGES:
-                self._future.append(msg)
+            if msg.height == self.height + 1:
+                self._buffer_future(msg)
             return
         if msg.height != self.height or msg.round < 0 or msg.round > self.round + MAX_ROUNDS_AHEAD:
             return
         self._record(msg)
+
+    def _buffer_future(self, msg: Message) -> None:
+        """Keep a next-height message for StartHeight: only a validator of that height's, bounded
+        per sender. Refusals are reported (the host counts them; the relaying peer is the host's)."""
+        who = sender(msg)
+        if who not in self.app.validators(self.height + 1):
+            self._out.append(Misbehaviour(who, "future_not_a_validator", (msg,)))
+            return
+        mine = self._future.setdefault(who, [])
+        if msg in mine:
+            return  # gossip sends it again
+        if len(mine) >= MAX_FUTURE_PER_SENDER or self._future_size >= MAX_FUTURE_MESSAGES:
+            self._out.append(Misbehaviour(who, "future_buffer_full", (msg,)))
+            return
+        mine.append(msg)
+        self._future_size += 1
 
     def _record(self, msg: Message) -> None:
         who = sender(msg)
@@ -397,8 +434,9 @@ class Tendermint:
     def _on_start_height(self, height: int) -> None:
         if height <= self.height:
             return
-        future = [m for m in self._future if m.height == height]
-        self._future = []
+        future = [m for msgs in self._future.values() for m in msgs if m.height == height]
+        self._future = {}
+        self._future_size = 0
         self._reset(height)
         self._start_round(0)
         for m in future:
@@ -416,7 +454,7 @@ class Tendermint:
         for msg in sorted(self.signed.values(), key=lambda m: (m.round, isinstance(m, Vote))):
             self._record(msg)
             self._out.append(Broadcast(msg))
-        for vote in s.proof:
+        for vote in (*s.proof, *s.round_proof):
             if vote.validator != self.me:
                 self._record(vote)
         # Timeouts scheduled before the crash are gone; a fresh one for the current step keeps

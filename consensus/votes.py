@@ -16,6 +16,10 @@ MAX_PROPOSALS_PER_ROUND = 8
 # each value, as the paper counts messages (safety holds: two quorums for different values would
 # need a correct validator in both). Beyond a few values per validator the rest are ignored.
 MAX_VALUES_PER_VALIDATOR = 3
+# Each validator's first vote always counts (a correct validator votes once per round and type);
+# the extra values equivocators bring in open new entries only while the round holds fewer than
+# this many beyond those, so f Byzantine validators cannot grow the table with random block ids.
+MAX_EXTRA_VALUES_PER_ROUND = 32
 
 
 @dataclass
@@ -27,18 +31,29 @@ class VoteSet:
     values_of: Counter[bytes] = field(default_factory=Counter)
 
     def add(self, vote: Vote) -> Vote | None:
-        """Adds `vote`; returns the validator's earlier vote if this one equivocates."""
-        voters = self.by_value.setdefault(vote.block_id, {})
-        if vote.validator in voters:
+        """Adds `vote`; returns the validator's earlier vote if this one equivocates. Caps are checked
+        before anything is created: a refused vote leaves no entry behind."""
+        voters = self.by_value.get(vote.block_id)
+        if voters is not None and vote.validator in voters:
             return None  # the same vote again
         earlier = self.first.get(vote.validator)
+        if earlier is not None and (
+            self.values_of[vote.validator] >= MAX_VALUES_PER_VALIDATOR
+            or (voters is None and self._extra_values() >= MAX_EXTRA_VALUES_PER_ROUND)
+        ):
+            return earlier
+        if voters is None:
+            voters = self.by_value[vote.block_id] = {}
         if earlier is None:
             self.first[vote.validator] = vote
-        elif self.values_of[vote.validator] >= MAX_VALUES_PER_VALIDATOR:
-            return earlier
         voters[vote.validator] = vote
         self.values_of[vote.validator] += 1
         return earlier
+
+    def _extra_values(self) -> int:
+        """Entries that no validator's first vote names (nil aside): what only equivocators opened."""
+        firsts = {v.block_id for v in self.first.values()}
+        return sum(1 for b in self.by_value if b is not None and b not in firsts)
 
     def count(self, block_id: bytes | None) -> int:
         voters = self.by_value.get(block_id)

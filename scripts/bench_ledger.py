@@ -38,6 +38,7 @@ from node.net.client import LedgerClient, batch_frames
 from node.net.http import get_json
 from node.proc import cpu_seconds as proc_cpu_seconds
 from node.proc import mib, peak_rss_bytes
+from node.server.api import MAX_FINALITY_SAMPLES
 
 MEMPOOL_BOUND = 8000
 
@@ -164,13 +165,13 @@ def main(argv: list[str] | None = None) -> int:
                 # drain, then half load
                 wait_until(lambda: all(get_json(p.url, "/status")["mempool"] == 0 for p in procs), 60, 0.3)
                 half = half_batches
-                counts0 = [get_json(p.url, "/finality?last=0")["count"] for p in procs]
+                counts0 = [get_json(p.url, "/finality?last=1")["count"] for p in procs]
                 log(f"half load ({finalized / 2:.0f}/s) for {args.half_seconds:g} s...")
                 await submit(clients, half, finalized / 2, args.half_seconds, procs)
                 wait_until(lambda: all(get_json(p.url, "/status")["mempool"] == 0 for p in procs), 60, 0.3)
                 lat: list[float] = []
                 for p, c0_ in zip(procs, counts0, strict=True):
-                    d = get_json(p.url, "/finality?last=100000")
+                    d = get_json(p.url, f"/finality?last={MAX_FINALITY_SAMPLES}")
                     new = d["count"] - c0_
                     lat += d["ms"][-new:] if new > 0 else []
                 return {"finalized": finalized, "sent": sent, "cpu": cpu, "lat": lat}

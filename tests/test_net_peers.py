@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from node.net.peers import MisbehaviourScore, PeerState, RateLimits, TokenBucket
+from node.net.peers import AddressBook, BanList, MisbehaviourScore, PeerState, RateLimits, TokenBucket
 
 
 def test_token_bucket_bursts_then_refills_at_rate() -> None:
@@ -54,3 +54,51 @@ def test_peer_counters_also_feed_node_totals() -> None:
     assert a.totals.frames_in == 2 and a.totals.bytes_in == 15 and a.totals.bytes_out == 7
     assert a.counters.frames_in == 1 and b.counters.dropped_out["queue_full"] == 1
     assert a.to_json(0.0)["score"] == 0
+
+
+def test_bans_double_per_offence_up_to_the_cap_and_are_forgotten_after_good_behaviour() -> None:
+    bans = BanList(base=60.0, cap=600.0)
+    key, ip = b"\x01" * 32, "10.0.0.9"
+    assert bans.banned_for(key, 0.0) == 0.0
+    assert bans.ban([key, ip], 0.0) == 60.0
+    assert bans.banned_for(key, 30.0) == 30.0 and bans.banned_for(ip, 30.0) == 30.0
+    assert bans.banned_for(key, 61.0) == 0.0  # served
+    assert bans.ban([key], 100.0) == 120.0  # second offence: twice as long
+    assert bans.ban([key], 300.0) == 240.0
+    assert bans.ban([key], 600.0) == 480.0
+    assert bans.ban([key], 1100.0) == 600.0  # capped
+    assert bans.offences(key) == 5
+    # A cap's worth of good behaviour after the ban ended: it starts over.
+    assert bans.ban([key], 1100.0 + 600.0 + 600.0 + 1.0) == 60.0
+    assert bans.offences(key) == 1
+
+
+def test_the_ban_list_is_bounded() -> None:
+    bans = BanList(base=10.0, cap=100.0, max_entries=3)
+    for i in range(10):
+        bans.ban([f"10.0.0.{i}"], float(i))
+    assert len(bans) == 3
+    assert bans.banned_for("10.0.0.9", 9.5) > 0 and bans.banned_for("10.0.0.0", 0.5) == 0.0
+
+
+def test_address_book_bounds_each_peer_and_the_total_and_counts_votes() -> None:
+    book = AddressBook(per_peer=2, max_urls=3, hold=60.0)
+    p1, p2, p3 = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+    assert book.announce(p1, "ws://a") and book.announce(p1, "ws://b")
+    assert not book.announce(p1, "ws://c")  # p1's quota
+    assert book.announce(p1, "ws://a")  # already counted: free
+    assert book.announce(p2, "ws://a") and book.votes("ws://a") == 2
+    assert book.announce(p2, "ws://c")
+    assert not book.announce(p3, "ws://d")  # the book is full ...
+    assert book.announce(p3, "ws://c")  # ... but a known address gains a vote
+    book.forget_peer(p1)
+    assert book.votes("ws://a") == 1 and book.votes("ws://b") == 0 and len(book) == 2
+
+
+def test_address_book_holds_back_a_failed_address() -> None:
+    book = AddressBook(hold=60.0)
+    book.announce(b"\x01" * 32, "ws://a")
+    book.failed("ws://a", 100.0)
+    assert not book.dialable("ws://a", 130.0) and book.dialable("ws://a", 160.0)
+    book.failed("ws://unknown", 100.0)  # not in the book: not remembered (the book's bound holds)
+    assert book.dialable("ws://unknown", 101.0)

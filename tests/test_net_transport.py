@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
 from node.errors import ProtocolViolation
@@ -18,6 +22,7 @@ from node.ledger.keys import NodeKey
 from node.net import wire
 from node.net.handshake import Handshake
 from node.net.peers import RateLimits
+from node.net.session import Session
 from node.net.transport import PeerInfo, PeerNetwork, _Conn
 
 CHAIN = "net-test"
@@ -132,8 +137,31 @@ async def start_node(bootstrap: list[str] | None = None, genesis: bytes = GENESI
     return net, inbox
 
 
+class SealedWs:
+    """A hand-driven peer's link after the handshake: `send` seals bytes (text goes as it is), `recv`
+    opens; `raw` is the websocket itself, for frames the test wants to write unsealed."""
+
+    def __init__(self, raw: ClientConnection, session: Session | None) -> None:
+        self.raw = raw
+        self.session = session
+
+    async def send(self, data: bytes | str) -> None:
+        if isinstance(data, bytes) and self.session is not None:
+            data = self.session.seal(data)
+        await self.raw.send(data)
+
+    async def recv(self) -> bytes | str:
+        data = await self.raw.recv()
+        if isinstance(data, bytes) and self.session is not None:
+            return self.session.open(data)
+        return data
+
+    async def close(self) -> None:
+        await self.raw.close()
+
+
 async def raw_peer(url: str, *, genesis: bytes = GENESIS, tamper_proof: bool = False,
-                   key: NodeKey | None = None) -> tuple[ClientConnection, Handshake]:
+                   key: NodeKey | None = None) -> tuple[SealedWs, Handshake]:
     """A hand-driven peer: the real handshake object, so the test controls every frame after it."""
     ws = await connect(url, compression=None, proxy=None)
     hs = Handshake(key or NodeKey.generate(), CHAIN, genesis, os.urandom(32), None)
@@ -144,11 +172,11 @@ async def raw_peer(url: str, *, genesis: bytes = GENESIS, tamper_proof: bool = F
                 frame = wire.encode_frame(wire.PROOF, {"sig": b"\x00" * 64})
             await ws.send(frame)
         if hs.established or hs.refusal is not None:
-            return ws, hs
+            return SealedWs(ws, hs.session), hs
         hs.receive_data(await ws.recv())
 
 
-async def close_code(ws: ClientConnection) -> tuple[int, str]:
+async def close_code(ws: ClientConnection | SealedWs) -> tuple[int, str]:
     try:
         while True:
             await asyncio.wait_for(ws.recv(), 5)
@@ -267,10 +295,11 @@ def test_garbage_and_oversized_frames_are_counted_and_dropped() -> None:
         try:
             ws, _ = await raw_peer(a.url)
             await ws.send(b"\xc1\xc1\xc1")  # not msgpack
-            await ws.send(b"\x00" * (64 * 1024 + 1))  # over max_frame, under websockets' hard limit
+            await ws.raw.send(b"\x00" * (64 * 1024 + 17))  # over max_frame + tag, under websockets' limit
             await ws.send("a text frame")
             await ws.send(wire.encode_frame(wire.HELLO, {  # handshake message after the handshake
-                "chain_id": CHAIN, "genesis_hash": GENESIS, "node": H, "nonce": H, "listen_url": None}))
+                "chain_id": CHAIN, "genesis_hash": GENESIS, "node": H, "nonce": H, "eph": H,
+                "listen_url": None}))
             await ws.send(wire.encode_frame(wire.STATUS, STATUS))
             await until(lambda: a_in.of(wire.STATUS) == [STATUS])  # still answering on that link
             rejected = a.stats()["rejected"]
@@ -415,7 +444,7 @@ def test_full_send_queue_drops_gossip_and_cuts_off_a_slow_peer() -> None:
         net = PeerNetwork(NodeKey.generate(), CHAIN, GENESIS, send_queue_frames=4)
         ws = FakeWs()
         info = PeerInfo(H, None, "?", "inbound", 0.0, None, net._new_state())
-        conn = _Conn(ws, info)
+        conn = _Conn(ws, info, Session(b"\x01" * 32, b"\x02" * 32, b""))
         net._conns[H] = conn
         tx = wire.encode_frame(wire.TX, TX)
         vote = wire.encode_frame(wire.VOTE, {"type": 2, "height": 1, "round": 0, "block_id": None,
@@ -450,6 +479,281 @@ def test_a_handler_that_names_an_offence_scores_the_sender_by_it_until_cut_off()
             code, reason = await close_code(ws)  # ... three are (50 points each, threshold 100)
             assert code == 4005 and "forged_proposal" in reason
             await until(lambda: a.peers() == [])
+        finally:
+            await a.stop()
+
+    run(scenario())
+
+
+# -- issue 11, finding 8: the session is bound to the handshake ----------------------------------
+
+
+async def start_relay(target: str, mode: str) -> tuple[Any, list[int]]:
+    """Mallory between a dialler and `target`: forwards the handshake untouched, then attacks the
+    dialler's sealed frames once (`mode`: inject, rewrite, replay, reorder). Returns the server and
+    the close codes the target sent the relay."""
+    codes: list[int] = []
+    done = False
+
+    async def handler(down: Any) -> None:
+        nonlocal done
+        async with connect(target, compression=None, proxy=None) as up:
+            async def back() -> None:
+                with contextlib.suppress(ConnectionClosed):
+                    async for frame in up:
+                        await down.send(frame)
+                if up.close_code is not None:
+                    codes.append(up.close_code)
+                await down.close()  # the target hung up on the relay: so does the relay on the dialler
+
+            back_task = asyncio.ensure_future(back())
+            seen, held = 0, None
+            try:
+                async for frame in down:
+                    seen += 1
+                    if seen <= 2 or done:  # hello and proof, or the attack is over: pass through
+                        await up.send(frame)
+                        continue
+                    if mode == "inject":
+                        await up.send(wire.encode_frame(wire.STATUS, {"height": 9, "head_hash": H}))
+                        await up.send(frame)
+                        done = True
+                    elif mode == "rewrite":
+                        forged = bytearray(frame)
+                        forged[len(forged) // 2] ^= 0x01
+                        await up.send(bytes(forged))
+                        done = True
+                    elif mode == "replay":
+                        await up.send(frame)
+                        await up.send(frame)
+                        done = True
+                    elif held is None:  # reorder: hold the first sealed frame, send it after the next
+                        held = frame
+                    else:
+                        await up.send(frame)
+                        await up.send(held)
+                        done = True
+            except ConnectionClosed:
+                pass
+            await up.close()
+            await asyncio.gather(back_task, return_exceptions=True)
+
+    server = await serve(handler, "127.0.0.1", 0, compression=None)
+    return server, codes
+
+
+@pytest.mark.parametrize("mode", ["inject", "rewrite", "replay", "reorder"])
+def test_a_relay_that_forwards_the_handshake_then_touches_a_frame_is_cut_off_with_4009(mode: str) -> None:
+    """Before the fix a relay could forward hello and proof between two honest nodes and then
+    speak in their names: the injected status was delivered as the dialler's."""
+
+    async def scenario() -> None:
+        a, a_in = await start_node()
+        server, codes = await start_relay(a.url, mode)
+        relay_url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        b, _ = await start_node([relay_url])
+        try:
+            await until(lambda: len(b.peers()) == 1)
+            b.send(a.key.public, wire.STATUS, STATUS)  # a second sealed frame after b's peers list
+            await until(lambda: a.stats()["disconnects"].get("bad_seal", 0) >= 1)
+            await until(lambda: 4009 in codes)
+            assert a.stats()["rejected"].get("bad_seal", 0) >= 1
+            assert {"height": 9, "head_hash": H} not in a_in.of(wire.STATUS)  # nothing forged delivered
+            assert a.stats()["bans_active"] == 0  # the key is not to blame, and loopback is exempt
+        finally:
+            await b.stop()
+            await a.stop()
+            server.close()
+            await server.wait_closed()
+
+    run(scenario())
+
+
+def test_unsealed_frames_after_the_handshake_close_the_link_with_4009() -> None:
+    async def scenario() -> None:
+        a, a_in = await start_node()
+        try:
+            ws, _ = await raw_peer(a.url)
+            await ws.raw.send(wire.encode_frame(wire.STATUS, STATUS))  # plain msgpack, as before the fix
+            code, reason = await close_code(ws)
+            assert code == 4009 and reason.startswith("bad_seal")
+            assert a_in.of(wire.STATUS) == []
+        finally:
+            await a.stop()
+
+    run(scenario())
+
+
+def test_honest_nodes_exchange_every_frame_type_sealed() -> None:
+    frames = {
+        wire.TX: TX,
+        wire.TXS: [TX, {"kind": "reading", "n": 2}],
+        wire.PROPOSAL: {"height": 1, "round": 0, "block_id": H, "valid_round": -1, "proposer": H,
+                        "signature": b"\x00" * 64, "block": b"\x80"},
+        wire.VOTE: {"type": 1, "height": 1, "round": 0, "block_id": None, "validator": H,
+                    "signature": b"\x00" * 64},
+        wire.STATUS: STATUS,
+        wire.GET_BLOCKS: {"from": 1, "to": 2},
+        wire.BLOCKS: [{"block": b"\x80", "txs": [], "commit": b"\x80"}],
+    }
+
+    async def scenario() -> None:
+        a, a_in = await start_node()
+        b, b_in = await start_node([a.url])
+        try:
+            await until(lambda: len(a.peers()) == 1 and len(b.peers()) == 1)
+            for type_, payload in frames.items():
+                assert a.send(b.key.public, type_, payload) and b.send(a.key.public, type_, payload)
+            await until(lambda: all(b_in.of(t) == [p] and a_in.of(t) == [p] for t, p in frames.items()))
+            ca, cb = a._conns[b.key.public], b._conns[a.key.public]
+            assert ca.session.send_key == cb.session.recv_key != ca.session.recv_key
+            assert ca.session.frames_sealed >= len(frames) + 1  # + the peers list
+            assert a.stats()["rejected"] == {} and b.stats()["rejected"] == {}
+        finally:
+            await b.stop()
+            await a.stop()
+
+    run(scenario())
+
+
+# -- issue 11, finding 6: peer caps, bans, peer-exchange bounds ----------------------------------
+
+
+async def refused_early(url: str) -> tuple[int, str]:
+    """Connect and send a hello: the node may close before or after reading it."""
+    ws, hs = None, None
+    ws = await connect(url, compression=None, proxy=None)
+    hs = Handshake(NodeKey.generate(), CHAIN, GENESIS, os.urandom(32), None)
+    hs.start()
+    with contextlib.suppress(ConnectionClosed):
+        for frame in hs.data_to_send():
+            await ws.send(frame)
+    return await close_code(ws)
+
+
+def test_inbound_beyond_the_cap_is_refused_with_4011() -> None:
+    async def scenario() -> None:
+        a, _ = await start_node(max_inbound=1)
+        try:
+            first, _ = await raw_peer(a.url)
+            await until(lambda: len(a.peers()) == 1)
+            code, reason = await refused_early(a.url)
+            assert code == 4011 and reason.startswith("too_many_peers")
+            assert a.stats()["handshake_refusals"] == {"too_many_peers": 1} and len(a.peers()) == 1
+            await first.close()
+            await until(lambda: a.peers() == [])
+            again, _ = await raw_peer(a.url)  # the slot is free again
+            await until(lambda: len(a.peers()) == 1)
+            await again.close()
+        finally:
+            await a.stop()
+
+    run(scenario())
+
+
+def test_total_peer_cap_counts_both_directions() -> None:
+    async def scenario() -> None:
+        b, _ = await start_node()
+        a, _ = await start_node([b.url], max_peers=1, max_inbound=8)
+        try:
+            await until(lambda: len(a.peers()) == 1)  # one outbound peer fills a's only slot
+            code, _ = await refused_early(a.url)
+            assert code == 4011
+        finally:
+            await a.stop()
+            await b.stop()
+
+    run(scenario())
+
+
+def test_a_peer_cut_off_for_misbehaviour_is_banned_by_key_and_by_address() -> None:
+    async def scenario() -> None:
+        mallory = NodeKey.generate()
+        a, _ = await start_node(ban_base=3600.0)  # loopback exempt from address bans (the default)
+        c, _ = await start_node(ban_base=3600.0, ban_exempt_ips=())
+        try:
+            for net in (a, c):
+                ws, _ = await raw_peer(net.url, key=mallory)
+                for _ in range(6):
+                    await ws.send(b"\xc1")
+                assert (await close_code(ws))[0] == 4005
+                await until(lambda n=net: n.peers() == [])  # type: ignore[misc]
+            # By key: mallory is refused after proving its key, on any address.
+            ws, _ = await raw_peer(a.url, key=mallory)
+            code, reason = await close_code(ws)
+            assert code == 4010 and reason.startswith("banned")
+            assert a.stats()["bans_active"] == 1 and a.bans.offences(mallory.public) == 1
+            honest, _ = await raw_peer(a.url)  # another key from the same (exempt) address is welcome
+            await until(lambda: len(a.peers()) == 1)
+            await honest.close()
+            # By address: before any handshake, whatever key it would claim.
+            code, reason = await refused_early(c.url)
+            assert code == 4010 and "address" in reason
+            assert c.stats()["bans_active"] == 2  # the key and 127.0.0.1
+        finally:
+            await a.stop()
+            await c.stop()
+
+    run(scenario())
+
+
+async def blackhole() -> tuple[asyncio.Server, int]:
+    """A TCP port that accepts and never answers: dials to it hang until their open timeout."""
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def test_one_peer_cannot_fill_the_dial_slots_and_shared_targets_win_the_slots() -> None:
+    async def scenario() -> None:
+        hole, port = await blackhole()
+        a, _ = await start_node(pex_per_peer=4, max_dial_targets=4, handshake_timeout=30.0)
+        try:
+            spammer, _ = await raw_peer(a.url)
+            spam = [f"ws://127.0.0.1:{port}/s{i}" for i in range(40)]
+            await spammer.send(wire.encode_frame(wire.PEERS, spam))
+            await until(lambda: a.stats()["events"].get("pex_bounded") == 36)
+            assert len(a.stats()["dial_targets"]) == 4
+            shared = f"ws://127.0.0.1:{port}/shared"
+            p1, _ = await raw_peer(a.url)
+            p2, _ = await raw_peer(a.url)
+            await p1.send(wire.encode_frame(wire.PEERS, [shared]))
+            await until(lambda: a.addresses.votes(shared) == 1)
+            assert shared not in a.stats()["dial_targets"]  # one voice against one: no eviction
+            await p2.send(wire.encode_frame(wire.PEERS, [shared]))
+            await until(lambda: shared in a.stats()["dial_targets"])  # two voices beat one
+            assert len(a.stats()["dial_targets"]) == 4 and a.stats()["events"]["dial_target_replaced"] == 1
+            for ws in (spammer, p1, p2):
+                await ws.close()
+        finally:
+            await a.stop()
+            hole.close()
+            await hole.wait_closed()
+
+    run(scenario())
+
+
+def test_an_unreachable_learnt_target_is_dropped_after_one_failed_dial() -> None:
+    async def scenario() -> None:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        dead = f"ws://127.0.0.1:{s.getsockname()[1]}"
+        s.close()  # nothing listens there now
+        a, _ = await start_node()
+        try:
+            ws, _ = await raw_peer(a.url)
+            await ws.send(wire.encode_frame(wire.PEERS, [dead]))
+            await until(lambda: a.stats()["events"].get("dial_failures") == 1)
+            await until(lambda: dead not in a.stats()["dial_targets"])
+            await ws.send(wire.encode_frame(wire.PEERS, [dead]))  # announced again within the hold
+            await until(lambda: a.stats()["events"].get("dial_target_unreachable") == 1)
+            assert a.stats()["events"]["dial_failures"] == 1 and dead not in a.stats()["dial_targets"]
+            await ws.close()
         finally:
             await a.stop()
 

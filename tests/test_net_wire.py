@@ -17,7 +17,8 @@ K = b"\x22" * 32
 SIG = b"\x33" * 64
 
 GOOD = {
-    wire.HELLO: {"chain_id": "c", "genesis_hash": H, "node": K, "nonce": H, "listen_url": "ws://a:1"},
+    wire.HELLO: {"chain_id": "c", "genesis_hash": H, "node": K, "nonce": H, "eph": K,
+                 "listen_url": "ws://a:1"},
     wire.PROOF: {"sig": SIG},
     wire.PEERS: ["ws://127.0.0.1:9000", "wss://x.example:443/peer"],
     wire.TX: {"kind": "reading", "anything": [1, 2]},
@@ -38,6 +39,8 @@ GOOD = {
 
 BAD = [
     (wire.HELLO, {**GOOD[wire.HELLO], "nonce": b"short"}),
+    (wire.HELLO, {**GOOD[wire.HELLO], "eph": b"short"}),
+    (wire.HELLO, {k: v for k, v in GOOD[wire.HELLO].items() if k != "eph"}),
     (wire.HELLO, {**GOOD[wire.HELLO], "listen_url": "http://a"}),
     (wire.HELLO, {**GOOD[wire.HELLO], "extra": 1}),
     (wire.PROOF, {"sig": "not bytes"}),

@@ -14,7 +14,7 @@ from node.sim.cluster import Cluster
 from node.sim.runner import run_seed
 
 # Seeds that once failed, pinned forever (see the regression tests in test_tendermint_rules.py).
-REGRESSION_SEEDS = [18, 21, 24, 75, 151, 268, 681]
+REGRESSION_SEEDS = [18, 21, 24, 75, 151, 268, 681, 7445]
 SEEDS_4 = int(os.environ.get("FEDLEDGER_SIM_SEEDS", "300"))
 
 

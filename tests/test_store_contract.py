@@ -175,3 +175,13 @@ def test_failure_mid_commit_leaves_sqlite_unchanged(tmp_path, monkeypatch):
         store.commit_block(block, commit, delta)
     assert snapshot(path) == before
     store.close()
+
+
+def test_block_rows_summarise_without_decoding_txs(chain, store):
+    rows = store.block_rows(1, 10**6)
+    assert [r["height"] for r in rows] == list(range(1, store.height() + 1))
+    for r in rows:
+        b = store.block(r["height"])
+        assert r["hash"] == b.hash.hex() and r["num_txs"] == len(b.txs) and r["round"] == b.header.round
+        assert r["prev_hash"] == b.header.prev_hash.hex() and r["time_ms"] == b.header.time_ms
+    assert store.block_rows(2, 1) == [] and store.block_rows(store.height() + 1, store.height() + 5) == []

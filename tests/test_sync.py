@@ -13,7 +13,7 @@ from node.ledger.blocks import Block, Commit, block_from_parts
 from node.ledger.chain import Ledger
 from node.ledger.codec import decode, encode
 from node.ledger.transactions import make_reading
-from node.net.sync import BlockSync, decode_items
+from node.net.sync import Answer, BlockSync, decode_items, first_height
 from node.store.base import MemoryStore
 from tests.factories import device_key, make_block, make_genesis, populated_ledger
 
@@ -223,3 +223,32 @@ def test_heights_a_peer_delivered_stay_credible_after_it_fails_above_them() -> N
     assert (second.lo, second.hi) == (6, 10)
     assert s.on_blocks(A, [], now=0.3) is True
     assert s.target == 5  # what it proved, not what it claimed
+
+
+def raw_items(heights: range) -> list[dict[str, Any]]:
+    keys, genesis = make_genesis(4)
+    ledger = Ledger(MemoryStore(), genesis)
+    block, commit = make_block(ledger, keys)
+    out = []
+    for h in heights:
+        header = {**block.header.to_dict(), "height": h}
+        out.append({"block": encode({"header": header, "last_commit": None}), "txs": [],
+                    "commit": encode(commit.to_dict())})
+    return out
+
+
+def test_blocks_frames_are_judged_against_the_requests_before_decoding() -> None:
+    """Issue 11 finding 6: unrequested BLOCKS frames were decoded in full before sync said no."""
+    s = BlockSync(batch=10, per_peer=1, timeout_s=5.0)
+    s.peer_height(A, 100, now=0.0)
+    (req,) = s.requests(0, now=0.0)
+    assert (req.peer, req.lo, req.hi) == (A, 1, 10)
+    assert first_height(raw_items(range(1, 4))) == 1 and first_height([]) is None
+    assert s.classify(B, 1, 3) is Answer.UNREQUESTED  # asked A, not B
+    assert s.classify(A, 2, 3) is Answer.UNREQUESTED  # not where the request starts
+    assert s.classify(A, 1, 11) is Answer.UNREQUESTED  # more than was asked
+    assert s.classify(A, 1, 10) is Answer.REQUESTED and s.classify(A, None, 0) is Answer.REQUESTED
+    assert s.classify(B, None, 0) is Answer.UNREQUESTED
+    s.requests(0, now=6.0)  # A timed out: its answer, if it still comes, is late, not an offence
+    assert s.classify(A, 1, 10) is Answer.LATE
+    assert s.classify(A, 1, 10) is Answer.UNREQUESTED  # ... once

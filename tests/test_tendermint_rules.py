@@ -16,6 +16,7 @@ from consensus.events import (
 from consensus.messages import Proposal, Step, VoteType
 from consensus.tendermint import Tendermint, TimeoutConfig
 from consensus.validators import ValidatorSet
+from consensus.votes import MAX_EXTRA_VALUES_PER_ROUND, VoteSet
 from tests.consensus_fakes import (
     KEYS,
     FakeApp,
@@ -337,3 +338,70 @@ def test_a_re_proposal_with_a_polka_is_prevoted_without_asking_the_clock() -> No
     assert core.round == 1
     out = feed(core, proposal(1, 1, b"A", 0, who(VSET.proposer(1, 1))))
     assert votes_of(out, P)[0].block_id == vid(b"A")  # lines 28-33: 2f+1 already found it timely
+
+
+def test_next_height_votes_from_outside_the_next_set_take_no_buffer_room() -> None:
+    """Issue 11 finding 6: self-signed next-height votes from any key filled the shared buffer and
+    crowded out the genuine ones; only validators of that height are buffered, a bounded number each."""
+    me = non_proposer(2, 0)
+    core, _ = make(me)
+    core.start()
+    outsiders = [bytes([200, i % 256, i // 256]) * 11 for i in range(12_000)]
+    out = feed(core, *(replace(vote(P, 2, 0, b"X", 0), validator=k[:32]) for k in outsiders))
+    refused = [a for a in out if isinstance(a, Misbehaviour) and a.reason == "future_not_a_validator"]
+    assert len(refused) == len(outsiders)
+    b = next(i for i in range(4) if i != me)
+    spam = [vote(P, 2, r, b"Y", b) for r in range(200)]  # one validator, many rounds
+    out = feed(core, *spam)
+    assert sum(isinstance(a, Misbehaviour) and a.reason == "future_buffer_full" for a in out) == 200 - 32
+    genuine = [proposal(2, 0, b"N", -1, who(VSET.proposer(2, 0)))] + [
+        vote(P, 2, 0, b"N", i) for i in range(4) if i not in (me, b)
+    ]
+    feed(core, *genuine)
+    core.step(StartHeight(2))
+    assert core.log[0].first_proposal == genuine[0]
+    assert core.log[0].prevotes.count(vid(b"N")) == 3  # the two others' and mine: all kept
+
+
+def test_an_equivocator_cannot_grow_the_vote_table_with_random_block_ids() -> None:
+    """Issue 11 finding 6: an entry per block id was created before the per-validator cap."""
+    me = non_proposer(1, 0)
+    core, _ = make(me)
+    core.start()
+    byz = next(i for i in range(4) if i != me)
+    feed(core, *(vote(P, 1, 0, f"random {i}".encode(), byz) for i in range(1000)))
+    assert len(core.log[0].prevotes.by_value) == 3
+    # Three equivocators within the cap of three values each still fit, and honest votes count.
+    feed(core, *(vote(P, 1, 0, f"other {i}".encode(), i) for i in range(4) if i not in (me, byz)))
+    assert all(core.log[0].prevotes.count(vid(f"other {i}".encode())) == 1 for i in range(4)
+               if i not in (me, byz))
+
+
+def test_equivocators_share_a_bounded_number_of_extra_values_per_round() -> None:
+    many = [bytes([7, i]) * 16 for i in range(40)]
+    vs = VoteSet()
+    for k in many:  # every validator's first vote counts, however many there are
+        vs.add(replace(vote(P, 1, 0, k, 0), validator=k))
+    for k in many:
+        for j in range(5):
+            vs.add(replace(vote(P, 1, 0, k + bytes([j]), 0), validator=k))
+    assert len(vs.by_value) == len(many) + MAX_EXTRA_VALUES_PER_ROUND
+    assert vs.total() == len(many)
+
+
+def test_the_precommits_that_ended_a_round_survive_a_restart_and_are_gossiped_again() -> None:
+    """Regression (simulator seed 7445, 10,000-seed sweep): a node left round 1 on its precommit
+    timeout, signed in round 2, crashed and restarted; the in-memory precommits of round 1 were
+    gone, and the two nodes still in round 1 never reached 2f+1 of them."""
+    core, _ = make(0)
+    core.start()
+    core.step(TimeoutFired(Step.PROPOSE, 1, 0))
+    ended = [vote(V, 1, 0, None, i) for i in (1, 2, 3)]
+    feed(core, *ended)
+    out = core.step(TimeoutFired(Step.PRECOMMIT, 1, 0))
+    out += core.step(TimeoutFired(Step.PROPOSE, 1, 1))  # signs a nil prevote in round 1: persisted
+    saved = persisted(out)[-1].state
+    assert saved.round == 1 and set(ended) <= set(saved.round_proof)
+    restarted = Tendermint(FakeApp(VSET), FakeSigner(KEYS[0]), 1, TimeoutConfig(), restored=saved)
+    restarted.start()
+    assert all(v in restarted.gossip_messages() for v in ended)

@@ -14,7 +14,7 @@ Rules every implementation keeps:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from node.ledger.blocks import Block, Commit
 from node.ledger.membership import Membership
@@ -50,6 +50,11 @@ class Store(Protocol):
     def block_parts(self, height: int) -> tuple[bytes, list[bytes], bytes] | None:
         """What block sync sends for `height`: blocks.block_row_bytes(block), each tx's
         encoding, and the commit certificate's encoding (SqliteStore returns its stored bytes)."""
+        ...
+
+    def block_rows(self, lo: int, hi: int) -> list[dict[str, Any]]:
+        """The summaries of heights lo..hi (height, hash, round, time_ms, proposer as a short id,
+        num_txs, prev_hash, hashes in hex), read without decoding any tx: what GET /blocks lists."""
         ...
 
     def tx(self, tx_id: bytes) -> TxRecord | None: ...

@@ -83,7 +83,7 @@ class LedgerClient:
 
 def batch_frames(txs: Iterable[dict[str, Any]], batch: int = 500) -> Iterator[tuple[bytes, int]]:
     """submit_txs frames of at most `batch` transactions each."""
-    batch = max(1, min(batch, wire.MAX_TX_BATCH))
+    batch = max(1, min(batch, wire.MAX_CLIENT_TX_BATCH))  # what a node takes in one frame
     chunk: list[dict[str, Any]] = []
     for tx in txs:
         chunk.append(tx)

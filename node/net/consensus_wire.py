@@ -53,6 +53,7 @@ def encode_signed_state(s: SignedState) -> bytes:
                 list(message_to_wire(m)) for m in s.signed
             ],
             "proof": [v.to_wire() for v in s.proof],
+            "round_proof": [v.to_wire() for v in s.round_proof],
         }
     )
 
@@ -75,6 +76,8 @@ def decode_signed_state(data: bytes) -> SignedState:
             valid_value=_block(d["valid_value"]),
             signed=tuple(signed),
             proof=tuple(Vote.from_wire(v) for v in d["proof"]),
+            # States persisted before round proofs were kept have none: nothing to give back.
+            round_proof=tuple(Vote.from_wire(v) for v in d.get("round_proof", [])),
         )
     except (KeyError, TypeError, ValueError, InvalidBlock, ProtocolViolation) as exc:
         raise CodecError(f"persisted consensus state is unreadable: {exc}") from exc

@@ -15,8 +15,9 @@ import http
 import inspect
 import json
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -29,7 +30,7 @@ from node.errors import CodecError, ProtocolViolation, RemoteError
 from node.ledger.codec import hexify
 from node.net import wire
 from node.net.handshake import CloseCode, Refusal
-from node.net.peers import PeerState
+from node.net.peers import ClientLimits, PeerState, TokenBucket
 
 log = logging.getLogger("fedledger.net")
 
@@ -37,6 +38,17 @@ HttpHandler = Callable[[str, dict[str, str]], "Awaitable[tuple[int, Any] | None]
 ClientHandler = Callable[[str, Any], "Awaitable[tuple[str, Any] | None] | tuple[str, Any] | None"]
 
 PEER_PATHS = frozenset({"/", "/peer"})
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """HTTP GETs per second from one remote address (each request is its own connection, so the
+    address is what persists). Well above what the CLI, the launcher and the benchmarks poll; a
+    loop of /status or /blocks requests gets 429s instead of the event loop."""
+
+    requests_per_s: float = 50.0
+    burst: float = 100.0
+    max_addresses: int = 1024  # addresses tracked; the least recently seen is forgotten first
 
 
 async def maybe_await(value: Any) -> Any:
@@ -94,6 +106,9 @@ class Gateway:
         clock: Callable[[], float],
         events: Counter[str],
         disconnects: Counter[str],
+        *,
+        client_limits: ClientLimits | None = None,
+        http_limits: HttpLimits | None = None,
     ) -> None:
         self.http_handler = http_handler
         self.client_handler = client_handler
@@ -104,6 +119,9 @@ class Gateway:
         self._events = events
         self._disconnects = disconnects
         self.clients: set[ServerConnection] = set()
+        self.client_limits = client_limits or ClientLimits()
+        self.http_limits = http_limits or HttpLimits()
+        self._http_buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     def is_client_path(self, path: str) -> bool:
         return self.client_handler is not None and path == self.client_path
@@ -119,6 +137,9 @@ class Gateway:
         self._events["http_requests"] += 1
         if self.http_handler is None:
             return json_response(404, {"error": "not_found", "path": path})
+        if not self._http_admit(ws):
+            self._events["http_rate_limited"] += 1
+            return json_response(429, {"error": "rate_limited", "path": path})
         try:
             result = await maybe_await(self.http_handler(path, dict(parse_qsl(query))))
         except Exception:
@@ -129,13 +150,32 @@ class Gateway:
             return json_response(404, {"error": "not_found", "path": path})
         return json_response(result[0], result[1])
 
+    def _http_admit(self, ws: ServerConnection) -> bool:
+        addr = getattr(ws, "remote_address", None)
+        host = str(addr[0]) if addr else "?"
+        now = self._clock()
+        bucket = self._http_buckets.get(host)
+        if bucket is None:
+            lim = self.http_limits
+            bucket = self._http_buckets[host] = TokenBucket(lim.requests_per_s, lim.burst, now)
+            while len(self._http_buckets) > lim.max_addresses:
+                self._http_buckets.popitem(last=False)
+        self._http_buckets.move_to_end(host)
+        return bucket.take(1, now)
+
+    def new_quota(self) -> TokenBucket:
+        """One client connection's tx quota."""
+        lim = self.client_limits
+        return TokenBucket(lim.txs_per_s, lim.txs_burst, self._clock())
+
     async def serve_client(self, ws: ServerConnection) -> None:
         st = self._new_state()
+        quota = self.new_quota()
         self.clients.add(ws)
         try:
             with contextlib.suppress(ConnectionClosed):
                 async for data in ws:
-                    verdict = await self._on_frame(ws, st, data)
+                    verdict = await self._on_frame(ws, st, data, quota)
                     if verdict is not None:
                         self._disconnects[verdict.reason] += 1
                         await ws.close(int(verdict.code), verdict.close_reason())
@@ -143,7 +183,9 @@ class Gateway:
         finally:
             self.clients.discard(ws)
 
-    async def _on_frame(self, ws: ServerConnection, st: PeerState, data: bytes | str) -> Refusal | None:
+    async def _on_frame(
+        self, ws: ServerConnection, st: PeerState, data: bytes | str, quota: TokenBucket
+    ) -> Refusal | None:
         env = admit_frame(st, data, self.max_frame, self._clock())
         if env is None:
             if st.score.exceeded:
@@ -155,6 +197,13 @@ class Gateway:
         if env.type in wire.HANDSHAKE_TYPES:
             await self._reply(ws, st, wire.ERROR, {"reason": "protocol_violation", "detail": "no handshake"})
             return misbehaved(st) if st.penalize("protocol_violation", self._clock()) else None
+        refusal = self._over_quota(env, quota)
+        if refusal is not None:
+            reason, detail = refusal
+            self._events[f"client_{reason}"] += 1
+            await self._reply(ws, st, wire.ERROR, {"reason": reason, "detail": detail})
+            offence = "client_batch_too_large" if reason == "batch_too_large" else "client_quota"
+            return misbehaved(st) if st.penalize(offence, self._clock()) else None
         assert self.client_handler is not None  # only client-path connections are routed here
         try:
             reply = await maybe_await(self.client_handler(env.type, env.payload))
@@ -170,6 +219,22 @@ class Gateway:
             return misbehaved(st) if st.penalize("handler_error", self._clock()) else None
         if reply is not None:
             await self._reply(ws, st, reply[0], reply[1])
+        return None
+
+    def _over_quota(self, env: wire.Envelope, quota: TokenBucket) -> tuple[str, str] | None:
+        """Why a submission is refused before any of it is parsed: too many txs in one frame, or
+        more than the connection's quota per second (the whole frame, so replies stay in order)."""
+        if env.type == wire.SUBMIT_TX:
+            n = 1
+        elif env.type == wire.SUBMIT_TXS:
+            n = len(env.payload)
+        else:
+            return None
+        limit = self.client_limits.max_txs_per_frame
+        if n > limit:
+            return "batch_too_large", f"at most {limit} txs per submit_txs frame, not {n}"
+        if not quota.take(n, self._clock()):
+            return "rate_limited", f"more than {self.client_limits.txs_per_s:.0f} txs/s on this connection"
         return None
 
     async def _reply(self, ws: ServerConnection, st: PeerState, type_: str, payload: Any) -> None:

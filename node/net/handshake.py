@@ -1,18 +1,27 @@
-"""The peer handshake as a sans-I/O state machine: bytes in, bytes and a verdict out.
+"""The peer handshake as a sans-I/O state machine: bytes in, bytes, a verdict and a session out.
 
-Both sides run the same symmetric protocol, in parallel:
+Both sides run the same symmetric protocol, in parallel (a Noise-XX-like exchange, as CometBFT's
+SecretConnection: ephemeral Diffie-Hellman, then identity signatures over the transcript):
 
-    1. send   hello {chain_id, genesis_hash, node, nonce, listen_url[, role]}
+    1. send   hello {chain_id, genesis_hash, node, nonce, eph, listen_url[, role]}
+              (`eph`: a fresh X25519 public key, one per connection)
     2. on the peer's hello: same chain id and genesis hash? (else refuse wrong_federation)
-       not ourselves? allowed by policy? then send
-              proof {sig = sign(b"handshake", chain_id, {nonce: PEER's nonce, genesis_hash, node: OUR key})}
-    3. on the peer's proof: does it verify under the key the peer's hello named, over the nonce WE
-       sent? (else refuse bad_proof) -> established.
+       not ourselves, not our own nonce or ephemeral key echoed? allowed by policy? then compute
+              shared  = X25519(our eph, peer's eph)
+              T       = sha256(b"fedledger/handshake/v1/" chain_id "/" canonical{genesis_hash,
+                          sides: both {eph, node, nonce}, ordered by eph})
+       and send
+              proof {sig = sign(b"handshake", chain_id, {transcript: T, node: OUR key})}
+    3. on the peer's proof: does it verify under the key the peer's hello named, over the same T?
+       (else refuse bad_proof) -> established, with `session` = session.Session(keys from
+       HKDF-SHA256(shared, salt=T), one per direction).
 
-Signing the peer's fresh nonce proves possession of the key *now* (no replay of an old proof);
-the genesis hash and the chain id (in the signing domain) bind the proof to one federation. There
-is no channel binding: without TLS a relay could splice two honest nodes together, which gains
-it nothing that forwarding their (signed) messages would not.
+T holds the nonce we just made, so a proof cannot be replayed from another connection; it holds
+both ephemeral keys, so a relay that swaps in its own (to learn the session keys) makes the two
+sides compute different transcripts and every proof fails; it holds the genesis hash and the chain
+id, so a proof is good for one federation only. A relay that forwards the handshake untouched ends
+up between two sides that share keys it does not know: every frame after the handshake is sealed
+(session.py), so it can neither read, inject, replay, reorder nor rewrite one.
 
 No sockets and no clock here: the transport owns the websocket and the handshake timeout, and
 turns a `Refusal` into a websocket close with its 4000-range code.
@@ -20,16 +29,23 @@ turns a `Refusal` into a websocket close with its 4000-range code.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from node.errors import CodecError, LocalError, ProtocolViolation
+from node.ledger.codec import encode
 from node.ledger.keys import NodeKey, short_id, verify
 from node.net import wire
+from node.net.session import Session, derive_keys
 
 HANDSHAKE_KIND = b"handshake"
+TRANSCRIPT_DOMAIN = b"fedledger/handshake/v1/"
 MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's reason fits in 125 bytes with its code
 
 
@@ -44,6 +60,9 @@ class CloseCode(IntEnum):
     DUPLICATE = 4006  # a second connection to a peer we already have, or to ourselves
     SLOW_PEER = 4007  # its send queue overflowed with frames we may not drop
     HANDSHAKE_TIMEOUT = 4008
+    BAD_SEAL = 4009  # a frame after the handshake did not open: tampered, replayed, reordered, injected
+    BANNED = 4010  # this node key or address was cut off for misbehaviour and is banned for a while
+    TOO_MANY_PEERS = 4011  # the inbound or total peer cap is reached
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +88,7 @@ class PeerHello:
     listen_url: str | None
     role: str | None
     nonce: bytes
+    eph: bytes = b""
 
     @property
     def short_id(self) -> str:
@@ -83,9 +103,24 @@ class State(Enum):
     REFUSED = "refused"
 
 
-def proof_object(nonce: bytes, genesis_hash: bytes, node: bytes) -> dict[str, Any]:
-    """What a proof signs: the *other* side's nonce, the genesis hash, and the signer's own key."""
-    return {"nonce": nonce, "genesis_hash": genesis_hash, "node": node}
+def transcript_hash(chain_id: str, genesis_hash: bytes, *sides: tuple[bytes, bytes, bytes]) -> bytes:
+    """The handshake transcript both proofs sign and the session keys are salted with.
+
+    `sides`: each side's (eph, node, nonce). Ordered by ephemeral key, so both ends compute the same
+    bytes without agreeing on who is "initiator" (both send their hello at once)."""
+    ordered = sorted(sides)
+    body = {"genesis_hash": genesis_hash,
+            "sides": [{"eph": e, "node": k, "nonce": n} for e, k, n in ordered]}
+    return hashlib.sha256(TRANSCRIPT_DOMAIN + chain_id.encode() + b"/" + encode(body)).digest()
+
+
+def proof_object(transcript: bytes, node: bytes) -> dict[str, Any]:
+    """What a proof signs: the transcript (both nonces and ephemeral keys...) and the signer's key."""
+    return {"transcript": transcript, "node": node}
+
+
+def _raw_public(private: X25519PrivateKey) -> bytes:
+    return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 class Handshake:
@@ -107,6 +142,7 @@ class Handshake:
         role: str | None = None,
         allowed: Callable[[bytes], bool] | None = None,
         max_frame: int = wire.DEFAULT_MAX_FRAME,
+        ephemeral: X25519PrivateKey | None = None,
     ) -> None:
         if len(nonce) != wire.NONCE_SIZE:
             raise LocalError(f"handshake nonce must be {wire.NONCE_SIZE} random bytes")
@@ -120,8 +156,15 @@ class Handshake:
         self.role = role
         self.allowed = allowed
         self.max_frame = max_frame
+        # One fresh X25519 key per connection: the session keys are forward secret, and differ
+        # for every connection even between the same two nodes.
+        self._ephemeral = ephemeral or X25519PrivateKey.generate()
+        self.eph = _raw_public(self._ephemeral)
         self.state = State.START
         self.peer: PeerHello | None = None
+        self.session: Session | None = None  # set when established
+        self._shared = b""
+        self._transcript = b""
         self.refusal: Refusal | None = None
         self._out: list[bytes] = []
 
@@ -135,6 +178,7 @@ class Handshake:
             "genesis_hash": self.genesis_hash,
             "node": self.key.public,
             "nonce": self.nonce,
+            "eph": self.eph,
             "listen_url": self.listen_url,
         }
         if self.role is not None:
@@ -196,23 +240,35 @@ class Handshake:
         if peer_key == self.key.public:
             self.refuse(CloseCode.DUPLICATE, "self_connection", "connected to ourselves")
             return
-        if p["nonce"] == self.nonce:
-            # Only a reflection of our own hello can echo our fresh nonce back.
-            self.refuse(CloseCode.PROTOCOL_VIOLATION, "protocol_violation", "peer echoed our nonce")
+        if p["nonce"] == self.nonce or p["eph"] == self.eph:
+            # Only a reflection of our own hello can echo our fresh nonce or ephemeral key back.
+            self.refuse(CloseCode.PROTOCOL_VIOLATION, "protocol_violation", "peer echoed our nonce or key")
             return
         if self.allowed is not None and not self.allowed(peer_key):
             self.refuse(CloseCode.UNKNOWN_PEER, "unknown_peer", f"node {short_id(peer_key)} is not admitted")
             return
-        self.peer = PeerHello(peer_key, p["listen_url"], p.get("role"), p["nonce"])
-        proof = proof_object(p["nonce"], self.genesis_hash, self.key.public)
+        try:
+            self._shared = self._ephemeral.exchange(X25519PublicKey.from_public_bytes(p["eph"]))
+        except ValueError:  # a low-order point: the shared secret would be all zeros, known to anyone
+            self.refuse(CloseCode.PROTOCOL_VIOLATION, "protocol_violation", "unusable ephemeral key")
+            return
+        self.peer = PeerHello(peer_key, p["listen_url"], p.get("role"), p["nonce"], p["eph"])
+        self._transcript = transcript_hash(
+            self.chain_id, self.genesis_hash,
+            (self.eph, self.key.public, self.nonce), (p["eph"], peer_key, p["nonce"]),
+        )
+        proof = proof_object(self._transcript, self.key.public)
         sig = self.key.sign(HANDSHAKE_KIND, self.chain_id, proof)
         self._out.append(wire.encode_frame(wire.PROOF, {"sig": sig}, max_frame=self.max_frame))
         self.state = State.AWAIT_PROOF
 
     def _on_proof(self, p: dict[str, Any]) -> None:
         assert self.peer is not None  # AWAIT_PROOF is only entered with the peer's hello stored
-        obj = proof_object(self.nonce, self.genesis_hash, self.peer.key)
+        obj = proof_object(self._transcript, self.peer.key)
         if not verify(self.peer.key, p["sig"], HANDSHAKE_KIND, self.chain_id, obj):
             self.refuse(CloseCode.BAD_PROOF, "bad_proof", f"node {self.peer.short_id} did not prove its key")
             return
+        send, recv = derive_keys(self._shared, self._transcript, first=self.eph < self.peer.eph)
+        self.session = Session(send, recv, self._transcript)
+        self._shared = b""  # the session holds what it needs; drop the secret
         self.state = State.ESTABLISHED

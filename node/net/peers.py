@@ -1,15 +1,22 @@
-"""Per-peer bookkeeping: rate limits, misbehaviour score and counters. Pure: the clock is passed in.
+"""Per-peer bookkeeping: rate limits, misbehaviour score and counters; node-wide: back-off bans
+and the peer-exchange address book. Pure: the clock is passed in.
 
 The transport asks `PeerState.admit(nbytes, now)` before it decodes a frame, reports what went
-wrong with `penalize(reason, now)`, and disconnects when that returns True. Keeping this free of
-asyncio lets tests drive hours of simulated traffic in microseconds.
+wrong with `penalize(reason, now)`, and disconnects when that returns True. A peer cut off for
+misbehaviour goes on the `BanList` (by node key and by address) for a period that doubles per
+offence. Addresses learnt by peer exchange go through the `AddressBook`, bounded per announcing
+peer and in total. Keeping this free of asyncio lets tests drive hours of simulated traffic in
+microseconds.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
+
+from node.net import wire
 
 # Misbehaviour points per offence. Malformed input is never an honest accident between two
 # correct implementations of one protocol, so five malformed frames (5 x 20) end the connection.
@@ -28,7 +35,17 @@ DEFAULT_PENALTIES: Final[dict[str, float]] = {
     "forged_proposal": 50.0,
     "malformed_block": 20.0,
     "unproven_height": 20.0,
+    "not_a_validator": 20.0,
+    "unrequested_blocks": 20.0,
+    # Asking for more than the serving budget: an honest syncer (two requests in flight per peer)
+    # stays far below it, a loop of GET_BLOCKS does not.
+    "serve_budget": 5.0,
+    # A client over its tx quota, or with a bigger batch than a client may send.
+    "client_quota": 2.0,
+    "client_batch_too_large": 20.0,
     "handler_error": 1.0,
+    # A sealed frame that does not open: the link is unusable after it, so it is closed at once.
+    "bad_seal": 100.0,
 }
 DEFAULT_THRESHOLD: Final = 100.0
 DEFAULT_DECAY_PER_S: Final = 0.5  # slow: a peer misbehaving once a minute is still cut off
@@ -64,6 +81,12 @@ class TokenBucket:
         self._tokens -= amount
         return True
 
+    def charge(self, amount: float, now: float) -> None:
+        """Take `amount` even if it is more than is banked: a debt the refill pays back first (for
+        costs known only after the work, such as the bytes of a block read from disk)."""
+        self._refill(now)
+        self._tokens -= amount
+
 
 @dataclass(frozen=True, slots=True)
 class RateLimits:
@@ -92,6 +115,52 @@ class RateLimiter:
         self.messages.take(1, now)
         self.bytes.take(nbytes, now)
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class ServeLimits:
+    """What one peer may make this node read and send for it per second, answering GET_BLOCKS.
+    Without it a peer asking 500 times a second had up to 2 MiB read and sent for each request.
+    An honest catch-up (README: up to 24,000 readings or 12 full blocks a second, or a few
+    thousand empty ones, spread over every peer) stays below it."""
+
+    blocks_per_s: float = 4000.0
+    blocks_burst: float = 8000.0
+    bytes_per_s: float = 32 * 1024 * 1024
+    bytes_burst: float = 64 * 1024 * 1024
+
+
+class ServeBudget:
+    """Block-sync serving budget of one peer: a bucket of blocks and one of bytes."""
+
+    __slots__ = ("blocks", "bytes")
+
+    def __init__(self, limits: ServeLimits, now: float) -> None:
+        self.blocks = TokenBucket(limits.blocks_per_s, limits.blocks_burst, now)
+        self.bytes = TokenBucket(limits.bytes_per_s, limits.bytes_burst, now)
+
+    def grant(self, now: float) -> tuple[int, int] | None:
+        """(blocks, bytes) one answer may hold now, or None: answer with nothing."""
+        blocks, nbytes = int(self.blocks.available(now)), int(self.bytes.available(now))
+        if blocks < 1 or nbytes < 1:
+            return None
+        return blocks, nbytes
+
+    def charge(self, blocks: int, nbytes: int, now: float) -> None:
+        # An answer costs at least one block: an empty one was still a request to serve.
+        self.blocks.charge(max(1, blocks), now)
+        self.bytes.charge(nbytes, now)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """Per /client connection: txs admitted per second and per frame. Above what one node admits
+    (README: about 2,400 readings/s finalized by the whole federation), so an honest client never
+    meets it; a client that keeps going past it is scored and cut off."""
+
+    txs_per_s: float = 5000.0
+    txs_burst: float = 10_000.0
+    max_txs_per_frame: int = wire.MAX_CLIENT_TX_BATCH  # what node.net.client sends at most
 
 
 class MisbehaviourScore:
@@ -149,7 +218,7 @@ class Counters:
 class PeerState:
     """Everything the transport tracks about one connection besides the socket itself."""
 
-    __slots__ = ("counters", "limiter", "penalties", "score", "totals")
+    __slots__ = ("counters", "limiter", "penalties", "score", "serving", "totals")
 
     def __init__(
         self,
@@ -160,8 +229,10 @@ class PeerState:
         decay_per_s: float = DEFAULT_DECAY_PER_S,
         penalties: dict[str, float] | None = None,
         totals: Counters | None = None,
+        serve_limits: ServeLimits | None = None,
     ) -> None:
         self.limiter = RateLimiter(limits or RateLimits(), now)
+        self.serving = ServeBudget(serve_limits or ServeLimits(), now)  # what it may ask us to send
         self.score = MisbehaviourScore(now, threshold, decay_per_s)
         self.penalties = penalties if penalties is not None else DEFAULT_PENALTIES
         self.counters = Counters()
@@ -197,3 +268,110 @@ class PeerState:
 
     def to_json(self, now: float) -> dict[str, Any]:
         return {**self.counters.to_json(), "score": round(self.score.value(now), 2)}
+
+
+class BanList:
+    """Back-off bans: the n-th offence of a node key or an address bans it for base * 2^(n-1)
+    seconds, capped. An entry is forgotten `cap` seconds after its ban ended, so a peer that once
+    misbehaved and then behaved for that long starts over at `base`. At most `max_entries` are
+    kept (addresses are cheap for an attacker): when full, the entry whose ban ends first goes."""
+
+    def __init__(self, base: float = 60.0, cap: float = 24 * 3600.0, max_entries: int = 4096) -> None:
+        if base <= 0 or cap < base or max_entries < 1:
+            raise ValueError("ban base must be positive, cap at least base, max_entries at least 1")
+        self.base = base
+        self.cap = cap
+        self.max_entries = max_entries
+        self._entries: dict[Hashable, tuple[int, float]] = {}  # id -> (offences, banned until)
+
+    def ban(self, ids: Iterable[Hashable], now: float) -> float:
+        """Record one offence against each id; returns the longest ban it imposed (seconds)."""
+        longest = 0.0
+        for ident in ids:
+            offences, until = self._entries.pop(ident, (0, 0.0))
+            if now > until + self.cap:
+                offences = 0
+            offences += 1
+            duration = min(self.cap, self.base * 2 ** min(offences - 1, 60))
+            if len(self._entries) >= self.max_entries:
+                del self._entries[min(self._entries, key=lambda k: self._entries[k][1])]
+            self._entries[ident] = (offences, now + duration)
+            longest = max(longest, duration)
+        return longest
+
+    def banned_for(self, ident: Hashable, now: float) -> float:
+        """Seconds left of `ident`'s ban; 0.0 when it is not banned."""
+        entry = self._entries.get(ident)
+        if entry is None:
+            return 0.0
+        if now > entry[1] + self.cap:
+            del self._entries[ident]
+            return 0.0
+        return max(0.0, entry[1] - now)
+
+    def offences(self, ident: Hashable) -> int:
+        entry = self._entries.get(ident)
+        return entry[0] if entry else 0
+
+    def active(self, now: float) -> int:
+        return sum(until > now for _, until in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class AddressBook:
+    """Dial targets learnt by peer exchange: who announced each, bounded per peer and in total.
+
+    A peer can name at most `per_peer` addresses at a time and the book holds at most `max_urls`,
+    so one peer cannot fill the node's dial slots with arbitrary URLs; an address several peers
+    announced ranks above one a single peer did (`votes`). An address whose dial failed is not
+    dialled again for `hold` seconds, however often it is announced. A peer's announcements are
+    forgotten when it disconnects."""
+
+    def __init__(self, per_peer: int = 32, max_urls: int = 256, hold: float = 60.0) -> None:
+        self.per_peer = per_peer
+        self.max_urls = max_urls
+        self.hold = hold
+        self._by_url: dict[str, set[bytes]] = {}
+        self._by_peer: dict[bytes, set[str]] = {}
+        self._failed: dict[str, float] = {}  # url -> when its last dial failed
+
+    def announce(self, peer: bytes, url: str) -> bool:
+        """Record that `peer` announced `url`; False when a bound refused it (ignore the url)."""
+        mine = self._by_peer.setdefault(peer, set())
+        if url in mine:
+            return True
+        if len(mine) >= self.per_peer:
+            return False
+        if url not in self._by_url and len(self._by_url) >= self.max_urls:
+            return False
+        mine.add(url)
+        self._by_url.setdefault(url, set()).add(peer)
+        return True
+
+    def forget_peer(self, peer: bytes) -> None:
+        for url in self._by_peer.pop(peer, ()):
+            who = self._by_url.get(url)
+            if who is not None:
+                who.discard(peer)
+                if not who:
+                    del self._by_url[url]
+                    self._failed.pop(url, None)
+
+    def votes(self, url: str) -> int:
+        return len(self._by_url.get(url, ()))
+
+    def failed(self, url: str, now: float) -> None:
+        if url in self._by_url:  # bounded with the book: only addresses it holds are remembered
+            self._failed[url] = now
+
+    def succeeded(self, url: str) -> None:
+        self._failed.pop(url, None)
+
+    def dialable(self, url: str, now: float) -> bool:
+        when = self._failed.get(url)
+        return when is None or now - when >= self.hold
+
+    def __len__(self) -> int:
+        return len(self._by_url)

@@ -26,13 +26,16 @@ Modes (how much a node re-checks of a synced block, DESIGN.md section 4):
 
 from __future__ import annotations
 
+import enum
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.errors import InvalidBlock
+from node.errors import CodecError, InvalidBlock
 from node.ledger.blocks import Block, Commit, block_from_parts, commit_from_bytes
+from node.ledger.codec import decode
 
 SYNC_MODES = ("certificates", "full")
 DEFAULT_MODE = "certificates"
@@ -43,6 +46,15 @@ REQUEST_TIMEOUT_S = 15.0
 PENALTY_S = 10.0  # a peer that failed us is not asked again for this long
 DISTRUST_S = 30.0  # claims above what a peer proved are ignored this long after it failed one ...
 MAX_DISTRUST_S = 600.0  # ... doubling per failure up to this
+MAX_RETIRED = 1024  # requests dropped without an answer (timeout, penalty) whose answer may still come
+
+
+class Answer(enum.Enum):
+    """What a BLOCKS frame is, judged before any block in it is decoded."""
+
+    REQUESTED = "requested"  # it continues a request in flight to that peer, within its range
+    LATE = "late"  # the answer to a request this node gave up on: dropped, not the peer's fault
+    UNREQUESTED = "unrequested"  # nobody asked that peer for it: an offence
 
 
 @dataclass(frozen=True)
@@ -111,6 +123,7 @@ class BlockSync:
         self.proven: dict[bytes, int] = {}  # peer -> highest height it delivered a block for
         self.distrusted: dict[bytes, tuple[float, float]] = {}  # peer -> (until, current period)
         self.disproven = 0  # claims cut back because the peer did not back them
+        self.retired: OrderedDict[tuple[bytes, int], int] = OrderedDict()  # (peer, lo) -> hi
         self._next_peer = 0
         # Heights per request, learnt from answers: a server stops at a byte budget, so with big
         # blocks a 16-block range comes back one block at a time. Asking for what a peer will
@@ -164,6 +177,26 @@ class BlockSync:
             lo = hi + 1
         return out
 
+    def classify(self, peer: bytes, first: int | None, count: int) -> Answer:
+        """Whether a BLOCKS frame of `count` items from `peer`, the first for height `first`, answers
+        a request made to it. Asked before the items are decoded: an unasked-for frame costs the
+        sender, not this node's CPU. An empty frame answers any request in flight to the peer; a
+        frame whose first block has no readable height is left to decoding if the peer owes one."""
+        asked = any(r.peer == peer for r in self.in_flight.values())
+        if count == 0:
+            if asked:
+                return Answer.REQUESTED
+            return Answer.LATE if any(p == peer for p, _ in self.retired) else Answer.UNREQUESTED
+        if first is None:  # a malformed first block: decoding reports it if the peer owes an answer
+            return Answer.REQUESTED if asked else Answer.UNREQUESTED
+        req = self.in_flight.get(first)
+        if req is not None and req.peer == peer:
+            return Answer.REQUESTED if count <= req.hi - req.lo + 1 else Answer.UNREQUESTED
+        hi = self.retired.pop((peer, first), None)
+        if hi is not None and count <= hi - first + 1:
+            return Answer.LATE
+        return Answer.UNREQUESTED
+
     def on_blocks(self, peer: bytes, items: Sequence[tuple[Block, Commit]], now: float) -> bool:
         """A peer answered. The batch must continue a request made to that peer; a partial answer
         (the server caps a batch by bytes) leaves the rest of the range to be asked again. True
@@ -172,7 +205,7 @@ class BlockSync:
             # The peer has nothing inside the range it claimed to have: the claim was false.
             asked = [lo for lo, r in self.in_flight.items() if r.peer == peer]
             for lo in asked:
-                del self.in_flight[lo]
+                self._retire(self.in_flight.pop(lo))
             self.penalised[peer] = now + PENALTY_S
             if asked:
                 self._disprove(peer, now)
@@ -198,7 +231,7 @@ class BlockSync:
         for lo in [lo for lo, (p, _) in self.fetched.items() if p == peer]:
             del self.fetched[lo]
         for lo in [lo for lo, r in self.in_flight.items() if r.peer == peer]:
-            del self.in_flight[lo]
+            self._retire(self.in_flight.pop(lo))
 
     def take_ready(self, height: int) -> tuple[bytes, list[tuple[Block, Commit]]] | None:
         """The fetched batch that starts right above `height`, if any (drops stale ones)."""
@@ -212,6 +245,13 @@ class BlockSync:
 
     # --- helpers ---------------------------------------------------------------------------------
 
+    def _retire(self, req: Request) -> None:
+        """Remember a request given up on, so its answer, if it still comes, is not an offence."""
+        self.retired[(req.peer, req.lo)] = req.hi
+        self.retired.move_to_end((req.peer, req.lo))
+        while len(self.retired) > MAX_RETIRED:
+            self.retired.popitem(last=False)
+
     def _disprove(self, peer: bytes, now: float) -> None:
         """Cut the peer's claim back to what it proved, and ignore higher ones for a while."""
         _, period = self.distrusted.get(peer, (0.0, DISTRUST_S / 2))
@@ -224,7 +264,7 @@ class BlockSync:
     def _expire(self, now: float) -> None:
         for lo, r in list(self.in_flight.items()):
             if now - r.sent_at > self.timeout_s:
-                del self.in_flight[lo]
+                self._retire(self.in_flight.pop(lo))
                 self.penalised[r.peer] = now + PENALTY_S
                 self._disprove(r.peer, now)
         for p, until in list(self.penalised.items()):
@@ -256,9 +296,24 @@ class BlockSync:
         return None
 
 
+def first_height(payload: list[dict[str, Any]]) -> int | None:
+    """The height of a `blocks` payload's first block, read from its header alone (no tx, no
+    certificate decoded); None if the frame is empty or the first block is malformed."""
+    if not payload:
+        return None
+    try:
+        d = decode(payload[0]["block"])
+    except CodecError:
+        return None
+    header = d.get("header") if isinstance(d, dict) else None
+    height = header.get("height") if isinstance(header, dict) else None
+    return height if type(height) is int else None
+
+
 def decode_items(payload: list[dict[str, Any]]) -> list[tuple[Block, Commit]]:
     """A `blocks` payload (node/wire.py) as blocks and certificates; InvalidBlock if malformed."""
     return [(block_from_parts(e["block"], e["txs"]), commit_from_bytes(e["commit"])) for e in payload]
 
 
-__all__ = ["SYNC_MODES", "BlockSync", "InvalidBlock", "Request", "SyncStats", "decode_items"]
+__all__ = ["SYNC_MODES", "Answer", "BlockSync", "InvalidBlock", "Request", "SyncStats", "decode_items",
+           "first_height"]

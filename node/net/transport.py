@@ -10,6 +10,16 @@ owns every socket, task and timeout. Its contract with the rest of the node:
   limited, decoded and validated, and any exception while handling it is caught, counted and
   scored against the sender; a score over the threshold closes the connection (4005).
 - `send`/`broadcast` never block: frames go to a bounded per-peer queue drained by a writer task.
+- Every peer frame after the handshake is sealed (handshake.py, session.py): the writer seals each
+  frame as it sends it, in order; the reader opens each before anything else. A frame that does
+  not open closes the link with 4009 (bad_seal) and bans the sending address for a while.
+- Bounds: at most `max_inbound` inbound and `max_peers` peers in all (4011 beyond, refused before
+  the handshake where possible); a peer cut off for misbehaviour (4005) is banned by node key and
+  by address for a period that doubles per offence (4010 on reconnect; loopback addresses are
+  exempt from address bans by default, since on one host or behind a proxy they name nobody);
+  dial targets learnt by peer exchange are bounded per announcing peer and in total
+  (peers.AddressBook), dropped after a failed dial, and one announced by several peers can take
+  the slot of one announced by a single peer.
 
 Paths on the port: "/" or "/peer" (websocket, peer handshake), `client_path` (websocket, no
 handshake, requests answered by `client_handler`), anything else without an Upgrade header is
@@ -39,7 +49,8 @@ from node.ledger.keys import NodeKey, short_id
 from node.net import wire
 from node.net.gateway import ClientHandler, Gateway, HttpHandler, admit_frame, maybe_await, misbehaved
 from node.net.handshake import CloseCode, Handshake, Refusal
-from node.net.peers import Counters, PeerState, RateLimits
+from node.net.peers import AddressBook, BanList, Counters, PeerState, RateLimits
+from node.net.session import TAG_SIZE, Session
 
 log = logging.getLogger("fedledger.net")
 
@@ -49,6 +60,12 @@ _PERMANENT = frozenset({"wrong_federation", "unknown_peer", "self_connection"})
 # websockets' own hard limit: frames up to this size reach us and are counted and dropped;
 # beyond it websockets closes with 1009 before buffering more (a peer cannot make us hold more).
 _HARD_LIMIT_FACTOR = 2
+# Disconnects that ban: misbehaviour is attributable to the node key (its frames opened under the
+# session the key proved); a bad seal is not (anyone on the path can write garbage), so it bans the
+# address the bytes came from, never the key.
+_BAN_KEY_AND_ADDRESS = frozenset({CloseCode.MISBEHAVIOUR})
+_BAN_ADDRESS = frozenset({CloseCode.MISBEHAVIOUR, CloseCode.BAD_SEAL})
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 @dataclass(frozen=True)
@@ -78,9 +95,10 @@ class PeerInfo:
 class _Conn:
     """One established peer connection: socket, bookkeeping, and its bounded send queue."""
 
-    def __init__(self, ws: Any, info: PeerInfo) -> None:
+    def __init__(self, ws: Any, info: PeerInfo, session: Session) -> None:
         self.ws = ws
         self.info = info
+        self.session = session
         self.queue: deque[bytes] = deque()
         self.queued_bytes = 0
         self.wakeup = asyncio.Event()
@@ -101,6 +119,11 @@ async def _deadline(coro: Awaitable[None], seconds: float) -> None:
 def _remote(ws: Any) -> str:
     addr = getattr(ws, "remote_address", None)
     return f"{addr[0]}:{addr[1]}" if addr else "?"
+
+
+def _remote_ip(ws: Any) -> str:
+    addr = getattr(ws, "remote_address", None)
+    return str(addr[0]) if addr else "?"
 
 
 class PeerNetwork:
@@ -129,7 +152,15 @@ class PeerNetwork:
         reconnect_cap: float = 30.0,
         reconnect_check: float = 1.0,
         max_dial_targets: int = 64,
-        max_learned_failures: int = 6,
+        max_learned_failures: int = 1,
+        max_peers: int = 64,
+        max_inbound: int = 48,
+        pex_per_peer: int = 32,
+        pex_max_urls: int = 256,
+        unreachable_hold: float = 60.0,
+        ban_base: float = 60.0,
+        ban_cap: float = 24 * 3600.0,
+        ban_exempt_ips: Iterable[str] = LOOPBACK,
         ping_interval: float | None = 20.0,
         role: str | None = None,
         allowed: Callable[[bytes], bool] | None = None,
@@ -157,6 +188,13 @@ class PeerNetwork:
         self.reconnect_check = reconnect_check
         self.max_dial_targets = max_dial_targets
         self.max_learned_failures = max_learned_failures
+        self.max_peers = max_peers
+        self.max_inbound = max_inbound
+        self.ban_exempt_ips = frozenset(ban_exempt_ips)
+        self.bans = BanList(ban_base, ban_cap)
+        self.addresses = AddressBook(pex_per_peer, pex_max_urls, unreachable_hold)
+        self._persistent: set[str] = set()  # bootstrap URLs: dialled forever, outside the learnt bounds
+        self._inbound_pending = 0  # inbound connections in their handshake (they hold a slot too)
         self.ping_interval = ping_interval
         self.role = role
         self.allowed = allowed
@@ -245,6 +283,7 @@ class PeerNetwork:
             **self._totals.to_json(),
             "handshake_refusals": dict(self._refusals), "refused_by_peer": dict(self._refused_by_peer),
             "disconnects": dict(self._disconnects), "events": dict(self._events),
+            "bans_active": self.bans.active(now), "pex_addresses": len(self.addresses),
             "peer_list": [c.info.to_json(now) for c in self._conns.values()],
         }
 
@@ -279,8 +318,10 @@ class PeerNetwork:
                     await conn.wakeup.wait()
                 data = conn.queue.popleft()
                 conn.queued_bytes -= len(data)
-                await conn.ws.send(data)  # waits only for this peer's socket buffer to drain
-                conn.info.state.sent(len(data))
+                # Sealed here, in send order: the receiver's counter nonce expects exactly this order.
+                sealed = conn.session.seal(data)
+                await conn.ws.send(sealed)  # waits only for this peer's socket buffer to drain
+                conn.info.state.sent(len(sealed))
 
     def _close(self, conn: _Conn, why: Refusal) -> None:
         """Close a registered connection from synchronous code; its handler task cleans up."""
@@ -288,7 +329,20 @@ class PeerNetwork:
             conn.closing = True
             self._disconnects[why.reason] += 1
             log.info("closing %s: %s", conn.info.short_id, why.close_reason())
+            self._ban(conn, why)
             self._spawn(conn.ws.close(int(why.code), why.close_reason()))
+
+    def _ban(self, conn: _Conn, why: Refusal) -> None:
+        ids: list[Any] = []
+        if why.code in _BAN_KEY_AND_ADDRESS:
+            ids.append(conn.info.key)
+        ip = _remote_ip(conn.ws)
+        if why.code in _BAN_ADDRESS and ip not in self.ban_exempt_ips and ip != "?":
+            ids.append(ip)
+        if ids:
+            seconds = self.bans.ban(ids, self._clock())
+            self._events["bans"] += 1
+            log.warning("banned %s (%s) for %.0fs: %s", conn.info.short_id, ip, seconds, why.reason)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -301,8 +355,24 @@ class PeerNetwork:
         path = ws.request.path.partition("?")[0] if ws.request else "/"
         if self.gateway.is_client_path(path):
             await self.gateway.serve_client(ws)
-        else:
-            await self._serve_peer(ws, "inbound", None)
+            return
+        # Refused before the handshake: a banned address or a full house costs us no signature.
+        ip = _remote_ip(ws)
+        if ip not in self.ban_exempt_ips and (left := self.bans.banned_for(ip, self._clock())) > 0:
+            why = Refusal(CloseCode.BANNED, "banned", f"address banned for {left:.0f}s")
+            await self._refuse_early(ws, why)
+            return
+        inbound = sum(c.info.direction == "inbound" for c in self._conns.values()) + self._inbound_pending
+        if inbound >= self.max_inbound or len(self._conns) + self._inbound_pending >= self.max_peers:
+            await self._refuse_early(ws, Refusal(CloseCode.TOO_MANY_PEERS, "too_many_peers",
+                                                 f"{len(self._conns)} peers, {inbound} inbound"))
+            return
+        await self._serve_peer(ws, "inbound", None)
+
+    async def _refuse_early(self, ws: Any, why: Refusal) -> None:
+        self._refusals[why.reason] += 1
+        log.info("refused inbound %s: %s", _remote(ws), why.close_reason())
+        await ws.close(int(why.code), why.close_reason())
 
     def _new_state(self) -> PeerState:
         return PeerState(self._clock(), self.rate_limits, threshold=self.score_threshold,
@@ -313,6 +383,8 @@ class PeerNetwork:
         state = self._new_state()
         hs = Handshake(self.key, self.chain_id, self.genesis_hash, os.urandom(wire.NONCE_SIZE), self.url,
                        role=self.role, allowed=self.allowed, max_frame=self.max_frame)
+        pending = direction == "inbound"
+        self._inbound_pending += int(pending)
         try:
             await _deadline(self._handshake(ws, hs, state), self.handshake_timeout)
         except asyncio.TimeoutError:
@@ -328,7 +400,11 @@ class PeerNetwork:
                 return reason
             self._events["handshake_closed"] += 1
             return "closed"
-        if hs.refusal is not None or hs.peer is None:
+        finally:
+            self._inbound_pending -= int(pending)
+        if hs.refusal is None and hs.peer and (left := self.bans.banned_for(hs.peer.key, self._clock())) > 0:
+            hs.refuse(CloseCode.BANNED, "banned", f"node banned for {left:.0f}s")
+        if hs.refusal is not None or hs.peer is None or hs.session is None:
             why = hs.refusal or Refusal(CloseCode.PROTOCOL_VIOLATION, "protocol_violation")
             self._refusals[why.reason] += 1
             log.info("refused %s peer %s: %s", direction, dial_url or _remote(ws), why.close_reason())
@@ -341,10 +417,10 @@ class PeerNetwork:
             return "stopping"
         peer = hs.peer
         info = PeerInfo(peer.key, peer.listen_url, _remote(ws), direction, time.time(), peer.role, state)
-        conn = _Conn(ws, info)
-        if not self._register(conn, dial_url):
-            await ws.close(int(CloseCode.DUPLICATE), "duplicate_connection: already connected")
-            return "duplicate_connection"
+        conn = _Conn(ws, info, hs.session)
+        if (why := self._register(conn, dial_url)) is not None:
+            await ws.close(int(why.code), why.close_reason())
+            return why.reason
         writer = asyncio.ensure_future(self._writer(conn))
         try:
             self._after_connect(conn)
@@ -352,6 +428,7 @@ class PeerNetwork:
         finally:
             if self._conns.get(peer.key) is conn:
                 del self._conns[peer.key]
+                self.addresses.forget_peer(peer.key)
             conn.closing = True
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
@@ -370,10 +447,16 @@ class PeerNetwork:
             state.received(len(data))
             hs.receive_data(data)
 
-    def _register(self, conn: _Conn, dial_url: str | None) -> bool:
-        """At most one connection per peer key; returns False if `conn` loses to an existing one."""
+    def _register(self, conn: _Conn, dial_url: str | None) -> Refusal | None:
+        """At most one connection per peer key, and the peer caps; why `conn` is refused, if it is."""
         key = conn.info.key
         old = self._conns.get(key)
+        if old is None:  # a replacement takes its predecessor's slot; anything else needs a free one
+            inbound = sum(c.info.direction == "inbound" for c in self._conns.values())
+            if len(self._conns) >= self.max_peers or (conn.info.direction == "inbound"
+                                                      and inbound >= self.max_inbound):
+                self._refusals["too_many_peers"] += 1
+                return Refusal(CloseCode.TOO_MANY_PEERS, "too_many_peers", f"{len(self._conns)} peers")
         if old is not None and not old.closing:
             # Both ends must keep the same connection without talking about it: keep the one
             # dialled by the smaller key; between two dialled by the same side (a reconnect the
@@ -383,13 +466,13 @@ class PeerNetwork:
 
             if dialler(old) != dialler(conn) and dialler(old) < dialler(conn):
                 self._disconnects["duplicate_connection"] += 1
-                return False
+                return Refusal(CloseCode.DUPLICATE, "duplicate_connection", "already connected")
             self._close(old, Refusal(CloseCode.DUPLICATE, "duplicate_connection", "replaced by a newer one"))
         self._conns[key] = conn
         for url in (dial_url, conn.info.url):
             if url:
                 self._url_keys[url] = key
-        return True
+        return None
 
     async def _read_loop(self, conn: _Conn) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -401,14 +484,23 @@ class PeerNetwork:
 
     async def _on_peer_frame(self, conn: _Conn, data: bytes | str) -> Refusal | None:
         st = conn.info.state
+        # Open first (the limit allows for the tag): the counter nonce must advance on every sealed
+        # frame, including those the rate limit then drops. A text or oversized frame is no sealed
+        # frame of the peer's (it never sends one): admit_frame counts and scores it unopened.
+        if isinstance(data, (bytes, bytearray, memoryview)) and len(data) <= self.max_frame + TAG_SIZE:
+            try:
+                data = conn.session.open(data)
+            except ProtocolViolation as exc:
+                st.received(len(data))
+                st.penalize(exc.reason, self._clock())
+                return Refusal(CloseCode.BAD_SEAL, exc.reason, exc.detail)
         env = admit_frame(st, data, self.max_frame, self._clock())
         if env is None:
             return misbehaved(st) if st.score.exceeded else None
         if env.type not in wire.PEER_TYPES:
             return self._penalize(st, "protocol_violation", f"{env.type} from a peer")
         if env.type == wire.PEERS:
-            for url in env.payload:
-                self._add_dial_target(url, persistent=False)
+            self._on_peers(conn, env.payload)
             return None
         if self.on_message is None:
             return None
@@ -450,14 +542,44 @@ class PeerNetwork:
                 if conn := self._conns.get(key):
                     self._enqueue(conn, wire.PEERS, wire.encode_frame(wire.PEERS, self._peer_urls(key)))
 
+    def _on_peers(self, conn: _Conn, urls: list[str]) -> None:
+        for url in urls:
+            if url == self.url or (k := self._url_keys.get(url)) == self.key.public or k in self._conns:
+                continue  # ourselves, or a peer we have: nothing to learn, no quota spent
+            if not self.addresses.announce(conn.info.key, url):
+                self._events["pex_bounded"] += 1  # over the announcing peer's quota or the book's
+                continue
+            self._add_dial_target(url, persistent=False)
+
+    def _learned_connected(self, url: str) -> bool:
+        key = self._url_keys.get(url)
+        return key is not None and key in self._conns
+
     def _add_dial_target(self, url: str, *, persistent: bool) -> None:
         if self._stopping or url == self.url or url in self._dialers:
             return
         if self._url_keys.get(url) == self.key.public:
             return
-        if not persistent and len(self._dialers) >= self.max_dial_targets:
-            self._events["dial_targets_full"] += 1
-            return
+        if persistent:
+            self._persistent.add(url)
+        else:
+            if not self.addresses.dialable(url, self._clock()):
+                self._events["dial_target_unreachable"] += 1
+                return
+            learned = [u for u in self._dialers if u not in self._persistent]
+            if len(learned) >= self.max_dial_targets:
+                # Full: a target more peers announced takes the slot of the least-announced one we
+                # are not connected through, so one peer's spam cannot keep the others' out.
+                idle = [u for u in learned if not self._learned_connected(u)]
+                victim = min(idle, key=self.addresses.votes, default=None)
+                if victim is None or self.addresses.votes(victim) >= self.addresses.votes(url):
+                    self._events["dial_targets_full"] += 1
+                    return
+                task = self._dialers.pop(victim)
+                task.cancel()
+                self._tasks.add(task)  # stop() still waits for it
+                task.add_done_callback(self._tasks.discard)
+                self._events["dial_target_replaced"] += 1
         self._dialers[url] = asyncio.ensure_future(self._dial_loop(url, persistent))
 
     def _backoff(self, failures: int) -> float:
@@ -475,8 +597,20 @@ class PeerNetwork:
                 if key is not None and key in self._conns:  # connected already, either direction
                     await asyncio.sleep(self.reconnect_check)
                     continue
+                if key is not None and self.bans.banned_for(key, self._clock()) > 0:
+                    if not persistent:
+                        return
+                    await asyncio.sleep(self.reconnect_check)
+                    continue
+                if len(self._conns) >= self.max_peers:  # no slot for it: wait for one
+                    await asyncio.sleep(self.reconnect_check)
+                    continue
                 outcome = await self._dial_once(url)
                 failures = 0 if outcome == "established" else failures + 1
+                if outcome == "established":
+                    self.addresses.succeeded(url)
+                elif outcome in ("failed", "closed", "handshake_timeout"):
+                    self.addresses.failed(url, self._clock())
                 if not persistent and (outcome in _PERMANENT or failures >= self.max_learned_failures):
                     return
                 if self._stopping:

@@ -57,6 +57,7 @@ TX_RESULT: Final = "tx_result"
 SUBMIT_TXS: Final = "submit_txs"  # a batch, answered by one tx_results in the same order
 TX_RESULTS: Final = "tx_results"
 MAX_TX_BATCH: Final = 2000
+MAX_CLIENT_TX_BATCH: Final = 500  # txs a client may put in one submit_txs frame (peers: MAX_TX_BATCH)
 ERROR: Final = "error"
 
 HANDSHAKE_TYPES: Final = frozenset({HELLO, PROOF})
@@ -138,13 +139,14 @@ def _hello(p: Any) -> None:
     m = _fields(
         p,
         "hello",
-        frozenset({"chain_id", "genesis_hash", "node", "nonce", "listen_url"}),
+        frozenset({"chain_id", "genesis_hash", "node", "nonce", "eph", "listen_url"}),
         frozenset({"role"}),
     )
     _str(m["chain_id"], "chain_id", MAX_CHAIN_ID_LEN)
     _bytes(m["genesis_hash"], "genesis_hash", HASH_SIZE)
     _bytes(m["node"], "node", KEY_SIZE)
     _bytes(m["nonce"], "nonce", NONCE_SIZE)
+    _bytes(m["eph"], "eph", KEY_SIZE)  # X25519 public key, also 32 bytes
     if m["listen_url"] is not None:  # None: a node that does not accept inbound connections
         _url(m["listen_url"], "listen_url")
     if "role" in m and m["role"] is not None:

@@ -31,6 +31,17 @@ from node.net import wire
 MAX_BLOCKS_PER_REQUEST = 200
 MAX_HEIGHT = 2**63 - 1  # SQLite's INTEGER: a larger height is no height, not a server error
 MAX_FINALITY_SAMPLES = 20_000
+# /status is polled by every tool and must stay cheap however big the federation or its history:
+# each list in it shows at most this many entries, with the full count beside it (GET /members and
+# GET /peers list everything).
+MAX_STATUS_LIST = 50
+
+
+def capped(items: list[Any], limit: int | None) -> tuple[list[Any], int]:
+    """The last `limit` items (the most recent, as lists here grow by appending) and the total."""
+    if limit is None or len(items) <= limit:
+        return items, len(items)
+    return items[-limit:], len(items)
 
 
 def bounded_int(text: str, name: str, lo: int, hi: int) -> int:
@@ -85,10 +96,17 @@ def block_detail(block: Block, commit: Commit | None) -> dict[str, Any]:
     }
 
 
-def membership_status(store: Store) -> dict[str, Any]:
-    """`members` (who is in, with roles) and `membership` (requests, votes, scheduled changes)."""
+def membership_status(store: Store, limit: int | None = None) -> dict[str, Any]:
+    """`members` (who is in, with roles) and `membership` (requests, votes, scheduled changes).
+    With `limit`, each list keeps its latest `limit` entries and `membership.totals` the counts."""
     view = membership.to_json(store.membership(), store.members(), store.height())
-    return {"members": view.pop("members"), "membership": view}
+    if limit is None:
+        return {"members": view.pop("members"), "membership": view}
+    totals: dict[str, int] = {}
+    for name in list(view):
+        if isinstance(view[name], list):
+            view[name], totals[name] = capped(view[name], limit)
+    return {"members": view.pop("members"), "membership": {**view, "totals": totals}}
 
 
 class NodeApi:
@@ -114,8 +132,9 @@ class NodeApi:
                 if lo < 1 or hi < lo:
                     return 400, {"error": "need 1 <= from <= to"}
                 hi = min(hi, store.height(), lo + MAX_BLOCKS_PER_REQUEST - 1)
-                blocks = [store.block(h) for h in range(lo, hi + 1)]
-                return 200, {"height": store.height(), "blocks": [block_summary(b) for b in blocks if b]}
+                # From the indexed columns: decoding 200 full blocks (up to 10,000 txs each) per
+                # request would let one client keep the event loop busy.
+                return 200, {"height": store.height(), "blocks": store.block_rows(lo, hi)}
             if len(parts) == 2 and parts[0] == "block":
                 h = bounded_int(parts[1], "height", 0, MAX_HEIGHT)
                 block = store.block(h)

@@ -39,11 +39,11 @@ from node.net.consensus_wire import (
     proposal_from_wire,
 )
 from node.net.sync import DEFAULT_MODE as DEFAULT_SYNC_MODE
-from node.net.sync import SYNC_MODES, BlockSync, SyncStats, decode_items
+from node.net.sync import SYNC_MODES, Answer, BlockSync, SyncStats, decode_items, first_height
 from node.net.transport import PeerInfo, PeerNetwork
-from node.server.api import NodeApi, membership_status
+from node.server.api import MAX_STATUS_LIST, NodeApi, capped, membership_status
 from node.server.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
-from node.store.models import runs
+from node.store.models import latest_runs
 from node.store.sqlite import SqliteStore
 
 log = logging.getLogger("fedledger.node")
@@ -245,7 +245,16 @@ class Node:
         if not verify_vote(self.genesis.chain_id, vote):
             self.counters["bad_signature:vote"] += 1
             raise ProtocolViolation("bad_signature", "vote")
+        self._check_validator(vote.validator, vote.height, "vote")
         self.step(MessageReceived(vote))
+
+    def _check_validator(self, key: bytes, height: int, what: str) -> None:
+        """A correct peer relays only what its core recorded, so only messages of validators of
+        that height (known here up to two heights above the head, and relevant heights are at
+        most one above the core's): anything else costs the peer that sent it, before the core."""
+        if key not in self.ledger.validators_at(height):
+            self.counters[f"not_a_validator:{what}"] += 1
+            raise ProtocolViolation("not_a_validator", f"{what} of height {height} by {short_id(key)}")
 
     def _on_proposal(self, p: Proposal) -> None:
         if not self._relevant(p.height):
@@ -260,6 +269,7 @@ class Node:
         if not verify_proposal(self.genesis.chain_id, p):
             self.counters["bad_signature:proposal"] += 1
             raise ProtocolViolation("bad_signature", "proposal")
+        self._check_validator(p.proposer, p.height, "proposal")
         self.step(MessageReceived(p))
 
     def accept_tx(self, raw: Any, relay_from: bytes | None = None) -> TxResult:
@@ -306,21 +316,44 @@ class Node:
             self.net.send(r.peer, wire.GET_BLOCKS, {"from": r.lo, "to": r.hi})
 
     def _serve_blocks(self, peer: PeerInfo, payload: dict[str, Any]) -> None:
+        """Answer GET_BLOCKS (at most wire.MAX_BLOCKS_BATCH heights) within the peer's serving
+        budget (node/net/peers.py ServeBudget): past it, the answer is empty and the peer scored."""
+        now = time.monotonic()
+        budget = peer.state.serving
+        grant = budget.grant(now)
+        if grant is None:
+            self.counters["blocks_refused:serve_budget"] += 1
+            self.net.send(peer.key, wire.BLOCKS, [])
+            budget.charge(0, 0, now)
+            raise ProtocolViolation("serve_budget", "asked for blocks faster than it may")
+        max_blocks, max_bytes = grant
         out: list[dict[str, Any]] = []
         size = 0
-        for h in range(payload["from"], min(payload["to"], self.store.height()) + 1):
+        last = min(payload["to"], self.store.height(), payload["from"] + max_blocks - 1)
+        for h in range(payload["from"], last + 1):
             parts = self.store.block_parts(h)
             if parts is None:
                 break
             raw_block, raw_txs, raw_commit = parts
-            size += len(raw_block) + len(raw_commit) + sum(len(t) + 3 for t in raw_txs)
-            if out and size > SYNC_BATCH_BYTES:
+            item = len(raw_block) + len(raw_commit) + sum(len(t) + 3 for t in raw_txs)
+            if out and size + item > min(SYNC_BATCH_BYTES, max_bytes):
                 break  # keeps the frame under the limit; the peer asks for the rest
+            size += item
             out.append({"block": raw_block, "txs": raw_txs, "commit": raw_commit})
+        budget.charge(len(out), size, now)
         self.counters["blocks_served"] += len(out)
         self.net.send(peer.key, wire.BLOCKS, out)
 
     def _on_blocks(self, peer: PeerInfo, items: list[dict[str, Any]]) -> None:
+        answer = self.sync.classify(peer.key, first_height(items), len(items))
+        if answer is Answer.LATE:
+            self.counters["sync_late_answer"] += 1
+            return
+        if answer is Answer.UNREQUESTED:
+            # Checked on the first header alone: decoding every block and tx of a frame nobody
+            # asked for would let any peer spend this node's CPU (issue 11, finding 6).
+            self.counters["sync_unrequested"] += 1
+            raise ProtocolViolation("unrequested_blocks", f"{len(items)} blocks nobody asked this peer for")
         try:
             decoded = decode_items(items)
         except InvalidBlock as exc:
@@ -380,6 +413,8 @@ class Node:
         lat = list(self.latencies_ms)
         rejected = {k.split(":", 1)[1]: v for k, v in self.counters.items() if k.startswith("rejected:")}
         peers = self.net.peers()
+        peer_ids, _ = capped([p.short_id for p in peers], MAX_STATUS_LIST)
+        run_list, run_count = latest_runs(store, MAX_STATUS_LIST)
         return {
             "node_id": self.key.short_id,
             "name": self.config.name,
@@ -394,7 +429,7 @@ class Node:
                           "step": self.core.step_.name.lower()},
             "validators": [{"node_id": short_id(k), "public_key": k.hex()} for k in vset.members],
             "peers": len(peers),
-            "peer_ids": [p.short_id for p in peers],
+            "peer_ids": peer_ids,  # "peers" counts them all
             "mempool": len(self.mempool),
             "readings": counts["readings"],
             "txs": counts["txs"],
@@ -407,9 +442,10 @@ class Node:
             "url": self.url,
             "uptime_s": round(time.time() - self.started_at, 1),
             "network": self.net.stats(),
-            "training": {"runs": [r.to_json() for r in runs(store)], "local": self.training.status()},
+            "training": {"runs": [r.to_json() for r in run_list], "runs_total": run_count,
+                         "local": self.training.status()},
             "sync": self.sync_status(),
-            **membership_status(store),
+            **membership_status(store, MAX_STATUS_LIST),
         }
 
     def peers_json(self) -> list[dict[str, Any]]:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 from node.errors import StorageError
 from node.ledger.blocks import Block, Commit, block_row_bytes
 from node.ledger.codec import encode
+from node.ledger.keys import short_id
 from node.ledger.membership import Membership, initial_membership
 from node.ledger.state import DeviceRecord, MemberRecord, ModelRow, ReadingRow, StateDelta, TxRecord
 from node.ledger.transactions import Transaction
@@ -90,6 +92,15 @@ class MemoryStore:
         txs = [p.encoded if isinstance(p, Transaction) else encode(raw)
                for p, raw in zip(block.parsed_txs, block.txs, strict=True)]
         return block_row_bytes(block), txs, encode(commit.to_dict())
+
+    def block_rows(self, lo: int, hi: int) -> list[dict[str, Any]]:
+        rows = []
+        for block in self._blocks[max(lo, 1) - 1 : max(hi, 0)]:
+            h = block.header
+            rows.append({"height": h.height, "hash": block.hash.hex(), "round": h.round, "time_ms": h.time_ms,
+                         "proposer": short_id(h.proposer), "num_txs": len(block.txs),
+                         "prev_hash": h.prev_hash.hex()})
+        return rows
 
     def tx(self, tx_id: bytes) -> TxRecord | None:
         return self._txs.get(tx_id)

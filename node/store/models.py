@@ -50,13 +50,20 @@ class RunInfo:
 
 
 def runs(store: Store) -> list[RunInfo]:
+    return latest_runs(store, None)[0]
+
+
+def latest_runs(store: Store, last: int | None) -> tuple[list[RunInfo], int]:
+    """The `last` training runs (all if None) in ledger order, and how many there are: rounds are
+    looked up only for those listed (/status must not do work for the whole history)."""
     out = []
-    for rec in store.txs_of_kind(TrainRequest.KIND):
+    recs = store.txs_of_kind(TrainRequest.KIND)
+    for rec in recs if last is None else recs[-last:]:
         body = parse_tx(rec.raw).body
         assert isinstance(body, TrainRequest)
         rounds = [m.round for m in store.model_rows(rec.id, "commit")]
         out.append(RunInfo(rec.id, rec.height, rec.signer, body, rounds))
-    return out
+    return out, len(recs)
 
 
 def find_run(store: Store, task: str | None = None, run: str | None = None) -> RunInfo:

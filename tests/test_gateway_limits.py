@@ -1,0 +1,140 @@
+"""What one client or one HTTP caller can make a node do (issue 11 findings 3 and 6): a tx quota and
+a batch cap per /client connection, a request rate per address on HTTP, bounded /status and /blocks.
+The gateway is driven directly with stand-in connections (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.datastructures import Headers
+from websockets.http11 import Request
+
+from node.ledger.chain import Ledger
+from node.net import wire
+from node.net.gateway import Gateway, HttpLimits
+from node.net.peers import ClientLimits, PeerState
+from node.server.api import NodeApi, membership_status
+from node.store.sqlite import SqliteStore
+from tests.factories import make_genesis, populated_ledger
+
+
+class FakeWs:
+    def __init__(self, host: str = "10.0.0.1") -> None:
+        self.remote_address = (host, 40000)
+        self.sent: list[wire.Envelope] = []
+
+    async def send(self, data: bytes) -> None:
+        self.sent.append(wire.decode_frame(data))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def gateway(clock: Clock, handled: list[int], **kw: Any) -> Gateway:
+    def client(type_: str, payload: Any) -> tuple[str, Any]:
+        handled.append(len(payload) if type_ == wire.SUBMIT_TXS else 1)
+        return wire.TX_RESULTS, []
+
+    return Gateway(lambda path, query: (200, {"ok": True}), client, "/client", wire.DEFAULT_MAX_FRAME,
+                   lambda: PeerState(clock()), clock, Counter(), Counter(), **kw)
+
+
+def frame(n: int) -> bytes:
+    return wire.encode_frame(wire.SUBMIT_TXS, [{"i": i} for i in range(n)])
+
+
+def test_a_client_past_its_tx_quota_or_batch_cap_is_refused_counted_and_scored() -> None:
+    clock, handled = Clock(), []
+    limits = ClientLimits(txs_per_s=100, txs_burst=1000, max_txs_per_frame=500)
+    gw = gateway(clock, handled, client_limits=limits)
+    ws, st, quota = FakeWs(), PeerState(0.0), gw.new_quota()
+
+    async def go() -> None:
+        assert await gw._on_frame(ws, st, frame(501), quota) is None  # type: ignore[arg-type]
+        for _ in range(3):
+            assert await gw._on_frame(ws, st, frame(500), quota) is None  # type: ignore[arg-type]
+        clock.now = 5.0  # 500 more tokens
+        assert await gw._on_frame(ws, st, frame(500), quota) is None  # type: ignore[arg-type]
+
+    asyncio.run(go())
+    assert handled == [500, 500, 500]  # the oversized frame and the one over quota never reached it
+    reasons = [e.payload["reason"] for e in ws.sent if e.type == wire.ERROR]
+    assert reasons == ["batch_too_large", "rate_limited"]
+    assert st.counters.rejected == Counter({"client_batch_too_large": 1, "client_quota": 1})
+    assert gw._events["client_rate_limited"] == 1 and gw._events["client_batch_too_large"] == 1
+
+
+def test_a_client_that_keeps_flooding_is_cut_off() -> None:
+    clock, handled = Clock(), []
+    gw = gateway(clock, handled, client_limits=ClientLimits(txs_per_s=1, txs_burst=10))
+    ws, st, quota = FakeWs(), PeerState(0.0), gw.new_quota()
+
+    async def go() -> Any:
+        for _ in range(1000):
+            verdict = await gw._on_frame(ws, st, frame(20), quota)  # type: ignore[arg-type]
+            if verdict is not None:
+                return verdict
+        return None
+
+    verdict = asyncio.run(go())
+    assert verdict is not None and verdict.reason == "misbehaviour" and handled == []
+
+
+def test_http_requests_are_rate_limited_per_address() -> None:
+    clock, handled = Clock(), []
+    gw = gateway(clock, handled, http_limits=HttpLimits(requests_per_s=1, burst=3, max_addresses=2))
+
+    async def get(host: str) -> int:
+        response = await gw.process_request(FakeWs(host), Request("/status", Headers()))  # type: ignore[arg-type]
+        assert response is not None
+        return response.status_code
+
+    async def go() -> list[int]:
+        return [await get("10.0.0.1") for _ in range(5)] + [await get("10.0.0.2")]
+
+    assert asyncio.run(go()) == [200, 200, 200, 429, 429, 200]
+    assert gw._events["http_rate_limited"] == 2
+    asyncio.run(get("10.0.0.3"))
+    assert len(gw._http_buckets) == 2  # the table of addresses is bounded too
+
+
+class FakeNode:
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    keys, genesis = make_genesis(4)
+    ledger = Ledger(SqliteStore(tmp_path / "node.db"), genesis)
+    populated_ledger(ledger, keys)
+    return ledger.store  # type: ignore[return-value]
+
+
+def test_blocks_are_listed_without_decoding_a_block(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no(height: int) -> None:
+        raise AssertionError("GET /blocks decoded a whole block")
+
+    monkeypatch.setattr(store, "block", no)
+    status, body = NodeApi(FakeNode(store)).handle_http("/blocks", {"from": "1"})  # type: ignore[arg-type,misc]
+    assert status == 200 and [b["height"] for b in body["blocks"]] == list(range(1, store.height() + 1))
+
+
+def test_status_lists_are_capped_with_their_totals(store: SqliteStore) -> None:
+    full = membership_status(store)
+    capped = membership_status(store, 1)
+    assert len(full["members"]) == 4 and len(capped["members"]) == 1
+    assert capped["members"] == full["members"][-1:]
+    assert capped["membership"]["totals"]["members"] == 4
+    assert capped["membership"]["totals"]["validator_sets"] == len(full["membership"]["validator_sets"])
