@@ -5,7 +5,7 @@ certificates, the handshake, and the node API (HTTP GET and /client) on a small 
     python scripts/fuzz.py --target all --inputs 1000000 --json     # spread over the targets
     python scripts/fuzz.py --target frame --inputs 50000 --seed 7
 
-Targets and their contract live in tests/fuzz_targets.py: for every input only the target's
+Targets and their contract live in scripts/fuzz_targets.py: for every input only the target's
 documented error classes may escape, and one input may not take more than MAX_PEAK_BYTES of
 transient memory (tracemalloc peak, measured on a sample of the inputs), nor the whole run grow
 the process by more than --max-rss-growth-mb. Anything else is a finding: it is printed, its input
@@ -257,9 +257,8 @@ class Worker:
     """Runs inputs through one target, keeps its counters and findings, saves finding inputs."""
 
     def __init__(self, target: str, out_dir: Path, stats_path: Path, max_rss_growth_mb: int) -> None:
+        import fuzz_targets as ft
         import psutil
-
-        from tests import fuzz_targets as ft
 
         self.ft = ft
         self.target = target
@@ -341,7 +340,7 @@ def run_worker(args: argparse.Namespace) -> None:
     stats = work / f"{args.worker}.json"
     if atheris is not None:
         with atheris.instrument_imports(include=["node", "consensus"]):
-            from tests import fuzz_targets  # noqa: F401 - imported to instrument node/ and consensus/
+            import fuzz_targets  # noqa: F401 - imported to instrument node/ and consensus/
     worker = Worker(args.worker, out, stats, args.max_rss_growth_mb)
     seed_dir = work / "seeds" / args.worker
     pool = [p.read_bytes() for p in sorted(seed_dir.iterdir())]
@@ -375,7 +374,7 @@ def run_worker(args: argparse.Namespace) -> None:
 def run_plain(worker: Worker, pool: list[bytes], rng: random.Random, budget: int, corpus: Path) -> None:
     """Without coverage: mutate seeds and kept inputs; keep an input whose outcome (finding, error
     class and message head) is new, a cheap stand-in for new coverage."""
-    from tests import fuzz_targets as ft
+    import fuzz_targets as ft
 
     corpus.mkdir(parents=True, exist_ok=True)
     live = list(pool)
@@ -408,7 +407,7 @@ def split_inputs(targets: list[str], total: int) -> dict[str, int]:
 
 
 def write_seeds(work: Path, targets: list[str], corpus: Path) -> None:
-    from tests import fuzz_targets as ft
+    import fuzz_targets as ft
 
     for t in targets:
         d = work / "seeds" / t
@@ -462,7 +461,7 @@ def run_merge(args: argparse.Namespace) -> None:
     import atheris
 
     with atheris.instrument_imports(include=["node", "consensus"]):
-        from tests import fuzz_targets as ft
+        import fuzz_targets as ft
     work = Path(args.work)
     target = args.merge
 
@@ -510,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="fedledger-fuzz-run-") as tmp:
         work = Path(tmp)
-        os.environ["FEDLEDGER_FUZZ_TMP"] = tmp  # the workers' ledgers go here (tests/fuzz_targets.py)
+        os.environ["FEDLEDGER_FUZZ_TMP"] = tmp  # the workers' ledgers go here (scripts/fuzz_targets.py)
         write_seeds(work, targets, args.corpus)
         for i, t in enumerate(targets):
             print(f"== {t}: {budget[t]} inputs ({engine})", file=sys.stderr, flush=True)

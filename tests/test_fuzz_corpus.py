@@ -1,5 +1,5 @@
 """Replays the fuzz corpus (tests/fuzz_corpus/<target>/, kept by scripts/fuzz.py) through its
-target: every input keeps the contract it was found under (tests/fuzz_targets.py), so a parser
+target: every input keeps the contract it was found under (scripts/fuzz_targets.py), so a parser
 change that lets an exception escape on any of them fails here, in well under a second per target."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import fuzz_targets as ft
+from scripts import fuzz_targets as ft
 
 CASES = [(name, path) for name in ft.TARGETS for path in ft.corpus_files(name)]
 

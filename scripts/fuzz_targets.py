@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -24,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from consensus.messages import Proposal, Vote, VoteType
 from node.errors import (
@@ -44,15 +48,17 @@ from node.ledger.blocks import (
 )
 from node.ledger.chain import Ledger
 from node.ledger.codec import decode, encode, hexify
-from node.ledger.genesis import Genesis
+from node.ledger.genesis import Genesis, GenesisMember
 from node.ledger.keys import NodeKey, sign_proposal, sign_vote, verify_proposal, verify_vote
 from node.ledger.mempool import Mempool
+from node.ledger.signer import sign_commit
 from node.ledger.transactions import (
     make_join_request,
     make_member_vote,
     make_model_commit,
     make_model_update,
     make_reading,
+    make_register_device,
     make_train_request,
     parse_encoded_tx,
     parse_tx,
@@ -63,9 +69,49 @@ from node.net.consensus_wire import proposal_from_wire, proposal_to_wire
 from node.net.sync import decode_items
 from node.server.api import NodeApi
 from node.store.sqlite import SqliteStore
-from tests.factories import GENESIS_TIME_MS, key_from, make_block, make_genesis, populated_ledger
 
-CORPUS_DIR = Path(__file__).parent / "fuzz_corpus"
+# -- deterministic keys and a certified ledger, from the library alone (scripts import no tests) ------
+
+GENESIS_TIME_MS = 1_700_000_000_000
+BLOCK_INTERVAL_MS = 1000
+
+
+def key_from(label: str) -> NodeKey:
+    return NodeKey.from_seed(hashlib.sha256(label.encode()).digest())
+
+
+def make_genesis(n: int) -> tuple[list[NodeKey], Genesis]:
+    """n authorities in validator-set order (keys[i] is validator i)."""
+    keys = sorted((key_from(f"fuzz/authority/{i}") for i in range(n)), key=lambda k: k.public)
+    members = tuple(GenesisMember(k.public, f"authority-{i}") for i, k in enumerate(keys))
+    return keys, Genesis(chain_id="fuzz-chain", genesis_time_ms=GENESIS_TIME_MS, authorities=members)
+
+
+def make_block(ledger: Ledger, keys: list[NodeKey], txs: list[dict[str, Any]],
+               time_ms: int | None = None) -> tuple[Block, Commit]:
+    h = ledger.height + 1
+    proposer = ledger.validators_at(h).proposer(h, 0)
+    at = ledger.head_time_ms + BLOCK_INTERVAL_MS if time_ms is None else time_ms
+    block = ledger.make_next_block(proposer, 0, at, list(txs))
+    return block, sign_commit(keys, ledger.chain_id, h, 0, block.hash)
+
+
+def populated_ledger(
+    ledger: Ledger, keys: list[NodeKey], n_devices: int = 2, n_blocks: int = 3
+) -> list[NodeKey]:
+    """A block registering the devices, then blocks of their readings, each committed."""
+    devices = [key_from(f"fuzz/device/{i}") for i in range(n_devices)]
+    regs = [make_register_device(keys[0], ledger.chain_id, d.public, f"d{i}") for i, d in enumerate(devices)]
+    ledger.commit(*make_block(ledger, keys, regs))
+    for b in range(n_blocks):
+        at = ledger.head_time_ms + BLOCK_INTERVAL_MS
+        txs = [make_reading(d, ledger.chain_id, b * 3 + s + 1, at - 500 + s, 21.0 + s, 40.0 + s)
+               for d in devices for s in range(3)]
+        ledger.commit(*make_block(ledger, keys, txs, time_ms=at))
+    return devices
+
+
+CORPUS_DIR = Path(__file__).resolve().parent.parent / "tests" / "fuzz_corpus"
 MAX_INPUT = 64 * 1024  # what the fuzzer generates; frames up to 4 MiB are refused by size alone
 # Transient memory one input may take (tracemalloc peak). A frame is at most 4 MiB; decoding one
 # of the fuzzer's inputs (at most 64 KiB) into more than this is an amplification to fix.
@@ -246,14 +292,30 @@ def _frames(e: Env) -> list[bytes]:
 
 def _hello(e: Env, key: NodeKey, nonce: bytes) -> dict[str, Any]:
     return {"chain_id": e.genesis.chain_id, "genesis_hash": e.ledger.genesis_hash, "node": key.public,
-            "nonce": nonce, "listen_url": "ws://127.0.0.1:7000", "role": "authority"}
+            "nonce": nonce, "eph": _x25519_public(_PEER_EPH), "listen_url": "ws://127.0.0.1:7000",
+            "role": "authority"}
 
 
 _OUR_NONCE, _PEER_NONCE = b"\xaa" * 32, b"\xbb" * 32
+# Fixed ephemeral keys, so the proof seed signs the transcript our side will compute.
+_OUR_EPH, _PEER_EPH = b"\x01" * 32, b"\x02" * 32
+
+
+def _x25519(seed: bytes) -> X25519PrivateKey:
+    return X25519PrivateKey.from_private_bytes(seed)
+
+
+def _x25519_public(seed: bytes) -> bytes:
+    return _x25519(seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 def _handshake_seeds(e: Env) -> list[bytes]:
-    proof = hs.proof_object(_OUR_NONCE, e.ledger.genesis_hash, e.peer_key.public)
+    transcript = hs.transcript_hash(
+        e.genesis.chain_id, e.ledger.genesis_hash,
+        (_x25519_public(_OUR_EPH), e.keys[0].public, _OUR_NONCE),
+        (_x25519_public(_PEER_EPH), e.peer_key.public, _PEER_NONCE),
+    )
+    proof = hs.proof_object(transcript, e.peer_key.public)
     sig = e.peer_key.sign(hs.HANDSHAKE_KIND, e.genesis.chain_id, proof)
     return [wire.encode_frame(wire.HELLO, _hello(e, e.peer_key, _PEER_NONCE)),
             wire.encode_frame(wire.PROOF, {"sig": sig})]
@@ -387,12 +449,13 @@ def run_handshake(data: bytes) -> None:
     e = env()
     chain, gh = e.genesis.chain_id, e.ledger.genesis_hash
     ours = e.keys[0]
-    first = hs.Handshake(ours, chain, gh, _OUR_NONCE, "ws://127.0.0.1:7001")
+    first = hs.Handshake(ours, chain, gh, _OUR_NONCE, "ws://127.0.0.1:7001", ephemeral=_x25519(_OUR_EPH))
     first.start()
     first.data_to_send()
     first.receive_data(data)
     _check_handshake(first)
-    second = hs.Handshake(ours, chain, gh, _OUR_NONCE, None, allowed=lambda k: True)
+    second = hs.Handshake(ours, chain, gh, _OUR_NONCE, None, allowed=lambda k: True,
+                          ephemeral=_x25519(_OUR_EPH))
     second.start()
     second.receive_data(wire.encode_frame(wire.HELLO, _hello(e, e.peer_key, _PEER_NONCE)))
     second.data_to_send()
