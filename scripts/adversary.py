@@ -254,15 +254,7 @@ def start_federation(root: Path) -> Fed:
 def restart(fed: Fed, i: int, argv: list[str] | None = None) -> None:
     p = fed.procs[i]
     p.stop()
-    if argv is None:
-        p.start()
-    else:
-        out = open(p.dir / "node.out", "ab")  # noqa: SIM115
-        p.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        out.close()
-        from node.proc import ProcessTree
-        p._tree = ProcessTree(p.proc, own_group=False)
+    p.start(argv=argv)
     wait_until(lambda: (s := p.status()) is not None and s["peers"] >= NODES - 1, 30)
 
 
@@ -869,7 +861,7 @@ async def run_attack(fed: Fed, attack: Attack, windows: dict[str, float], quick:
     during = await measure(fed, windows["during"], correct)
     ctx.stop.set()
     try:
-        await asyncio.wait_for(task, 20)
+        await asyncio.wait_for(task, 10)
     except (asyncio.TimeoutError, Exception) as exc:  # the harness reports, it does not crash
         ctx.stats[f"attack_error:{type(exc).__name__}"] += 1
         task.cancel()
@@ -950,11 +942,12 @@ async def harness(root: Path, quick: bool, only: set[str] | None, progress: bool
                 print(f"{attack.name:22} holds={r['holds']} ratio={r['ratio']}"
                       f" p99={r['p99_finality_ms_during']}"
                       f" lag={r['max_height_diff']} {'; '.join(r['why_not'])}", file=sys.stderr, flush=True)
-        final = []
-        for i in range(NODES):
-            code, ver = await asyncio.to_thread(cli_json, "ledger", "verify", str(fed.procs[i].dir))
-            final.append({"node": f"node{i + 1}", "ok": code == 0,
-                          **({k: ver[k] for k in ("height", "txs") if k in ver})})
+        note("verifying every replica")
+        verified = await asyncio.gather(*(asyncio.to_thread(cli_json, "ledger", "verify", str(p.dir),
+                                                            timeout=900) for p in fed.procs))
+        final = [{"node": f"node{i + 1}", "ok": code == 0,
+                  **({k: ver[k] for k in ("height", "txs") if k in ver})}
+                 for i, (code, ver) in enumerate(verified)]
         code, _ = await asyncio.to_thread(cli_json, "ledger", "compare", *fed.urls)
     finally:
         if fed.feeder is not None:
