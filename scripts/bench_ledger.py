@@ -12,6 +12,12 @@ verify path, and reports throughput against the verification bound
 (verifications/s/core x cores / authorities): every authority verifies every reading.
 
     python scripts/bench_ledger.py --json
+    python scripts/bench_ledger.py --json --unsealed   # baseline: peer frames not sealed
+
+`--unsealed` measures what the sealed peer sessions (ChaCha20-Poly1305 on every frame) cost: the
+nodes run as `bench_ledger.py --unsealed-node DIR`, the normal node in a process where a session's
+seal and open pass frames through unchanged (the handshake still runs). Benchmark-only: nothing
+in node/ can turn sealing off.
 """
 
 from __future__ import annotations
@@ -100,6 +106,32 @@ async def submit(clients: list[LedgerClient], batches: list[list[tuple[bytes, in
     return sent, i
 
 
+def unsealed_node(data_dir: Path) -> int:
+    """The benchmark's baseline node: the real node, with every peer frame sent as it is."""
+    import signal
+
+    from node.cli.node_run import setup_logging
+    from node.net.session import Session
+    from node.server.runtime import Node
+
+    def plain(self: Session, data: bytes) -> bytes:
+        return bytes(data)
+
+    Session.seal = plain  # type: ignore[method-assign]
+    Session.open = plain  # type: ignore[method-assign]
+    node = Node(data_dir)
+    setup_logging(data_dir, "info", console=False)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, node.stop)
+        await node.run()
+
+    asyncio.run(run())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=4)
@@ -109,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--readings", type=int, default=120_000, help="readings to pre-sign")
     ap.add_argument("--dir", type=Path, help="federation directory (default: a temporary one)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--unsealed", action="store_true", help="baseline: nodes that do not seal peer frames")
+    ap.add_argument("--unsealed-node", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.unsealed_node:
+        return unsealed_node(args.unsealed_node)
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
 
     cores = os.cpu_count() or 1
@@ -120,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     genesis, made = create_federation(root, args.nodes)
     procs = [NodeProcess(n.dir) for n in made]
     for p in procs:
-        p.start()
+        p.start(argv=[sys.executable, __file__, "--unsealed-node", str(p.dir)] if args.unsealed else None)
     try:
         ok = wait_until(lambda: all((s := p.status()) and s["peers"] >= args.nodes - 1 for p in procs), 60)
         if not ok:
@@ -197,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             "node_cpu_cores": [round(c, 2) for c in res["cpu"]],
             "node_peak_rss_mb": [peak_rss_mb(p.proc.pid) for p in procs],
             "heights": heights,
+            "sealed": not args.unsealed,
         }
     finally:
         for p in procs:

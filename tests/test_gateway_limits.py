@@ -107,6 +107,28 @@ def test_http_requests_are_rate_limited_per_address() -> None:
     assert len(gw._http_buckets) == 2  # the table of addresses is bounded too
 
 
+def test_http_requests_from_many_addresses_share_a_node_wide_budget() -> None:
+    """Issue 11, expensive HTTP (found by scripts/adversary.py): 12 addresses, each within its own
+    limit, kept the nodes' event loops busy serving /status, /members and /finality, and honest
+    readings fell to 0.28x. Beyond the per-address limit there is now a node-wide one; the
+    node's own loopback tooling (launcher, CLI) is exempt from it, as it is from address bans."""
+    clock, handled = Clock(), []
+    gw = gateway(clock, handled, http_limits=HttpLimits(requests_per_s=5, burst=5, node_requests_per_s=2,
+                                                        node_burst=4))
+
+    async def get(host: str) -> int:
+        response = await gw.process_request(FakeWs(host), Request("/status", Headers()))  # type: ignore[arg-type]
+        assert response is not None
+        return response.status_code
+
+    async def go() -> list[int]:
+        return [await get(f"10.0.1.{i}") for i in range(6)] + [await get("127.0.0.1")]
+
+    assert asyncio.run(go()) == [200, 200, 200, 200, 429, 429, 200]
+    clock.now += 1.0  # refills 2
+    assert asyncio.run(go())[:3] == [200, 200, 429]
+
+
 class FakeNode:
     def __init__(self, store: SqliteStore) -> None:
         self.store = store

@@ -10,13 +10,13 @@ from typing import Any
 from consensus.events import SignedState, StartHeight
 from consensus.messages import Message, Proposal, Vote
 from node.errors import InvalidBlock, StorageError
-from node.host.core import ConsensusHost, HostConfig
+from node.host.core import JOIN_REQUEST_BURST, JOIN_REQUESTS_PER_S, ConsensusHost, HostConfig
 from node.ledger.blocks import Block, Commit
 from node.ledger.chain import Ledger
 from node.ledger.keys import NodeKey
 from node.ledger.mempool import Mempool
 from node.ledger.state import StateDelta
-from node.ledger.transactions import Transaction, make_register_device
+from node.ledger.transactions import Transaction, make_join_request, make_register_device
 from node.store.base import MemoryStore
 from tests.factories import GENESIS_TIME_MS, device_key, make_block, make_genesis
 
@@ -223,3 +223,24 @@ def test_a_block_that_cannot_be_written_stops_the_host_instead_of_skipping_the_h
     host.ledger.store.commit_block = broken  # type: ignore[method-assign]
     host.accept_txs(registrations(keys, 1))
     assert host.halted and io.kinds()[-1] == "halted" and "committed" not in io.kinds()
+
+
+def test_join_requests_from_fresh_keys_are_admitted_at_a_node_wide_rate_before_they_are_parsed() -> None:
+    """Issue 11, join flood (found by scripts/adversary.py): join requests cost nothing to make, and
+    a client loop of them from many connections kept a node's event loop busy parsing and checking
+    them, so honest readings fell to a tenth. They are now admitted at a node-wide rate, refused
+    before parsing beyond it, and admitted again as the budget refills."""
+    host, io, _ = solo()
+    flood = [make_join_request(NodeKey.generate(), "test-chain", "participant", f"j{i}", f"ws://h{i}:1")
+             for i in range(300)]
+    results = host.accept_txs(flood)
+    admitted = [r for r in results if r[1] is None]
+    limited = [r for r in results if r[1] == "rate_limited"]
+    assert 0 < len(admitted) <= JOIN_REQUEST_BURST and len(admitted) + len(limited) == len(flood)
+    assert all(txid is None for txid, _ in limited)  # refused before parsing: no id computed
+    assert host.counters["rejected:rate_limited"] == len(limited)
+    io.now += 1000  # a second later the budget has refilled by its rate
+    later = [make_join_request(NodeKey.generate(), "test-chain", "participant", f"k{i}", f"ws://k{i}:1")
+             for i in range(100)]
+    again = [r for r in host.accept_txs(later) if r[1] is None]
+    assert 0 < len(again) <= JOIN_REQUESTS_PER_S + 1

@@ -99,3 +99,24 @@ def test_a_skew_edge_proposer_is_refused_by_a_slow_clock_and_still_decided_by_al
         check(run_seed(seed, 4, 1, behaviours=[Behaviour.SKEW_EDGE]))
         untimely += sum(n.counters["untimely_proposal"] for n in made[-1].nodes)
     assert untimely > 0
+
+
+def test_a_proposer_padding_its_certificates_is_refused_and_every_height_still_finalizes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 11, certificates: a Byzantine proposer whose blocks carry a padded last_commit (junk
+    precommits past the quorum, a duplicate; correctly hashed and signed). Correct nodes refuse
+    every such block (counted), and safety and liveness hold under each seed's faults."""
+    made: list[Cluster] = []
+    original = Cluster.__init__
+
+    def keep(self: Cluster, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(Cluster, "__init__", keep)
+    refused = 0
+    for seed in range(6000, 6006):
+        check(run_seed(seed, 4, 1, behaviours=[Behaviour.PADDED_CERTIFICATE]))
+        refused += sum(n.counters["invalid_proposal:bad_last_commit"] for n in made[-1].nodes if n.correct)
+    assert refused > 0

@@ -48,6 +48,11 @@ from node.ledger.state import StateDelta
 from node.ledger.transactions import Transaction, parse_tx
 
 LOG = logging.getLogger("fedledger.node")
+# Join requests are free to make (a fresh key each) and a federation takes a handful: this node
+# admits at most this many per second, from clients and peers together, and refuses the rest before
+# parsing them, so a flood of them from any number of connections costs one dict lookup each.
+JOIN_REQUESTS_PER_S = 5.0
+JOIN_REQUEST_BURST = 20
 
 TxResult = tuple[bytes | None, str | None]  # (tx id if it parsed, rejection reason or None)
 
@@ -81,6 +86,8 @@ class ConsensusHost:
         self.counters: Counter[str] = Counter() if counters is None else counters
         self.log = log
         self.halted = False
+        self._join_tokens = float(JOIN_REQUEST_BURST)
+        self._join_refill_ms: int | None = None
         self.app = LedgerApp(ledger, mempool, key.public, io, max_block_txs=config.max_block_txs,
                              counters=self.counters, log=log)
         self.signer = KeySigner(key, ledger.chain_id)
@@ -171,6 +178,18 @@ class ConsensusHost:
         self.io.committed(block, commit, delta, synced)
         return delta
 
+    def _take_join(self, now_ms: int) -> bool:
+        """One token of the node-wide join-request budget (JOIN_REQUESTS_PER_S), if there is one."""
+        last = self._join_refill_ms if self._join_refill_ms is not None else now_ms
+        elapsed_s = max(0, now_ms - last) / 1000  # a clock that steps back refills nothing
+        refill = elapsed_s * JOIN_REQUESTS_PER_S
+        self._join_tokens = min(float(JOIN_REQUEST_BURST), self._join_tokens + refill)
+        self._join_refill_ms = max(last, now_ms)
+        if self._join_tokens < 1:
+            return False
+        self._join_tokens -= 1
+        return True
+
     # --- mempool admission --------------------------------------------------------------------
     def accept_txs(self, raws: list[Any], *, from_peer: bool = False) -> list[TxResult]:
         """Admit txs to the mempool; those new to this node that came from a client are passed to
@@ -182,6 +201,10 @@ class ConsensusHost:
         fresh: list[Transaction] = []
         now = self.io.now_ms()
         for raw in raws:
+            if isinstance(raw, dict) and raw.get("kind") == "join_request" and not self._take_join(now):
+                self.counters["rejected:rate_limited"] += 1
+                results.append((None, "rate_limited"))
+                continue
             try:
                 tx = parse_tx(raw)
             except InvalidTransaction as exc:

@@ -30,15 +30,20 @@ class NodeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self._tree: ProcessTree | None = None
 
-    def start(self, detach: bool = False, extra_args: list[str] | None = None) -> None:
+    def start(self, detach: bool = False, extra_args: list[str] | None = None,
+              argv: list[str] | None = None) -> None:
+        """`argv`: a command line to run instead of `python -m node node run DIR --quiet` (a
+        benchmark's or the adversary harness's test-only build of the node)."""
         path = self.dir / OUT_FILE
         with contextlib.suppress(OSError):
             if path.stat().st_size > OUT_MAX_BYTES:
                 path.replace(path.with_name(OUT_FILE + ".1"))
         out = open(path, "ab")  # noqa: SIM115 (owned by the child from here on)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        argv = argv or [sys.executable, "-m", "node", "node", "run", str(self.dir), "--quiet",
+                        *(extra_args or [])]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node", "node", "run", str(self.dir), "--quiet", *(extra_args or [])],
+            argv,
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=detach,  # --keep-running: the node outlives the launcher's terminal
         )

@@ -49,6 +49,12 @@ class HttpLimits:
     requests_per_s: float = 50.0
     burst: float = 100.0
     max_addresses: int = 1024  # addresses tracked; the least recently seen is forgotten first
+    # All addresses together: many addresses, each within its limit, would otherwise keep the event
+    # loop serving JSON (scripts/adversary.py, expensive_http). The node's own loopback tooling
+    # (launcher, CLI, benchmarks) is exempt, as it is from address bans.
+    node_requests_per_s: float = 40.0
+    node_burst: float = 80.0
+    node_exempt: frozenset[str] = frozenset({"127.0.0.1", "::1"})
 
 
 async def maybe_await(value: Any) -> Any:
@@ -122,6 +128,8 @@ class Gateway:
         self.client_limits = client_limits or ClientLimits()
         self.http_limits = http_limits or HttpLimits()
         self._http_buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        lim = self.http_limits
+        self._http_node = TokenBucket(lim.node_requests_per_s, lim.node_burst, clock())
 
     def is_client_path(self, path: str) -> bool:
         return self.client_handler is not None and path == self.client_path
@@ -161,7 +169,10 @@ class Gateway:
             while len(self._http_buckets) > lim.max_addresses:
                 self._http_buckets.popitem(last=False)
         self._http_buckets.move_to_end(host)
-        return bucket.take(1, now)
+        if host in self.http_limits.node_exempt:
+            return bucket.take(1, now)
+        # Both must have a token; the node-wide one is asked only if the address's has one.
+        return bucket.available(now) >= 1 and self._http_node.take(1, now) and bucket.take(1, now)
 
     def new_quota(self) -> TokenBucket:
         """One client connection's tx quota."""

@@ -24,6 +24,9 @@ class Behaviour(str, Enum):
     # did: these run when forced (scripts/simulate.py --behaviour NAME, tests/test_simulation.py).
     FORGED_PROPOSAL = "forged_proposal"  # its proposal's signature on another block, to half the peers
     SKEW_EDGE = "skew_edge"  # its blocks timed at the edge of the clock skew of correct nodes
+    # Its proposals carry a padded last_commit (junk precommits past the quorum, a duplicate),
+    # correctly hashed into the header and signed: a block no correct node may accept.
+    PADDED_CERTIFICATE = "padded_certificate"
 
 
 SEEDED_BEHAVIOURS = (Behaviour.SILENT, Behaviour.EQUIVOCATE, Behaviour.DOUBLE_VOTE,
@@ -71,6 +74,10 @@ class Byzantine:
             if isinstance(msg, Proposal) and alt_proposal is not None:
                 forged = replace(msg, value=alt_proposal.value)  # id and signature of the genuine one
                 return [(p, forged if p in half else msg) for p in peers]
+            return [(p, msg) for p in peers]
+        if b is Behaviour.PADDED_CERTIFICATE:
+            if isinstance(msg, Proposal) and alt_proposal is not None:
+                return [(p, alt_proposal) for p in peers]  # cluster.py padded the certificate
             return [(p, msg) for p in peers]
         if b is Behaviour.SKEW_EDGE:
             # Its blocks are timed at the skew edge (cluster.py); it prevotes with the others so that

@@ -7,7 +7,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from consensus.events import Event, MessageReceived, SignedState
@@ -167,7 +167,27 @@ class SimNode:
         if not isinstance(msg, Proposal) or self.byzantine is None or self.consensus is None:
             return None
         app = self.consensus.app
+        if self.byzantine.behaviour is Behaviour.PADDED_CERTIFICATE:
+            return self._padded_proposal(msg)
         block = app.build(msg.height, msg.round, app.proposal_time_ms() + 1)
+        p = Proposal(msg.height, msg.round, block, block.hash, msg.valid_round, self.key.public)
+        return self.consensus.signer.sign_proposal(p)
+
+    def _padded_proposal(self, msg: Proposal) -> Proposal | None:
+        """The same block with its last_commit padded past the quorum: junk precommits in the
+        names of real validators and a duplicate of a genuine one, the header hashing the padded
+        certificate, the proposal signed. Valid-looking to a node that stops checking at quorum."""
+        assert self.consensus is not None and self.byzantine is not None
+        lc = msg.value.last_commit
+        if lc is None or not lc.precommits:
+            return None
+        rng = self.byzantine.rng
+        keys = [n.key.public for n in self.cluster.nodes]
+        junk = tuple(replace(rng.choice(lc.precommits), validator=rng.choice(keys),
+                             signature=rng.randbytes(64)) for _ in range(2 * len(keys)))
+        padded = replace(lc, precommits=(*lc.precommits, lc.precommits[0], *junk))
+        block = self.ledger.make_next_block(self.key.public, msg.round, msg.value.header.time_ms,
+                                            list(msg.value.txs), last_commit=padded)
         p = Proposal(msg.height, msg.round, block, block.hash, msg.valid_round, self.key.public)
         return self.consensus.signer.sign_proposal(p)
 
