@@ -124,8 +124,9 @@ class ProcessTree:
                 os.killpg(self.popen.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(KILL_WAIT_S)
-        _, alive = psutil.wait_procs(victims, timeout=KILL_WAIT_S)
-        left = sorted(p.pid for p in alive if alive(p))
+        # Not named `alive`: that would shadow the function above, in this whole method's scope.
+        _, survivors = psutil.wait_procs(victims, timeout=KILL_WAIT_S)
+        left = sorted(p.pid for p in survivors if alive(p))
         if self.popen.poll() is None:
             left = sorted({self.popen.pid, *left})
         if left:
