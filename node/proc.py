@@ -140,12 +140,12 @@ def stop_processes(procs: Iterable[psutil.Process], timeout: float = 3.0) -> lis
     for p in procs:
         with contextlib.suppress(psutil.Error):
             p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for p in alive:
+    _, lingering = psutil.wait_procs(procs, timeout=timeout)
+    for p in lingering:
         with contextlib.suppress(psutil.Error):
             p.kill()
-    _, alive = psutil.wait_procs(alive, timeout=KILL_WAIT_S)
-    return sorted(p.pid for p in alive if alive(p))
+    _, survivors = psutil.wait_procs(lingering, timeout=KILL_WAIT_S)
+    return sorted(p.pid for p in survivors if alive(p))
 
 
 # --- memory and CPU --------------------------------------------------------------------------------
