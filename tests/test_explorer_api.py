@@ -17,6 +17,7 @@ from node.ledger.chain import Ledger
 from node.ledger.transactions import make_reading
 from node.net.gateway import HttpBody
 from node.server.api import NodeApi
+from node.server.explorer.assets import POLICY
 from node.store.sqlite import SqliteStore
 from tests.factories import GENESIS_TIME_MS, device_key, make_genesis, participant_key, populated_ledger
 from tests.test_cli_model import Fed, train_run
@@ -56,6 +57,7 @@ def test_the_page_and_its_files_are_served_by_name_only(replica: Any) -> None:
     status, page = get(api, "/")
     assert status == 200 and isinstance(page, HttpBody) and page.content_type.startswith("text/html")
     assert b"/explorer/app.js" in page.data
+    assert ("Content-Security-Policy", POLICY) in page.headers and "script-src 'self';" in POLICY
     files = [("app.js", "text/javascript"), ("charts.js", "text/javascript"), ("style.css", "text/css"),
              ("favicon.svg", "image/svg+xml")]
     for name, ctype in files:

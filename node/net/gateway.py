@@ -86,12 +86,14 @@ class HttpBody:
     content_type: str
     data: bytes
     cache_control: str = "no-cache"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def body_response(status: int, body: HttpBody) -> Response:
     headers = Headers([
         ("Content-Type", body.content_type), ("Content-Length", str(len(body.data))),
         ("Cache-Control", body.cache_control), ("X-Content-Type-Options", "nosniff"), ("Connection", "close"),
+        *body.headers,
     ])
     return Response(status, _phrase(status), headers, body.data)
 

@@ -235,7 +235,9 @@ async function viewTraining() {
 
 async function viewRun(run) {
   const r = await api(`/run/${run}`);
-  const keys = [...new Set(r.models.flatMap((m) => Object.keys(m.metrics)))].sort();
+  // Held-out (validation) metrics first: they say how the model does; the rest is bookkeeping.
+  const keys = [...new Set(r.models.flatMap((m) => Object.keys(m.metrics)))]
+    .sort((a, b) => (b.startsWith("val_") - a.startsWith("val_")) || a.localeCompare(b));
   return [
     h("h1", {}, `Run ${short(r.run, 12)}: ${r.task}`),
     kv([["run", mono(r.run)], ["strategy", r.strategy], ["rounds", `${r.committed_rounds} of ${r.rounds} committed`],
@@ -243,7 +245,7 @@ async function viewRun(run) {
     h("h2", {}, "Learning curve (committed metrics per round)"),
     keys.length ? h("div", { class: "charts", id: "learning-curves" }, keys.map((k) => lineChart(
       [{ name: k, points: r.models.filter((m) => typeof m.metrics[k] === "number").map((m) => [m.round, m.metrics[k]]) }],
-      { id: `chart-metric-${k}`, yLabel: k, xLabel: "round", xPad: 1 }))) : h("p", { class: "muted" }, "no metrics committed yet"),
+      { id: `chart-metric-${k}`, yLabel: k, xLabel: "round", xPad: 1, integer: true }))) : h("p", { class: "muted" }, "no metrics committed yet"),
     h("h2", {}, "Models"),
     table(["round#", "model", "updates#", "block#", "metrics"], r.models.map((m) => [
       modelLink(r.run, m.round, String(m.round)), mono(short(m.model_hash)), m.updates, blockLink(m.height),

@@ -15,7 +15,7 @@ function svgEl(tag, attrs) {
 const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400]
   .map((sec) => sec * 1000);
 
-function niceTicks(lo, hi, count, pad, time) {
+function niceTicks(lo, hi, count, pad, time, integer) {
   if (!(hi > lo)) { const d = pad || Math.abs(lo) * 0.1 || 1; lo -= d; hi += d; }
   const raw = (hi - lo) / count;
   let step;
@@ -24,6 +24,7 @@ function niceTicks(lo, hi, count, pad, time) {
   } else {
     const mag = Math.pow(10, Math.floor(Math.log10(raw)));
     step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw) || raw;
+    if (integer) step = Math.max(1, Math.ceil(step));
   }
   const start = Math.floor(lo / step) * step;
   const ticks = [];
@@ -68,7 +69,7 @@ function lineChart(series, opts) {
     return svg;
   }
   const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
-  const xn = niceTicks(Math.min(...xs), Math.max(...xs), 5, opts.xPad, opts.time);
+  const xn = niceTicks(Math.min(...xs), Math.max(...xs), 5, opts.xPad, opts.time, opts.integer);
   const yn = niceTicks(Math.min(...ys), Math.max(...ys), 4);
   const xt = xn.ticks, yt = yn.ticks, yf = tickFormat(yn.step);
   const x0 = Math.min(xt[0], ...xs), x1 = Math.max(xt[xt.length - 1], ...xs);
