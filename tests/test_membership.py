@@ -7,6 +7,7 @@ propose, and whose precommits finalise a block.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from node.errors import InvalidBlock, Reason
 from node.ledger.chain import Ledger
+from node.ledger.codec import decode, encode
 from node.ledger.keys import NodeKey
 from node.ledger.membership import EFFECT_DELAY, initial_membership
 from node.ledger.transactions import (
@@ -98,7 +100,7 @@ def test_alice_asks_to_join_and_three_of_four_authorities_admit_her_two_blocks_l
     member = ledger.store.member(ALICE.public)
     assert member is not None and member.role == "participant" and member.since_height == decided + 2
     assert ledger.store.membership().request(ALICE.public) is None
-    assert [c.node for c in ledger.store.membership().history] == [ALICE.public]
+    assert [c.node for c in ledger.store.membership_history()] == [ALICE.public]
     # A participant trains and owns devices, but does not validate.
     assert ALICE.public not in ledger.validators_at(ledger.height + 1)
     dev = device_key(7)
@@ -316,3 +318,49 @@ def test_a_join_request_flood_cannot_crowd_the_mempool(tmp_path: Path) -> None:
     assert pool.add(reg, ledger.store, now)[1] is None  # other txs still get in
     pool.remove([t.id for t in pool.pending() if t.kind == "join_request"][:10])
     assert pool.add(flood[-1], ledger.store, now)[1] is None  # room again once some left
+
+
+def test_the_stored_membership_value_does_not_grow_with_the_members_it_admitted(
+    store_kind: str, tmp_path: Path
+) -> None:
+    """Issue 11, finding 3: every admitted member's change was kept inside the membership value,
+    which a block that changes membership rewrites whole: per-block cost grew with history."""
+    ledger, keys = new_ledger(store_kind, tmp_path, admission="open")
+    sizes = []
+    for batch in range(3):
+        newcomers = [key_from(f"newcomer-{batch}-{i}") for i in range(20)]
+        commit(ledger, keys, [join(k, name=f"n{batch}-{i}") for i, k in enumerate(newcomers)])
+        for _ in range(EFFECT_DELAY):
+            commit(ledger, keys)
+        assert all(ledger.store.member(k.public) is not None for k in newcomers)
+        sizes.append(len(ledger.store.membership().to_bytes()))
+    assert sizes[0] == sizes[1] == sizes[2]
+    history = ledger.store.membership_history()
+    assert len(history) == ledger.store.membership_history_size() == 60
+    assert [c.name for c in ledger.store.membership_history(2)] == ["n2-18", "n2-19"]
+    assert verify_chain(ledger.store, ledger.genesis).ok
+
+
+def test_history_kept_inside_an_older_replica_moves_to_the_history_table(tmp_path: Path) -> None:
+    keys, genesis = make_genesis(4, admission="open")
+    path = tmp_path / "node.db"
+    ledger = Ledger(SqliteStore(path), genesis)
+    commit(ledger, keys, [join(ALICE)])
+    commit(ledger, keys)
+    commit(ledger, keys)
+    history = ledger.store.membership_history()
+    assert [c.node for c in history] == [ALICE.public]
+    ledger.store.close()
+    # Rewrite the database as an older build left it: the history inside the value, no table rows.
+    db = sqlite3.connect(path)
+    raw = db.execute("SELECT raw FROM membership").fetchone()[0]
+    old = {**decode(raw), "history": [dataclasses.asdict(c) for c in history]}
+    db.execute("UPDATE membership SET raw = ?", (encode(old),))
+    db.execute("DELETE FROM membership_history")
+    db.commit()
+    db.close()
+    reopened = Ledger(SqliteStore(path), genesis)
+    assert reopened.store.membership_history() == history
+    assert "history" not in decode(reopened.store.membership().to_bytes())
+    assert verify_chain(reopened.store, genesis).ok
+    reopened.store.close()

@@ -1,10 +1,12 @@
 """Membership on the ledger: join requests, authority votes, and changes that take effect at H+2.
 
 One immutable `Membership` value holds what the members table cannot: the open join requests,
-the open vote tallies, the decided changes that are not in effect yet, the history of applied
-changes, and the validator set in force from each height on. Every function here is pure and
-returns a new value; the ledger folds them over the blocks (node/state.py) and the store keeps
-the latest value next to the block that produced it.
+the open vote tallies, the decided changes that are not in effect yet, and the validator set in
+force from each height on. Every function here is pure and returns a new value; the ledger folds
+them over the blocks (node/state.py) and the store keeps the latest value next to the block that
+produced it. Applied changes are not part of the value: they grow with every admitted member, so
+the store appends them to a history of its own (`StateDelta.applied_changes`), and a block that
+changes membership rewrites a value whose size is bounded by the caps below, not by history.
 
 Rules (DESIGN.md sections 1-2, CometBFT's H+2):
 - `join_request` (signed by the joining node) asks for a role. Anyone may ask; a later request of
@@ -84,7 +86,6 @@ class Membership:
     requests: tuple[JoinRecord, ...] = ()
     tallies: tuple[Tally, ...] = ()
     scheduled: tuple[Change, ...] = ()
-    history: tuple[Change, ...] = ()
 
     # --- queries ---------------------------------------------------------------------------------
 
@@ -122,7 +123,6 @@ class Membership:
             "requests": [dataclasses.asdict(r) for r in self.requests],
             "tallies": [{**dataclasses.asdict(t), "voters": list(t.voters)} for t in self.tallies],
             "scheduled": [dataclasses.asdict(c) for c in self.scheduled],
-            "history": [dataclasses.asdict(c) for c in self.history],
         }
 
     def to_bytes(self) -> bytes:
@@ -138,7 +138,6 @@ class Membership:
                 tallies=tuple(Tally(t["node"], t["action"], t["role"], tuple(t["voters"]))
                               for t in d["tallies"]),
                 scheduled=tuple(Change(**c) for c in d["scheduled"]),
-                history=tuple(Change(**c) for c in d["history"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CodecError(f"stored membership state is corrupt: {exc}") from exc
@@ -226,11 +225,7 @@ def begin_height(ms: Membership, height: int) -> tuple[Membership, list[Change]]
     due = ms.changes_at(height)
     if not due:
         return ms, []
-    ms = dataclasses.replace(
-        ms,
-        scheduled=tuple(c for c in ms.scheduled if c.effective != height),
-        history=(*ms.history, *due),
-    )
+    ms = dataclasses.replace(ms, scheduled=tuple(c for c in ms.scheduled if c.effective != height))
     if any(c.role == "authority" for c in due):
         # Votes of removed authorities no longer count; open tallies are re-counted against the
         # set now in force, which can decide a change nobody has to vote on again.
@@ -288,8 +283,19 @@ def _sorted_requests(requests: Iterable[JoinRecord]) -> tuple[JoinRecord, ...]:
 # --- views (API /status, `ledger status`, `member list`) ------------------------------------------
 
 
-def to_json(ms: Membership, members: Iterable[Any], height: int) -> dict[str, Any]:
-    """Members in force after `height` and what is under way, with keys as hex and short ids."""
+def legacy_history(raw: bytes) -> list[Change]:
+    """The applied changes that a stored value written before the history table held."""
+    try:
+        return [Change(**c) for c in decode(raw).get("history", [])]
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise CodecError(f"stored membership state is corrupt: {exc}") from exc
+
+
+def to_json(
+    ms: Membership, members: Iterable[Any], height: int, history: Iterable[Change] = ()
+) -> dict[str, Any]:
+    """Members in force after `height` and what is under way, with keys as hex and short ids;
+    `history` is the applied changes to list (the caller bounds it)."""
     in_force = ms.validators_at(height + 1)
     quorum = ValidatorSet.of(in_force).quorum
 
@@ -307,7 +313,7 @@ def to_json(ms: Membership, members: Iterable[Any], height: int) -> dict[str, An
         "scheduled": [{**ident(c.node), "action": c.action, "role": c.role, "name": c.name,
                        "decided_height": c.decided, "effective_height": c.effective} for c in ms.scheduled],
         "history": [{**ident(c.node), "action": c.action, "role": c.role, "name": c.name,
-                     "decided_height": c.decided, "effective_height": c.effective} for c in ms.history],
+                     "decided_height": c.decided, "effective_height": c.effective} for c in history],
         "validator_sets": [{"from_height": e.from_height, "validators": [short_id(k) for k in e.keys]}
                            for e in ms.epochs],
     }

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from node.errors import BlockReason, InvalidBlock, InvalidTransaction, Reason
 from node.ledger import membership as ms_rules
 from node.ledger.blocks import Block
-from node.ledger.membership import Membership
+from node.ledger.membership import Change, Membership
 from node.ledger.runs import ModelRow, check_model_commit, check_model_update, check_train_request
 from node.ledger.transactions import (
     JoinRequest,
@@ -111,6 +111,7 @@ class StateDelta:
     new_members: list[MemberRecord] = field(default_factory=list)  # added, or with a new role
     removed_members: list[bytes] = field(default_factory=list)
     membership: Membership | None = None  # the new membership state, if the block changed it
+    applied_changes: list[Change] = field(default_factory=list)  # appended to the membership history
     models: list[ModelRow] = field(default_factory=list)
 
 
@@ -159,6 +160,7 @@ class OverlayView:
         new, applied = ms_rules.begin_height(base, self.delta.height)
         if new is not base:
             self._set_membership(new)
+        self.delta.applied_changes.extend(applied)
         for change in applied:
             if change.action == "add":
                 rec = MemberRecord(change.node, change.role, change.name, change.effective)

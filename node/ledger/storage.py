@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from node.ledger.blocks import Block, Commit
-from node.ledger.membership import Membership
+from node.ledger.membership import Change, Membership
 from node.ledger.state import DeviceRecord, MemberRecord, ModelRow, ReadingRow, StateDelta, TxRecord
 
 
@@ -77,6 +77,12 @@ class Store(Protocol):
     def membership(self) -> Membership:
         """The membership state after the last committed block (node/membership.py)."""
         ...
+
+    def membership_history(self, limit: int | None = None) -> list[Change]:
+        """Applied membership changes in the order they took effect; with `limit`, the latest."""
+        ...
+
+    def membership_history_size(self) -> int: ...
 
     def readings(
         self, device: bytes | None = None, *, height: int | None = None, limit: int | None = None

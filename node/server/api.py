@@ -104,13 +104,15 @@ def block_detail(block: Block, commit: Commit | None) -> dict[str, Any]:
 def membership_status(store: Store, limit: int | None = None) -> dict[str, Any]:
     """`members` (who is in, with roles) and `membership` (requests, votes, scheduled changes).
     With `limit`, each list keeps its latest `limit` entries and `membership.totals` the counts."""
-    view = membership.to_json(store.membership(), store.members(), store.height())
+    history = store.membership_history(limit)
+    view = membership.to_json(store.membership(), store.members(), store.height(), history)
     if limit is None:
         return {"members": view.pop("members"), "membership": view}
     totals: dict[str, int] = {}
     for name in list(view):
         if isinstance(view[name], list):
             view[name], totals[name] = capped(view[name], limit)
+    totals["history"] = store.membership_history_size()
     return {"members": view.pop("members"), "membership": {**view, "totals": totals}}
 
 

@@ -59,7 +59,7 @@ class MembershipDriver:
                     self.cluster.submit_tx(vote)
             return
         if self.phase == "leave":
-            change = next((c for c in store.membership().history
+            change = next((c for c in store.membership_history()
                            if c.node == self.leaver.key.public and c.action == "remove"), None)
             if change is not None:
                 self.left_at = change.effective

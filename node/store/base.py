@@ -15,7 +15,7 @@ from node.errors import StorageError
 from node.ledger.blocks import Block, Commit, block_row_bytes
 from node.ledger.codec import encode
 from node.ledger.keys import short_id
-from node.ledger.membership import Membership, initial_membership
+from node.ledger.membership import Change, Membership, initial_membership
 from node.ledger.state import DeviceRecord, MemberRecord, ModelRow, ReadingRow, StateDelta, TxRecord
 from node.ledger.transactions import Transaction
 
@@ -47,6 +47,7 @@ class MemoryStore:
         self._devices: dict[bytes, DeviceRecord] = {}
         self._members: dict[bytes, MemberRecord] = {}
         self._membership: Membership | None = None
+        self._history: list[Change] = []
         self._readings: list[ReadingRow] = []
         self._models: list[ModelRow] = []
         self._model_index: dict[tuple[str, bytes, int, bytes | None], ModelRow] = {}
@@ -138,6 +139,7 @@ class MemoryStore:
         self._members.update((m.key, m) for m in delta.new_members)
         if delta.membership is not None:
             self._membership = delta.membership
+        self._history.extend(delta.applied_changes)
         self._models.extend(delta.models)
         self._model_index.update((_model_key(m), m) for m in delta.models)
 
@@ -157,6 +159,14 @@ class MemoryStore:
         if self._membership is None:
             raise StorageError("store is not initialized")
         return self._membership
+
+    def membership_history(self, limit: int | None = None) -> list[Change]:
+        if limit is None:
+            return list(self._history)
+        return self._history[len(self._history) - limit:] if limit > 0 else []
+
+    def membership_history_size(self) -> int:
+        return len(self._history)
 
     def readings(
         self, device: bytes | None = None, *, height: int | None = None, limit: int | None = None

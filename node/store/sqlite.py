@@ -18,6 +18,8 @@ Schema (also in docs/schema.md; keys, hashes and signatures are raw BLOBs, use h
              temperature_c REAL, humidity_pct REAL, extra BLOB)   -- UNIQUE(device, seq)
     members(key BLOB PRIMARY KEY, role, name, since_height)       -- since_height 0 = genesis
     membership(id = 1, height, raw BLOB)   -- node/membership.py state after block `height`
+    membership_history(seq INTEGER PRIMARY KEY, node, action, role, name, decided, effective)
+                                           -- applied changes, appended in the order they took effect
     models(tx_id PRIMARY KEY -> txs, height, kind 'update'|'commit', run, round, node,
            weights_hash)        -- one commit per (run, round), one update per (run, round, node)
     blobs(hash BLOB PRIMARY KEY, data BLOB)                       -- hash = sha256(data)
@@ -42,7 +44,7 @@ from node.errors import CodecError, InvalidBlock, StorageError
 from node.ledger.blocks import Block, Commit, Header, block_row_bytes
 from node.ledger.codec import decode, encode
 from node.ledger.keys import short_id
-from node.ledger.membership import Membership
+from node.ledger.membership import Change, Membership, legacy_history
 from node.ledger.state import DeviceRecord, MemberRecord, ModelRow, ReadingRow, StateDelta, TxRecord
 from node.store.base import check_commit_args, default_membership
 
@@ -108,6 +110,15 @@ CREATE TABLE IF NOT EXISTS membership (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     height INTEGER NOT NULL,
     raw BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS membership_history (
+    seq INTEGER PRIMARY KEY,
+    node BLOB NOT NULL,
+    action TEXT NOT NULL,
+    role TEXT NOT NULL,
+    name TEXT NOT NULL,
+    decided INTEGER NOT NULL,
+    effective INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS models (
     tx_id BLOB PRIMARY KEY REFERENCES txs(id),
@@ -224,10 +235,19 @@ class SqliteStore:
         if current is not None:
             if current[0] != genesis_hash:
                 raise StorageError(f"{self.path} already holds a different genesis ({current[0].hex()[:16]})")
-            if self._one("SELECT 1 FROM membership") is None:
+            row = self._one("SELECT raw FROM membership WHERE id = 1")
+            if row is None:
                 # A database from before membership votes had any effect: its state is genesis'.
                 with self._write() as db:
                     db.execute("INSERT INTO membership(id, height, raw) VALUES (1, 0, ?)", (initial,))
+            elif self._one("SELECT 1 FROM membership_history") is None:
+                # A database from before the history table kept applied changes inside the value.
+                old = legacy_history(bytes(row[0]))
+                if old:
+                    with self._write() as db:
+                        self._append_history(db, old)
+                        db.execute("UPDATE membership SET raw = ? WHERE id = 1",
+                                   (Membership.from_bytes(bytes(row[0])).to_bytes(),))
             return
         with self._write() as db:
             db.execute("INSERT INTO meta(key, value) VALUES ('genesis_hash', ?)", (genesis_hash.hex(),))
@@ -389,6 +409,7 @@ class SqliteStore:
                     "INSERT OR REPLACE INTO membership(id, height, raw) VALUES (1, ?, ?)",
                     (delta.height, delta.membership.to_bytes()),
                 )
+            self._append_history(db, delta.applied_changes)
             db.executemany(
                 "INSERT INTO models(tx_id, height, kind, run, round, node, weights_hash)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -460,6 +481,37 @@ class SqliteStore:
                 default_membership(self.members()) if row is None else Membership.from_bytes(bytes(row[0]))
             )
         return self._membership
+
+    @staticmethod
+    def _append_history(db: sqlite3.Connection, changes: Sequence[Change]) -> None:
+        db.executemany(
+            "INSERT INTO membership_history(node, action, role, name, decided, effective)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(c.node, c.action, c.role, c.name, c.decided, c.effective) for c in changes],
+        )
+
+    def membership_history(self, limit: int | None = None) -> list[Change]:
+        try:
+            if limit is None:
+                rows = self._db.execute(
+                    "SELECT node, action, role, name, decided, effective FROM membership_history ORDER BY seq"
+                ).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT node, action, role, name, decided, effective FROM membership_history"
+                    " ORDER BY seq DESC LIMIT ?", (max(limit, 0),)
+                ).fetchall()[::-1]
+        except sqlite3.OperationalError:  # a read-only replica of an older schema
+            row = self._one("SELECT raw FROM membership WHERE id = 1")
+            old = [] if row is None else legacy_history(bytes(row[0]))
+            return old if limit is None else old[len(old) - max(limit, 0):] if limit else []
+        return [Change(bytes(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    def membership_history_size(self) -> int:
+        try:
+            return int(self._one("SELECT COUNT(*) FROM membership_history")[0])
+        except sqlite3.OperationalError:
+            return len(self.membership_history())
 
     def members(self) -> list[MemberRecord]:
         rows = self._db.execute("SELECT key, role, name, since_height FROM members ORDER BY key")

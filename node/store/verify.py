@@ -109,6 +109,8 @@ def _compare_final_state(store: Store, replay: MemoryStore) -> None:
         raise _tampered(0, "members rows differ from genesis and ledger")
     if store.membership() != replay.membership():
         raise _tampered(store.height(), "membership state differs from the requests and votes in the blocks")
+    if store.membership_history() != replay.membership_history():
+        raise _tampered(store.height(), "membership history differs from the changes the blocks decided")
     mine_models, want_models = store.model_rows(), replay.model_rows()
     if mine_models != want_models:
         diff = [m for m in (*mine_models, *want_models) if (m in mine_models) != (m in want_models)]
