@@ -22,10 +22,14 @@ from typing import Any, TypeVar
 
 import pytest
 
-from node.ledger.transactions import make_reading
+from node.launch.processes import wait_until
+from node.ledger.keys import NodeKey
+from node.ledger.transactions import make_join_request, make_member_vote, make_reading
 from node.net.client import LedgerClient
 from node.net.http import get_json
+from node.server.datadir import KEY_FILE
 from tests.e2e import LocalFederation
+from tests.factories import key_from
 
 pytestmark = pytest.mark.slow
 T = TypeVar("T")
@@ -195,9 +199,22 @@ def test_pages_load_with_live_charts_and_no_console_errors(browser: Any, fed: Lo
     assert all(r in refused for r in reasons), refused
     tab.shot("device")
 
+    # A join request and one authority's vote for it: 1 of the 3 votes needed, so it stays open.
+    newcomer = key_from("explorer/newcomer")
+    join = make_join_request(newcomer, chain, "authority", "newcomer", "ws://127.0.0.1:9/")
+    assert submit(fed.procs[0].url, [join])[0].accepted
+    assert wait_until(lambda: get_json(base, "/members")["membership"]["join_requests"], 30)
+    voter = NodeKey.load(fed.procs[1].dir / KEY_FILE)
+    assert submit(fed.procs[1].url, [make_member_vote(voter, chain, newcomer.public, "authority",
+                                                      "add")])[0].accepted
+    assert wait_until(lambda: get_json(base, "/members")["membership"]["votes"], 30)
     page = tab.open("#/members")
     assert page.locator("table").first.locator("tbody tr").count() == 4
-    assert page.locator("text=authority").count() >= 4
+    requests = page.locator("h2:text('Join requests') + table tbody tr")
+    assert requests.count() == 1 and "newcomer" in requests.inner_text()
+    votes = page.locator("h2:text('Votes and tallies') + table tbody tr")
+    assert votes.count() == 1 and voter.short_id in votes.inner_text()
+    assert [c.inner_text() for c in votes.locator("td.num").all()] == ["1", "3"]  # counted, needed
     tab.shot("members")
 
     page = tab.open("#/training")
