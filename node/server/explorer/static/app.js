@@ -160,7 +160,13 @@ async function viewBlock(hgt, q) {
 async function viewTx(id) {
   const t = await api(`/tx/${id}`);
   const body = t.tx.body || {};
-  const fields = Object.entries(body).map(([k, v]) => [k, typeof v === "object" ? mono(JSON.stringify(v)) : typeof v === "string" && v.length > 40 ? mono(v) : String(v)]);
+  const field = (v) => {
+    if (typeof v === "object") return mono(JSON.stringify(v));
+    if (typeof v !== "string" || v.length <= 40) return String(v);
+    // Model weights are kilobytes of hex: show their start and size, not all of it.
+    return mono(v.length > 256 ? `${v.slice(0, 64)}… (${v.length / 2} bytes)` : v);
+  };
+  const fields = Object.entries(body).map(([k, v]) => [k, field(v)]);
   return [
     h("h1", {}, `Transaction ${short(t.id)}`),
     kv([["id", mono(t.id)], ["kind", t.kind], ["block", blockLink(t.height)], ["index", t.index], ["signer", mono(t.signer)],
