@@ -124,8 +124,9 @@ class ProcessTree:
                 os.killpg(self.popen.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(KILL_WAIT_S)
-        _, alive = psutil.wait_procs(victims, timeout=KILL_WAIT_S)
-        left = sorted(p.pid for p in alive if alive(p))
+        # Not named `alive`: that would shadow the function above, in this whole method's scope.
+        _, survivors = psutil.wait_procs(victims, timeout=KILL_WAIT_S)
+        left = sorted(p.pid for p in survivors if alive(p))
         if self.popen.poll() is None:
             left = sorted({self.popen.pid, *left})
         if left:
@@ -139,12 +140,12 @@ def stop_processes(procs: Iterable[psutil.Process], timeout: float = 3.0) -> lis
     for p in procs:
         with contextlib.suppress(psutil.Error):
             p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for p in alive:
+    _, lingering = psutil.wait_procs(procs, timeout=timeout)
+    for p in lingering:
         with contextlib.suppress(psutil.Error):
             p.kill()
-    _, alive = psutil.wait_procs(alive, timeout=KILL_WAIT_S)
-    return sorted(p.pid for p in alive if alive(p))
+    _, survivors = psutil.wait_procs(lingering, timeout=KILL_WAIT_S)
+    return sorted(p.pid for p in survivors if alive(p))
 
 
 # --- memory and CPU --------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ from node.ledger.transactions import (
 from node.net import handshake as hs
 from node.net import wire
 from node.net.consensus_wire import proposal_from_wire, proposal_to_wire
+from node.net.gateway import HttpBody
 from node.net.sync import decode_items
 from node.server.api import NodeApi
 from node.store.sqlite import SqliteStore
@@ -197,6 +198,9 @@ class _ApiNode:
     def accept_txs(self, raws: list[Any]) -> list[TxResult]:
         return self.host.accept_txs(raws)
 
+    def device_refusals(self, device: bytes) -> dict[str, int]:
+        return self.host.refusals.of(device)
+
 
 @dataclass
 class Env:
@@ -327,7 +331,9 @@ def _http_seeds(e: Env) -> list[bytes]:
     txid = rec.tx_ids[0].hex()
     return [p.encode() for p in ("/status", "/", "/genesis", "/members", "/peers", "/devices",
                                   "/blocks?from=1&to=4", "/blocks", "/block/2", "/block/4", f"/tx/{txid}",
-                                  "/finality?last=5")]
+                                  "/finality?last=5", "/explorer/app.js", "/activity?last=3",
+                                  f"/device/{e.devices[0].public.hex()}?last=5", "/runs", "/run/" + "11" * 32,
+                                  "/model/" + "11" * 32 + "/1")]
 
 
 def _client_seeds(e: Env) -> list[bytes]:
@@ -473,6 +479,10 @@ def run_http(data: bytes) -> None:
     status, body = result
     if type(status) is not int or not 200 <= status < 600:
         raise Breach(f"status {status!r}")
+    if isinstance(body, HttpBody):  # the explorer's files, sent as they are
+        if status != 200 or not body.data:
+            raise Breach(f"explorer file answered {status} with {len(body.data)} bytes")
+        return
     json.dumps(hexify(body), default=str)  # what gateway.json_response sends
 
 

@@ -95,9 +95,12 @@ def test_status_of_a_stopped_node_comes_from_its_replica(node_a: Path, chain: An
     store = SqliteStore(node_a / DB_FILE)
     assert st["head_hash"] == store.head_hash().hex()  # type: ignore[union-attr]
     store.close()
+    port = config["listen_port"]
+    assert st["explorer"] == f"http://127.0.0.1:{port}/"
     assert main(["ledger", "status", str(node_a)]) == 0
     out = capsys.readouterr().out
     assert "stopped" in out and "height" in out and st["head_hash"][:16] in out
+    assert f"explorer    http://127.0.0.1:{port}/  (served while the node runs)" in out
 
 
 class FakeNodeHandler(BaseHTTPRequestHandler):

@@ -185,3 +185,5 @@ def test_launch_runs_a_federation_and_reports_agreeing_replicas(tmp_path: Path) 
     summary = json.loads(out.stdout)
     assert summary["agree"] and summary["nodes_alive"] == 4
     assert summary["finalized_readings"] > 0 and summary["accepted"] == summary["submitted"]
+    assert [n["explorer"] for n in summary["nodes"]] == [n["url"].replace("ws://", "http://") + "/"
+                                                         for n in summary["nodes"]]

@@ -18,7 +18,7 @@ from node.flower.logs import LogPump, RotatingLog, backup_path, log_tail, read_l
 from node.flower.supervise import FlowerRuntimeError, ManagedProcess
 from node.launch.federation import create_federation
 from node.launch.processes import OUT_FILE, OUT_MAX_BYTES, NodeProcess, wait_until
-from node.proc import ProcessTree, alive, cpu_seconds, mib, peak_rss_bytes, rss_bytes
+from node.proc import ProcessTree, alive, cpu_seconds, mib, peak_rss_bytes, rss_bytes, stop_processes
 from node.server.datadir import LOG_FILE
 
 # A child that starts a grandchild in its own session (as Flower's SuperLink starts SuperExec),
@@ -202,3 +202,21 @@ def test_a_launched_node_keeps_info_in_its_rotating_log_and_node_out_stays_bound
     assert "listening on" in (made.dir / LOG_FILE).read_text()
     assert "listening on" not in out.read_text()
     assert "--- node.log" in node.log_tail()
+
+
+def test_kill_ends_a_tree_with_descendants() -> None:
+    # kill() and stop_processes() once named a local `alive`, shadowing alive(): NameError as
+    # soon as there was a descendant to look at.
+    child = spawn(PARENT)
+    assert child.stdout is not None
+    grandchild = psutil.Process(int(child.stdout.readline()))
+    tree = ProcessTree(child, own_group=True)
+    tree.refresh()
+    assert tree.kill() == []
+    assert not alive(grandchild) and not tree.alive
+    other = spawn(PARENT)
+    assert other.stdout is not None
+    other_child = psutil.Process(int(other.stdout.readline()))
+    assert stop_processes([psutil.Process(other.pid), other_child], timeout=5) == []
+    other.wait()
+    assert not alive(other_child)

@@ -87,6 +87,16 @@ def test_devices_members_and_readings(chain, store):
     assert store.readings(devices[0].public, height=3, limit=1)[0].seq == 3
 
 
+def test_latest_readings_and_reading_counts(chain, store):
+    _, _, _, devices = chain
+    latest = store.latest_readings(devices[1].public, 4)
+    assert [r.seq for r in latest] == [5, 4, 3, 2]
+    assert latest[0] == store.readings(devices[1].public)[-1]
+    assert store.latest_readings(devices[1].public, 0) == [] and store.latest_readings(b"\0" * 32, 5) == []
+    assert store.reading_counts(1, store.height()) == {2: 6, 3: 6}  # block 1 registers the devices
+    assert store.reading_counts(3, 3) == {3: 6} and store.reading_counts(5, 9) == {}
+
+
 def test_commit_block_refuses_wrong_height_or_commit(chain, store):
     keys, _, ledger, _ = chain
     block, commit = make_block(ledger, keys)

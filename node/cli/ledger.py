@@ -18,7 +18,7 @@ from typing import Any
 from node.cli.output import emit, fmt_time, table
 from node.errors import ConfigError, StorageError
 from node.ledger.keys import short_id
-from node.net.http import HttpReplica, probe_status
+from node.net.http import HttpReplica, explorer_url, probe_status
 from node.server.api import block_detail
 from node.server.datadir import NodeConfig, pid_alive
 from node.server.offline import offline_status, open_node
@@ -82,6 +82,7 @@ def status_lines(st: dict[str, Any]) -> list[str]:
         ["rejected", sum(v for v in rejected.values() if isinstance(v, int)),
          " ".join(f"{k}={v}" for k, v in sorted(rejected.items()))],
         ["url", g("url"), ""],
+        ["explorer", st.get("explorer", "?"), "" if st.get("running") else "(served while the node runs)"],
         *member_rows(st),
         *sync_rows(st.get("sync")),
         *training_rows(st.get("training")),
@@ -152,6 +153,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         pid = pid_alive(Path(args.dir))
         if pid is not None:
             st["note"] = f"node.pid names live process {pid}, but {cfg.local_url} did not answer"
+    with contextlib.suppress(ConfigError):  # a status without a usable URL shows none
+        st["explorer"] = explorer_url(str(st.get("url") or cfg.url))
     human = status_lines(st)
     if st.get("note"):
         human.append(f"note: {st['note']}")

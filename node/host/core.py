@@ -39,13 +39,14 @@ from consensus.tendermint import Tendermint
 from node.errors import InvalidBlock, InvalidTransaction, Reason, StorageError
 from node.host.app import LedgerApp
 from node.host.hostio import HostIO
+from node.host.refusals import DeviceRefusals
 from node.ledger.blocks import Block, Commit
 from node.ledger.chain import Ledger
 from node.ledger.keys import NodeKey
 from node.ledger.mempool import Mempool
 from node.ledger.signer import KeySigner
 from node.ledger.state import StateDelta
-from node.ledger.transactions import Transaction, parse_tx
+from node.ledger.transactions import Reading, Transaction, parse_tx
 
 LOG = logging.getLogger("fedledger.node")
 # Join requests are free to make (a fresh key each) and a federation takes a handful: this node
@@ -83,6 +84,7 @@ class ConsensusHost:
         self.mempool = mempool
         self.io = io
         self.config = config
+        self.refusals = DeviceRefusals()
         self.counters: Counter[str] = Counter() if counters is None else counters
         self.log = log
         self.halted = False
@@ -190,6 +192,11 @@ class ConsensusHost:
         self._join_tokens -= 1
         return True
 
+    def _refused(self, tx: Transaction, reason: Reason) -> None:
+        body = tx.body
+        if isinstance(body, Reading) and self.ledger.store.device(body.device) is not None:
+            self.refusals.add(body.device, reason.value)
+
     # --- mempool admission --------------------------------------------------------------------
     def accept_txs(self, raws: list[Any], *, from_peer: bool = False) -> list[TxResult]:
         """Admit txs to the mempool; those new to this node that came from a client are passed to
@@ -221,6 +228,7 @@ class ConsensusHost:
                     self.counters["gossip_already_committed"] += 1
                 else:
                     self.counters[f"rejected:{reason.value}"] += 1
+                    self._refused(tx, reason)
                 results.append((txid, reason.value))
                 continue
             results.append((txid, None))

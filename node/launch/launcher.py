@@ -18,7 +18,7 @@ from node.launch.feeder import Feeder, FeedStats, Target
 from node.launch.processes import NodeProcess, wait_until
 from node.launch.sensors import BUNDLED_CSV, CsvStats, csv_devices, csv_readings, simulated_readings
 from node.launch.training_display import TrainingWatch, print_training
-from node.net.http import get_json
+from node.net.http import explorer_url, get_json
 
 READY_TIMEOUT_S = 60
 DRAIN_TIMEOUT_S = 30
@@ -82,6 +82,7 @@ async def _run(
                     f"{p.log_tail()}")
         return 1
     out.say(f"{n} nodes up, fully connected: " + ", ".join(p.url for p in procs))
+    out.say(f"Explorer: {explorer_url(procs[0].url)}  (every node serves one on its port)")
 
     csv_stats = CsvStats()
     if opts.simulated:
@@ -195,7 +196,8 @@ def summarize(
     return {
         "dir": str(procs[0].dir.parent),
         "nodes": [
-            {"dir": str(p.dir), "url": p.url, "node_id": s["node_id"] if s else None,
+            {"dir": str(p.dir), "url": p.url, "explorer": explorer_url(p.url),
+             "node_id": s["node_id"] if s else None,
              "height": s["height"] if s else None, "head_hash": s["head_hash"] if s else None,
              "readings": s["readings"] if s else None, "rejected": s["rejected"] if s else None,
              "alive": p.alive}
@@ -234,6 +236,8 @@ def print_summary(s: dict[str, Any], root: Path, procs: list[NodeProcess], keep:
         print_training(t, root, out)
     out.say("")
     out.say("Look next:")
+    if keep:
+        out.say(f"  {explorer_url(procs[0].url)}    # the explorer, in a browser (any node's port)")
     out.say(f"  fedledger ledger status {root}/node1")
     out.say(f"  fedledger ledger blocks {root}/node1")
     out.say(f"  fedledger ledger verify {root}/node1")
@@ -244,4 +248,5 @@ def print_summary(s: dict[str, Any], root: Path, procs: list[NodeProcess], keep:
         out.say(f"Nodes keep running (logs in {root}/node*/node.log); stop them with:")
         out.say(f"  kill $(cat {root}/node*/node.pid)")
     else:
-        out.say("(the nodes were stopped; `fedledger node run DIR` restarts one)")
+        out.say("(the nodes were stopped; `fedledger node run DIR` restarts one, and serves its explorer "
+                f"again, e.g. {explorer_url(procs[0].url)})")

@@ -90,6 +90,15 @@ class Store(Protocol):
         """Committed readings in ledger order, optionally of one device and/or one height."""
         ...
 
+    def latest_readings(self, device: bytes, limit: int) -> list[ReadingRow]:
+        """The device's `limit` committed readings of highest sequence number, highest first (an
+        index walk: what the explorer's device page shows, however long the device's history)."""
+        ...
+
+    def reading_counts(self, lo: int, hi: int) -> dict[int, int]:
+        """How many readings each block of heights lo..hi holds (blocks with none are left out)."""
+        ...
+
     def counts(self) -> dict[str, int]:
         """Sizes for status displays: blocks, txs, readings, devices."""
         ...

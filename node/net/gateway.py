@@ -85,17 +85,39 @@ def misbehaved(st: PeerState) -> Refusal:
     return Refusal(CloseCode.MISBEHAVIOUR, "misbehaviour", worst)
 
 
+@dataclass(frozen=True, slots=True)
+class HttpBody:
+    """A handler's answer that is not JSON (the explorer's page and its assets): sent as it is."""
+
+    content_type: str
+    data: bytes
+    cache_control: str = "no-cache"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def body_response(status: int, body: HttpBody) -> Response:
+    headers = Headers([
+        ("Content-Type", body.content_type), ("Content-Length", str(len(body.data))),
+        ("Cache-Control", body.cache_control), ("X-Content-Type-Options", "nosniff"), ("Connection", "close"),
+        *body.headers,
+    ])
+    return Response(status, _phrase(status), headers, body.data)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
 def json_response(status: int, body: Any) -> Response:
     # HTTP readers get hex for hashes and keys; anything else unexpected becomes its str().
     data = json.dumps(hexify(body), default=str, separators=(",", ":")).encode()
-    try:
-        phrase = http.HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
     headers = Headers([
         ("Content-Type", "application/json"), ("Content-Length", str(len(data))), ("Connection", "close"),
     ])
-    return Response(status, phrase, headers, data)
+    return Response(status, _phrase(status), headers, data)
 
 
 class Gateway:
@@ -156,6 +178,8 @@ class Gateway:
             return json_response(500, {"error": "internal_error", "path": path})
         if result is None:
             return json_response(404, {"error": "not_found", "path": path})
+        if isinstance(result[1], HttpBody):
+            return body_response(result[0], result[1])
         return json_response(result[0], result[1])
 
     def _http_admit(self, ws: ServerConnection) -> bool:

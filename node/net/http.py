@@ -32,6 +32,11 @@ def http_base(url: str) -> str:
     return f"{scheme}://{parts.netloc}"
 
 
+def explorer_url(url: str) -> str:
+    """Where the node at `url` serves its explorer page (GET / on its one port)."""
+    return http_base(url) + "/"
+
+
 def get_json(url: str, path: str, timeout: float = HTTP_TIMEOUT_S) -> Any:
     """GET `path` of the node at `url` and decode its JSON answer."""
     full = http_base(url) + path

@@ -11,6 +11,8 @@ GET /members                      members with roles; open join requests, votes,
 GET /genesis                      the federation's genesis (what `fedledger join` fetches) and its hash
 GET /finality?last=K              the latest K finality latencies (ms from submission to this node
                                   until its commit), for txs submitted to this node
+GET /                             the explorer page (node/server/explorer/), and the views it reads:
+                                  /activity, /device/KEY, /runs, /run/RUN, /model/RUN/ROUND
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from node.ledger.keys import short_id
 from node.ledger.storage import Store
 from node.ledger.transactions import tx_id
 from node.net import wire
+from node.server.explorer.routes import ExplorerApi
 
 MAX_BLOCKS_PER_REQUEST = 200
 MAX_HEIGHT = 2**63 - 1  # SQLite's INTEGER: a larger height is no height, not a server error
@@ -72,6 +75,8 @@ class NodeView(Protocol):
 
     def accept_txs(self, raws: list[Any]) -> list[TxResult]: ...
 
+    def device_refusals(self, device: bytes) -> dict[str, int]: ...
+
 
 def block_summary(block: Block) -> dict[str, Any]:
     h = block.header
@@ -114,12 +119,16 @@ def membership_status(store: Store, limit: int | None = None) -> dict[str, Any]:
 class NodeApi:
     def __init__(self, node: NodeView) -> None:
         self.node = node
+        self.explorer = ExplorerApi(node)
 
     def handle_http(self, path: str, query: dict[str, str]) -> tuple[int, Any] | None:
         store = self.node.store
         parts = [p for p in path.split("/") if p]
+        page = self.explorer.page(parts)
+        if page is not None:
+            return page
         try:
-            if parts == ["status"] or not parts:
+            if parts == ["status"]:
                 return 200, self.node.status()
             if parts == ["genesis"]:
                 # What `fedledger join` fetches: the exact file this federation runs with.
@@ -142,7 +151,10 @@ class NodeApi:
                 block = store.block(h)
                 if block is None:
                     return 404, {"error": f"no block at height {h} (height is {store.height()})"}
-                return 200, block_detail(block, store.commit(h))
+                commit = store.commit(h)
+                signers = [short_id(v.validator) for v in commit.precommits] if commit else []
+                return 200, {**block_detail(block, commit), "commit_signers": signers,
+                             "validators": len(store.membership().validators_at(h))}
             if len(parts) == 2 and parts[0] == "tx":
                 txid = bytes.fromhex(parts[1])
                 if len(txid) != 32:
@@ -163,6 +175,9 @@ class NodeApi:
                      "name": d.name, "last_seq": d.last_seq, "registered_height": d.registered_height}
                     for d in store.devices()
                 ]}
+            explored = self.explorer.handle(parts, query)
+            if explored is not None:
+                return explored
         except ValueError as exc:
             return 400, {"error": f"bad request: {exc}"}
         return None

@@ -450,7 +450,11 @@ class Node:
 
     def peers_json(self) -> list[dict[str, Any]]:
         now = time.time()
-        return [p.to_json(now) for p in self.net.peers()]
+        # "height": what the peer last announced (a claim until its blocks prove it; see node/net/sync.py).
+        return [{**p.to_json(now), "height": self.sync.peer_heights.get(p.key)} for p in self.net.peers()]
+
+    def device_refusals(self, device: bytes) -> dict[str, int]:
+        return self.consensus.refusals.of(device)
 
     def finality(self, last: int) -> dict[str, Any]:
         """The latest `last` finality latencies (ms), and how many were ever measured."""

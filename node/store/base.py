@@ -178,6 +178,17 @@ class MemoryStore:
         ]
         return out[:limit] if limit is not None else out
 
+    def latest_readings(self, device: bytes, limit: int) -> list[ReadingRow]:
+        mine = [r for r in self._readings if r.device == device]
+        return sorted(mine, key=lambda r: r.seq, reverse=True)[: max(limit, 0)]
+
+    def reading_counts(self, lo: int, hi: int) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for r in self._readings:
+            if lo <= r.height <= hi:
+                out[r.height] = out.get(r.height, 0) + 1
+        return out
+
     def counts(self) -> dict[str, int]:
         return {
             "blocks": len(self._blocks),

@@ -536,14 +536,29 @@ class SqliteStore:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        out = []
-        for r in self._db.execute(sql, args):
-            try:
-                extra = None if r[7] is None else decode(r[7])
-            except CodecError as exc:
-                raise StorageError(f"stored reading {bytes(r[0]).hex()} is corrupt: {exc}") from exc
-            out.append(ReadingRow(bytes(r[0]), r[1], bytes(r[2]), r[3], r[4], r[5], r[6], extra))
-        return out
+        return [self._reading(r) for r in self._db.execute(sql, args)]
+
+    def _reading(self, r: Sequence[Any]) -> ReadingRow:
+        try:
+            extra = None if r[7] is None else decode(r[7])
+        except CodecError as exc:
+            raise StorageError(f"stored reading {bytes(r[0]).hex()} is corrupt: {exc}") from exc
+        return ReadingRow(bytes(r[0]), r[1], bytes(r[2]), r[3], r[4], r[5], r[6], extra)
+
+    def latest_readings(self, device: bytes, limit: int) -> list[ReadingRow]:
+        # UNIQUE(device, seq) is the index this walks backwards.
+        rows = self._db.execute(
+            "SELECT tx_id, height, device, seq, timestamp_ms, temperature_c, humidity_pct, extra"
+            " FROM readings WHERE device = ? ORDER BY seq DESC LIMIT ?",
+            (device, max(limit, 0)),
+        )
+        return [self._reading(r) for r in rows]
+
+    def reading_counts(self, lo: int, hi: int) -> dict[int, int]:
+        rows = self._db.execute(
+            "SELECT height, COUNT(*) FROM readings WHERE height BETWEEN ? AND ? GROUP BY height", (lo, hi)
+        )
+        return {r[0]: r[1] for r in rows}
 
     def counts(self) -> dict[str, int]:
         return {

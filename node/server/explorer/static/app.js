@@ -1,0 +1,339 @@
+// The explorer: hash routes, one view per page, each rebuilt from the node's JSON API every
+// REFRESH_MS while it is shown. Everything from the API is text to this page (textContent only):
+// names and fields come from devices and peers, never trusted as markup.
+(() => {
+"use strict";
+
+const REFRESH_MS = 2000;
+const { lineChart } = window.charts;
+
+// --- small DOM helpers -------------------------------------------------------------------------
+function h(tag, attrs, ...kids) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") el.className = v; else el.setAttribute(k, String(v));
+  }
+  for (const kid of kids.flat()) {
+    if (kid === undefined || kid === null || kid === false) continue;
+    el.appendChild(kid instanceof Node ? kid : document.createTextNode(String(kid)));
+  }
+  return el;
+}
+const link = (href, text, cls) => h("a", { href, class: cls }, text);
+const short = (hex, n) => (typeof hex === "string" ? hex.slice(0, n || 16) : "-");
+const mono = (text) => h("span", { class: "mono" }, text);
+const fmtTime = (ms) => (typeof ms === "number" && ms > 0 ? new Date(ms).toISOString().replace("T", " ").slice(0, 19) : "-");
+const kb = (n) => (typeof n === "number" ? (n / 1024).toFixed(0) : "-");
+const fmtMetric = (v) => (typeof v === "number" ? (Math.abs(v) >= 100 ? v.toFixed(1) : v.toPrecision(4)) : String(v));
+
+function table(headers, rows, empty) {
+  if (!rows.length) return h("p", { class: "muted" }, empty || "none");
+  return h("table", {},
+    h("thead", {}, h("tr", {}, headers.map((x) => h("th", { class: x.endsWith("#") ? "num" : null }, x.replace(/#$/, ""))))),
+    h("tbody", {}, rows.map((r) => h("tr", {}, r.map((c, i) => h("td", { class: headers[i].endsWith("#") ? "num" : null }, c))))));
+}
+function cards(pairs) {
+  return h("div", { class: "cards" }, pairs.map(([k, v]) => h("div", { class: "card" }, h("div", { class: "k" }, k), h("div", { class: "v" }, v))));
+}
+function kv(pairs) {
+  return h("dl", { class: "kv" }, pairs.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+}
+
+async function api(path) {
+  const r = await fetch(path, { cache: "no-store" });
+  let body;
+  try { body = await r.json(); } catch (e) { throw new Error(`${path}: HTTP ${r.status}, not JSON`); }
+  if (!r.ok) throw new Error(body && body.error ? body.error : `${path}: HTTP ${r.status}`);
+  return body;
+}
+
+// --- links between pages ----------------------------------------------------------------------
+const blockLink = (hgt) => link(`#/block/${hgt}`, String(hgt));
+const txLink = (id, n) => link(`#/tx/${id}`, short(id, n), "mono");
+const deviceLink = (key, text) => link(`#/device/${key}`, text || short(key));
+const modelLink = (run, round, text) => link(`#/model/${run}/${round}`, text || `round ${round}`);
+const runLink = (run, text) => link(`#/run/${run}`, text || short(run, 12), "mono");
+
+// --- federation ----------------------------------------------------------------------------------
+function throughputSeries(blocks) {
+  // Finalized readings per second in equal time bins over the blocks shown.
+  if (!blocks.length) return [];
+  const t0 = blocks[0].time_ms, t1 = blocks[blocks.length - 1].time_ms;
+  const binMs = Math.max(1000, Math.ceil((t1 - t0) / 60 / 1000) * 1000);
+  const bins = new Map();
+  for (const b of blocks) {
+    const k = Math.floor((b.time_ms - t0) / binMs);
+    bins.set(k, (bins.get(k) || 0) + b.readings);
+  }
+  const last = Math.floor((t1 - t0) / binMs);
+  const pts = [];
+  for (let k = 0; k <= last; k++) pts.push([t0 + k * binMs, (bins.get(k) || 0) / (binMs / 1000)]);
+  return pts;
+}
+
+async function viewFederation() {
+  const [st, peers, act] = await Promise.all([api("/status"), api("/peers"), api("/activity?last=300")]);
+  const heights = new Map(peers.peers.map((p) => [p.key, p.height]));
+  const sync = st.sync || {};
+  const rejected = Object.entries(st.rejected || {});
+  return [
+    h("h1", {}, `Federation ${st.chain_id}`),
+    cards([
+      ["height", st.height], ["head", mono(short(st.head_hash))], ["head time", fmtTime(st.head_time_ms)],
+      ["consensus", `h ${st.consensus.height} r ${st.consensus.round} ${st.consensus.step}`],
+      ["readings", st.readings], ["devices", st.devices], ["transactions", st.txs],
+      ["mempool", st.mempool], ["peers", st.peers],
+      ["sync", sync.syncing ? `syncing ${sync.height}/${sync.target_height} (${sync.mode})` : `caught up (${sync.mode || "-"})`],
+      ["finality p50 / p99", st.finality_ms && st.finality_ms.p50 != null ? `${st.finality_ms.p50.toFixed(0)} / ${st.finality_ms.p99.toFixed(0)} ms` : "-"],
+      ["this node", `${st.name} (${st.node_id}, ${st.role})`],
+    ]),
+    h("h2", {}, "Finalized readings per second"),
+    lineChart([{ name: "readings/s", points: throughputSeries(act.blocks) }],
+      { id: "chart-throughput", time: true, xPad: 30000, yLabel: "readings/s", xLabel: "block time (UTC)", empty: "no blocks yet" }),
+    h("p", { class: "muted" }, `over the last ${act.blocks.length} blocks`),
+    h("h2", {}, `Validators (${st.validators.length})`),
+    table(["node", "height#", ""], st.validators.map((v) => {
+      const me = v.public_key === st.public_key;
+      const hgt = me ? st.height : heights.get(v.public_key);
+      return [mono(v.node_id), hgt == null ? "-" : hgt, me ? "this node" : heights.has(v.public_key) ? "connected" : h("span", { class: "bad" }, "not connected")];
+    })),
+    h("h2", {}, `Peers (${peers.peers.length})`),
+    table(["node", "url", "role", "direction", "height#", "misbehaviour score#", "KB in#", "KB out#"], peers.peers.map((p) => [
+      mono(p.short_id), p.url || "-", p.role || "-", p.direction, p.height == null ? "-" : p.height,
+      typeof p.score === "number" ? p.score.toFixed(1) : "-", kb(p.bytes_in), kb(p.bytes_out)])),
+    h("h2", {}, "Refused at this node"),
+    table(["reason", "count#"], rejected.sort((a, b) => b[1] - a[1]), "nothing refused"),
+  ];
+}
+
+// --- blocks --------------------------------------------------------------------------------------
+const PAGE = 20;
+async function viewBlocks(q) {
+  const to = q.get("to");
+  const hi = Number(to);
+  const res = await api(Number.isInteger(hi) && hi >= 1 ? `/blocks?from=${Math.max(1, hi - PAGE + 1)}&to=${hi}` : "/blocks");
+  const blocks = res.blocks.slice().reverse();
+  const top = blocks.length ? blocks[0].height : 0, bottom = blocks.length ? blocks[blocks.length - 1].height : 0;
+  return [
+    h("h1", {}, `Blocks (height ${res.height})`),
+    h("div", { class: "pager" },
+      top < res.height ? link(`#/blocks?to=${Math.min(res.height, top + PAGE)}`, "← newer") : h("span", { class: "muted" }, "newest"),
+      bottom > 1 ? link(`#/blocks?to=${bottom - 1}`, "older →") : h("span", { class: "muted" }, "oldest")),
+    table(["height#", "time (UTC)", "round#", "proposer", "txs#", "hash"], blocks.map((b) => [
+      blockLink(b.height), fmtTime(b.time_ms), b.round, mono(b.proposer), b.num_txs, mono(short(b.hash))]), "no blocks yet"),
+  ];
+}
+
+function describeTx(t) {
+  const b = t.body || {};
+  if (t.kind === "reading") return [deviceLink(b.device, `device ${short(b.device, 8)}`), ` seq ${b.seq}  ${Number(b.temperature_c).toFixed(2)} °C  ${Number(b.humidity_pct).toFixed(1)} %RH`];
+  if (t.kind === "register_device") return ["device ", deviceLink(b.device, `${b.name} (${short(b.device, 8)})`)];
+  if (t.kind === "model_update" || t.kind === "model_commit") return [`${b.task} `, modelLink(b.run, b.round)];
+  if (t.kind === "train_request") return [runLink(t.id, `${b.task}, ${b.rounds} rounds, ${b.strategy}`)];
+  if (t.kind === "join_request" || t.kind === "member_vote") return [link("#/members", `${b.action || "join"} as ${b.role}`)];
+  return [];
+}
+
+const TX_PAGE = 100;
+async function viewBlock(hgt, q) {
+  const b = await api(`/block/${hgt}`);
+  const commit = b.commit;
+  const pages = Math.max(1, Math.ceil(b.txs.length / TX_PAGE));
+  const pg = Math.min(pages, Math.max(1, Number(q.get("page")) || 1));
+  const shown = b.txs.slice((pg - 1) * TX_PAGE, pg * TX_PAGE);
+  return [
+    h("h1", {}, `Block ${b.height}`),
+    h("div", { class: "pager" }, b.height > 1 ? link(`#/block/${b.height - 1}`, "← previous") : null, link(`#/block/${b.height + 1}`, "next →")),
+    kv([["hash", mono(b.hash)], ["time", fmtTime(b.time_ms)], ["round", b.round], ["proposer", mono(b.proposer)],
+        ["previous", b.height > 1 ? link(`#/block/${b.height - 1}`, short(b.prev_hash), "mono") : mono(short(b.prev_hash))],
+        ["commit certificate", commit ? `round ${commit.round}, ${b.commit_signers.length} of ${b.validators} validators` : "none stored"],
+        ["signers", b.commit_signers.length ? mono(b.commit_signers.join(" ")) : "-"]]),
+    h("h2", {}, `Transactions (${b.txs.length})`),
+    pages > 1 ? h("div", { class: "pager" }, `page ${pg} of ${pages}`,
+      pg > 1 ? link(`#/block/${b.height}?page=${pg - 1}`, "← previous txs") : null,
+      pg < pages ? link(`#/block/${b.height}?page=${pg + 1}`, "next txs →") : null) : null,
+    table(["#", "kind", "id", ""], shown.map((t, i) => [(pg - 1) * TX_PAGE + i, t.kind, txLink(t.id), h("span", {}, describeTx(t))]), "no transactions"),
+  ];
+}
+
+async function viewTx(id) {
+  const t = await api(`/tx/${id}`);
+  const body = t.tx.body || {};
+  const field = (v) => {
+    if (typeof v === "object") return mono(JSON.stringify(v));
+    if (typeof v !== "string" || v.length <= 40) return String(v);
+    // Model weights are kilobytes of hex: show their start and size, not all of it.
+    return mono(v.length > 256 ? `${v.slice(0, 64)}… (${v.length / 2} bytes)` : v);
+  };
+  const fields = Object.entries(body).map(([k, v]) => [k, field(v)]);
+  return [
+    h("h1", {}, `Transaction ${short(t.id)}`),
+    kv([["id", mono(t.id)], ["kind", t.kind], ["block", blockLink(t.height)], ["index", t.index], ["signer", mono(t.signer)],
+        ["links", h("span", { id: "tx-links" }, describeTx({ kind: t.kind, id: t.id, body }))]]),
+    h("h2", {}, "Body"),
+    kv(fields),
+  ];
+}
+
+// --- devices -------------------------------------------------------------------------------------
+async function viewDevices() {
+  const res = await api("/devices");
+  return [
+    h("h1", {}, `Devices (${res.devices.length})`),
+    table(["name", "device", "owner", "last seq#", "registered at#"], res.devices.map((d) => [
+      deviceLink(d.device, d.name || d.id), mono(d.id), mono(d.owner), d.last_seq == null ? "-" : d.last_seq, blockLink(d.registered_height)]), "no devices registered"),
+  ];
+}
+
+async function viewDevice(key) {
+  const d = await api(`/device/${key}?last=300`);
+  const temp = d.readings.map((r) => [r.timestamp_ms, r.temperature_c]);
+  const hum = d.readings.map((r) => [r.timestamp_ms, r.humidity_pct]);
+  const refused = Object.entries(d.refused);
+  return [
+    h("h1", {}, `Device ${d.name || d.id}`),
+    kv([["device", mono(d.device)], ["owner", `${d.owner.name || "-"} (${d.owner.node_id}, ${d.owner.role})`],
+        ["registered at", blockLink(d.registered_height)], ["last sequence", d.last_seq == null ? "no reading yet" : d.last_seq]]),
+    h("h2", {}, `Latest ${d.readings.length} readings`),
+    h("div", { class: "charts" },
+      lineChart([{ name: "temperature °C", color: "#dc2626", points: temp }], { id: "chart-temperature", time: true, xPad: 30000, yLabel: "°C", xLabel: "reading time (UTC)" }),
+      lineChart([{ name: "humidity %RH", color: "#2563eb", points: hum }], { id: "chart-humidity", time: true, xPad: 30000, yLabel: "%RH", xLabel: "reading time (UTC)" })),
+    table(["seq#", "time (UTC)", "°C#", "%RH#", "block#", "tx"], d.readings.slice(-10).reverse().map((r) => [
+      r.seq, fmtTime(r.timestamp_ms), r.temperature_c.toFixed(2), r.humidity_pct.toFixed(1), blockLink(r.height), txLink(r.tx, 12)]), "no readings yet"),
+    h("h2", {}, "Readings refused by this node"),
+    table(["reason", "count#"], refused.sort((a, b) => b[1] - a[1]), "none refused by this node (refusals are not on the ledger: each node counts its own)"),
+    h("h2", {}, "Models its owner contributed to"),
+    table(["run", "round#", "update", "block#"], d.owner_updates.map((u) => [runLink(u.run), modelLink(u.run, u.round), txLink(u.tx, 12), blockLink(u.height)]), "no model updates by the owner in the latest runs"),
+  ];
+}
+
+// --- members -------------------------------------------------------------------------------------
+async function viewMembers() {
+  const m = await api("/members");
+  const ms = m.membership;
+  return [
+    h("h1", {}, `Members (${m.members.length})`),
+    table(["name", "node", "role", "since height#"], m.members.map((x) => [x.name, mono(x.node_id), x.role, x.since_height])),
+    h("h2", {}, "Join requests"),
+    table(["node", "name", "role", "url", "height#", "tx"], ms.join_requests.map((r) => [mono(r.node_id), r.name, r.role, r.url, r.height, txLink(r.tx, 12)]), "no open join requests"),
+    h("h2", {}, "Votes and tallies"),
+    table(["action", "node", "role", "voters", "counted#", "needed#"], ms.votes.map((v) => [v.action, mono(v.node_id), v.role, mono(v.voters.join(" ")), v.counted, v.needed]), "no votes under way"),
+    h("h2", {}, "Scheduled changes"),
+    table(["action", "node", "name", "role", "decided#", "effective#"], ms.scheduled.map((c) => [c.action, mono(c.node_id), c.name, c.role, c.decided_height, c.effective_height]), "nothing scheduled"),
+    h("h2", {}, "Applied changes"),
+    table(["action", "node", "name", "role", "decided#", "effective#"], ms.history.map((c) => [c.action, mono(c.node_id), c.name, c.role, c.decided_height, c.effective_height]), "none since genesis"),
+    h("h2", {}, "Validator sets"),
+    table(["from height#", "validators"], ms.validator_sets.map((e) => [e.from_height, mono(e.validators.join(" "))])),
+  ];
+}
+
+// --- training ------------------------------------------------------------------------------------
+async function viewTraining() {
+  const res = await api("/runs?last=50");
+  return [
+    h("h1", {}, `Training runs (${res.total})`),
+    table(["run", "task", "strategy", "rounds#", "committed#", "state", "coordinator", "requested at#"], res.runs.map((r) => [
+      runLink(r.run), r.task, r.strategy, r.rounds, r.committed_rounds, r.complete ? h("span", { class: "ok" }, "complete") : "running",
+      mono(r.coordinator), blockLink(r.height)]), "no training run on this ledger yet"),
+  ];
+}
+
+async function viewRun(run) {
+  const r = await api(`/run/${run}`);
+  // Held-out (validation) metrics first: they say how the model does; the rest is bookkeeping.
+  const keys = [...new Set(r.models.flatMap((m) => Object.keys(m.metrics)))]
+    .sort((a, b) => (b.startsWith("val_") - a.startsWith("val_")) || a.localeCompare(b));
+  return [
+    h("h1", {}, `Run ${short(r.run, 12)}: ${r.task}`),
+    kv([["run", mono(r.run)], ["strategy", r.strategy], ["rounds", `${r.committed_rounds} of ${r.rounds} committed`],
+        ["coordinator", mono(r.coordinator)], ["requested at", blockLink(r.height)], ["parameters", mono(JSON.stringify(r.params))]]),
+    h("h2", {}, "Learning curve (committed metrics per round)"),
+    keys.length ? h("div", { class: "charts", id: "learning-curves" }, keys.map((k) => lineChart(
+      [{ name: k, points: r.models.filter((m) => typeof m.metrics[k] === "number").map((m) => [m.round, m.metrics[k]]) }],
+      { id: `chart-metric-${k}`, yLabel: k, xLabel: "round", xPad: 1, integer: true }))) : h("p", { class: "muted" }, "no metrics committed yet"),
+    h("h2", {}, "Models"),
+    table(["round#", "model", "updates#", "block#", "metrics"], r.models.map((m) => [
+      modelLink(r.run, m.round, String(m.round)), mono(short(m.model_hash)), m.updates, blockLink(m.height),
+      Object.entries(m.metrics).map(([k, v]) => `${k}=${fmtMetric(v)}`).join(" ")]), "no model committed yet"),
+  ];
+}
+
+async function viewModel(run, round) {
+  const m = await api(`/model/${run}/${round}`);
+  const rc = m.recomputed;
+  const cmd = `fedledger model export DIR --task ${m.task} --round ${m.round} --run ${short(m.run, 12)} --out ${m.task}-round${m.round}.keras`;
+  return [
+    h("h1", {}, `Model: ${m.task} round ${m.round}`),
+    kv([["run", runLink(m.run, m.run)], ["model hash", mono(m.model_hash)], ["strategy", m.strategy],
+        ["committed", h("span", {}, "block ", blockLink(m.height), ` at ${fmtTime(m.time_ms)}, tx `, txLink(m.commit_tx))],
+        ["coordinator", mono(m.coordinator)],
+        ["base model", m.base_model ? h("span", {}, mono(short(m.base_model)), " (", modelLink(m.run, m.round - 1), ")") : m.round === 0 ? "none: the initial model" : "-"],
+        ["metrics", Object.entries(m.metrics).map(([k, v]) => `${k}=${fmtMetric(v)}`).join(" ") || "-"],
+        ["re-computation", h("span", { class: rc.ok ? "ok" : "bad", id: "recomputed" }, rc.ok ? "verified" : "FAILED"), ` ${rc.detail}`]]),
+    h("h2", {}, `Updates (${m.updates.length})`),
+    table(["node", "name", "update tx", "block#", "examples#", "readings root", "base", "metrics"], m.updates.map((u) => [
+      mono(u.node), u.node_name || "-", txLink(u.tx, 12), blockLink(u.height), u.num_examples, mono(short(u.readings_root)),
+      mono(short(u.base_model_hash, 12)), Object.entries(u.metrics).map(([k, v]) => `${k}=${fmtMetric(v)}`).join(" ")])),
+    h("h2", {}, "Download"),
+    h("p", {}, "A .keras file needs Keras, which the node process never loads. Re-compute and export this model from the ledger with (DIR: a node's data directory):"),
+    h("code", { class: "cmd", id: "export-cmd" }, cmd),
+  ];
+}
+
+// --- router --------------------------------------------------------------------------------------
+const ROUTES = [
+  [/^\/?$/, "federation", () => viewFederation(), true],
+  [/^\/blocks$/, "blocks", (m, q) => viewBlocks(q), true],
+  [/^\/block\/(\d+)$/, "blocks", (m, q) => viewBlock(m[1], q), false],
+  [/^\/tx\/([0-9a-f]{64})$/, "blocks", (m) => viewTx(m[1]), false],
+  [/^\/devices$/, "devices", () => viewDevices(), true],
+  [/^\/device\/([0-9a-f]{64})$/, "devices", (m) => viewDevice(m[1]), true],
+  [/^\/members$/, "members", () => viewMembers(), true],
+  [/^\/training$/, "training", () => viewTraining(), true],
+  [/^\/run\/([0-9a-f]{64})$/, "training", (m) => viewRun(m[1]), true],
+  [/^\/model\/([0-9a-f]{64})\/(\d+)$/, "training", (m) => viewModel(m[1], m[2]), false],
+];
+
+let generation = 0;
+let timer = null;
+
+async function render(initial) {
+  const mine = ++generation;
+  const hash = location.hash.replace(/^#/, "") || "/";
+  const [path, qs] = hash.split("?");
+  const q = new URLSearchParams(qs || "");
+  const main = document.getElementById("main");
+  const route = ROUTES.find(([re]) => re.test(path));
+  clearTimeout(timer);
+  if (!route) {
+    main.replaceChildren(h("div", { class: "error" }, `no page ${path}`), link("#/", "back to the federation"));
+    return;
+  }
+  const [re, nav, view, live] = route;
+  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.nav === nav);
+  try {
+    const kids = await view(path.match(re), q);
+    if (mine !== generation) return; // the user moved on while this loaded
+    main.replaceChildren(...kids);
+    main.dataset.view = nav;
+    main.dataset.route = location.hash || "#/";
+    main.dataset.loaded = String(Date.now());
+    setLive(true);
+  } catch (e) {
+    if (mine !== generation) return;
+    if (initial || !main.dataset.loaded) main.replaceChildren(h("div", { class: "error" }, String(e.message || e)));
+    setLive(false, e);
+  }
+  if (live && mine === generation) timer = setTimeout(() => render(false), REFRESH_MS);
+}
+
+function setLive(ok, err) {
+  const el = document.getElementById("live");
+  el.className = ok ? "live" : "live stale";
+  el.textContent = ok ? `updated ${new Date().toISOString().slice(11, 19)} UTC` : `not updating: ${err && err.message ? err.message : err}`;
+}
+
+window.addEventListener("hashchange", () => { delete document.getElementById("main").dataset.loaded; render(true); });
+render(true);
+})();

@@ -1,0 +1,146 @@
+"""The explorer's routes on a real SQLite replica with readings and a 2-round run: its files are
+served by name only, its JSON views are bounded and answer 400/404 for bad or unknown ids, a model
+view re-computes the aggregate, and the host counts refused readings per registered device."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from federated.weights import canonical_array
+from node.host.refusals import DeviceRefusals
+from node.ledger.chain import Ledger
+from node.ledger.transactions import make_reading
+from node.net.gateway import HttpBody
+from node.server.api import NodeApi
+from node.server.explorer.assets import POLICY
+from node.store.sqlite import SqliteStore
+from tests.factories import GENESIS_TIME_MS, device_key, make_genesis, participant_key, populated_ledger
+from tests.test_cli_model import Fed, train_run
+from tests.test_host_core import registrations, solo
+
+
+class FakeNode:
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        self.refused: dict[bytes, dict[str, int]] = {}
+
+    def device_refusals(self, device: bytes) -> dict[str, int]:
+        return self.refused.get(device, {})
+
+
+@pytest.fixture(scope="module")
+def replica(tmp_path_factory: pytest.TempPathFactory) -> tuple[NodeApi, FakeNode, list[Any], bytes]:
+    keys, genesis = make_genesis(4, n_participants=2)
+    store = SqliteStore(tmp_path_factory.mktemp("explorer") / "node.db")
+    led = Ledger(store, genesis)
+    devices = populated_ledger(led, keys, n_devices=2, n_blocks=3, per_block=4)
+    initial = [canonical_array(np.arange(6, dtype=np.float32).reshape(2, 3)), canonical_array(np.ones(3))]
+    run = train_run(led, keys, Fed(Path(".")), "humidity", 2, {"epochs": 2}, initial,
+                    [keys[0], participant_key(0), participant_key(1)], [r.tx_id for r in store.readings()])
+    node = FakeNode(store)
+    return NodeApi(node), node, devices, run  # type: ignore[arg-type]
+
+
+def get(api: NodeApi, path: str, **query: str) -> tuple[int, Any]:
+    result = api.handle_http(path, query)
+    assert result is not None, path
+    return result
+
+
+def test_the_page_and_its_files_are_served_by_name_only(replica: Any) -> None:
+    api = replica[0]
+    status, page = get(api, "/")
+    assert status == 200 and isinstance(page, HttpBody) and page.content_type.startswith("text/html")
+    assert b"/explorer/app.js" in page.data
+    assert ("Content-Security-Policy", POLICY) in page.headers and "script-src 'self';" in POLICY
+    files = [("app.js", "text/javascript"), ("charts.js", "text/javascript"), ("style.css", "text/css"),
+             ("favicon.svg", "image/svg+xml")]
+    for name, ctype in files:
+        status, body = get(api, f"/explorer/{name}")
+        assert status == 200 and body.content_type.startswith(ctype) and len(body.data) > 100
+        # Offline: nothing is fetched from elsewhere (the SVG namespace is a name, not a fetch).
+        assert re.findall(rb"https?://[^\s\"'`]+", body.data + page.data) in ([], [b"http://www.w3.org/2000/svg"])
+    for bad in ["/explorer/../api.py", "/explorer/routes.py", "/explorer/", "/explorer/a/b", "/explorer/x"]:
+        assert api.handle_http(bad, {}) is None  # the gateway's 404
+
+
+def test_activity_counts_readings_per_block_and_is_bounded(replica: Any) -> None:
+    api, node = replica[0], replica[1]
+    status, body = get(api, "/activity", last="500")
+    assert status == 200 and body["height"] == node.store.height()
+    by_height = {b["height"]: b for b in body["blocks"]}
+    assert [by_height[h]["readings"] for h in (1, 2, 3, 4)] == [0, 8, 8, 8]
+    assert all(b["txs"] >= b["readings"] for b in body["blocks"])
+    assert [b["height"] for b in get(api, "/activity", last="2")[1]["blocks"]] == [body["height"] - 1,
+                                                                                  body["height"]]
+    for last in ("0", "501", "x"):
+        assert get(api, "/activity", last=last)[0] == 400
+
+
+def test_a_device_page_has_its_latest_readings_refusals_and_owner_updates(replica: Any) -> None:
+    api, node, devices, run = replica
+    key = devices[1].public
+    node.refused[key] = {"replayed_sequence": 2}
+    status, d = get(api, f"/device/{key.hex()}", last="5")
+    assert status == 200 and d["name"] == "device-1" and d["last_seq"] == 11
+    assert [r["seq"] for r in d["readings"]] == [7, 8, 9, 10, 11]  # the latest, oldest first
+    assert d["refused"] == {"replayed_sequence": 2}
+    # The owner (keys[0], who registered both devices) trained rounds 0..2 of the run.
+    owner = d["owner_updates"]
+    assert sorted(u["round"] for u in owner) == [0, 1, 2] and {u["run"] for u in owner} == {run.hex()}
+    assert get(api, f"/device/{'00' * 32}")[0] == 404
+    assert get(api, "/device/abc")[0] == 400 and get(api, f"/device/{key.hex()}", last="501")[0] == 400
+
+
+def test_runs_run_and_model_views(replica: Any) -> None:
+    api, _, _, run = replica
+    status, runs = get(api, "/runs")
+    assert status == 200 and runs["total"] == 1 and runs["runs"][0]["run"] == run.hex()
+    status, r = get(api, f"/run/{run.hex()}")
+    assert status == 200 and r["complete"] and [m["round"] for m in r["models"]] == [0, 1, 2]
+    assert r["models"][2]["metrics"] == {"loss": 0.5, "val_rmse": 2.5} and r["models"][1]["updates"] == 3
+    assert [m["round"] for m in get(api, f"/run/{run.hex()}", last="1")[1]["models"]] == [2]
+    status, m = get(api, f"/model/{run.hex()}/2")
+    assert status == 200 and m["round"] == 2 and len(m["updates"]) == 3
+    assert m["base_model"] == r["models"][1]["model_hash"]
+    assert m["recomputed"]["ok"] is True and "matches" in m["recomputed"]["detail"]
+    assert get(api, f"/model/{run.hex()}/3")[0] == 404 and get(api, f"/run/{'22' * 32}")[0] == 404
+    assert get(api, f"/model/{run.hex()}/-1")[0] == 400 and get(api, f"/model/{run.hex()}/99999")[0] == 400
+    # A reading's id is a tx but not a run.
+    assert get(api, f"/run/{replica[1].store.readings()[0].tx_id.hex()}")[0] == 404
+
+
+def test_block_answers_name_the_commit_signers(replica: Any) -> None:
+    status, b = get(replica[0], "/block/2")
+    assert status == 200 and b["validators"] == 4 and len(b["commit_signers"]) >= 3
+    assert all(len(s) == 16 for s in b["commit_signers"])
+
+
+def test_refused_readings_are_counted_per_registered_device_only() -> None:
+    host, _, keys = solo()
+    host.start()
+    host.accept_txs(registrations(keys, 1))  # one authority: decided and committed inside the step
+    dev = device_key(0)
+    assert host.ledger.store.device(dev.public) is not None
+    chain = host.ledger.chain_id
+    now = GENESIS_TIME_MS + 1000
+    bad = [make_reading(dev, chain, 1, now, 400.0, 40.0), make_reading(dev, chain, 2, now, 20.0, 140.0),
+           make_reading(participant_key(7), chain, 1, now, 20.0, 40.0)]  # an unregistered key
+    results = host.accept_txs(bad)
+    assert all(r is not None for _, r in results)
+    assert host.refusals.of(dev.public) == {results[0][1]: 2} and len(host.refusals) == 1
+    assert host.counters[f"rejected:{results[2][1]}"] == 1  # still counted per reason
+
+
+def test_device_refusals_forget_the_least_recently_refused_device() -> None:
+    r = DeviceRefusals(max_devices=2)
+    r.add(b"a", "x")
+    r.add(b"b", "x")
+    r.add(b"a", "y")
+    r.add(b"c", "x")
+    assert r.of(b"a") == {"x": 1, "y": 1} and r.of(b"b") == {} and r.of(b"c") == {"x": 1} and len(r) == 2
