@@ -79,6 +79,21 @@ def misbehaved(st: PeerState) -> Refusal:
     return Refusal(CloseCode.MISBEHAVIOUR, "misbehaviour", worst)
 
 
+@dataclass(frozen=True, slots=True)
+class RawBody:
+    """An HTTP answer that is not JSON (Prometheus' text format): sent as these bytes."""
+
+    data: bytes
+    content_type: str
+
+
+def raw_response(status: int, body: RawBody) -> Response:
+    headers = Headers([
+        ("Content-Type", body.content_type), ("Content-Length", str(len(body.data))), ("Connection", "close"),
+    ])
+    return Response(status, http.HTTPStatus(status).phrase, headers, body.data)
+
+
 def json_response(status: int, body: Any) -> Response:
     # HTTP readers get hex for hashes and keys; anything else unexpected becomes its str().
     data = json.dumps(hexify(body), default=str, separators=(",", ":")).encode()
@@ -148,6 +163,8 @@ class Gateway:
             return json_response(500, {"error": "internal_error", "path": path})
         if result is None:
             return json_response(404, {"error": "not_found", "path": path})
+        if isinstance(result[1], RawBody):
+            return raw_response(result[0], result[1])
         return json_response(result[0], result[1])
 
     def _http_admit(self, ws: ServerConnection) -> bool:
