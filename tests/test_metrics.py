@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sys
 import urllib.request
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests.e2e import LocalFederation
 from tests.factories import commit_next, participant_key
 from tests.test_model_txs import open_run
 
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -127,7 +129,14 @@ def test_a_running_node_serves_metrics_that_follow_its_status_and_logs_json(tmp_
     assert value(after, "process_resident_memory_bytes") > 10 * 2**20
     assert value(after, "process_cpu_seconds_total") > 0
     assert value(after, "fedledger_consensus_rounds_per_height_count") == blocks[1]
-    assert "# TYPE fedledger_tx_rejections_total counter" in text or "fedledger_tx_rejections" in text
+    assert value(after, "fedledger_tx_rejections_total", reason="bad_signature") == 0  # known reasons at 0
+    # docs/metrics.md names every family the node serves, and the dashboard uses only served ones
+    served = set(re.findall(r"^# TYPE (\S+) ", text, re.MULTILINE))
+    docs = (DOCS / "metrics.md").read_text()
+    assert served and [n for n in served if f"`{n}`" not in docs] == []
+    dashboard = (DOCS / "grafana-dashboard.json").read_text()
+    used = set(re.findall(r"\b((?:fedledger|process)_[a-z_]+)", dashboard))
+    assert used and sorted(u for u in used if re.sub(r"_bucket$", "", u) not in served) == []
     # node.log: one JSON object per line, the block lines with their numbers as fields
     records = [json.loads(line) for line in (fed.procs[0].dir / LOG_FILE).read_text().splitlines()]
     committed = [r for r in records if r.get("event") == "block_committed"]
@@ -185,7 +194,8 @@ def test_histogram_buckets_and_bounded_labels() -> None:
 
     counters = Counter({"rejected:bad_signature": 2, "rejected:" + "z" * 500: 1, "rejected:zz": 1,
                         "other": 9})
-    assert _by_label(counters, "rejected:", frozenset({"bad_signature"})) == {"bad_signature": 2, "other": 2}
+    assert _by_label(counters, "rejected:", frozenset({"bad_signature", "malformed"})) == {
+        "bad_signature": 2, "malformed": 0, "other": 2}
     many = Counter({f"e:{i}": i for i in range(200)})
     capped = _by_label(many, "e:", None)
     assert len(capped) == MAX_COUNTER_SERIES and sum(capped.values()) == sum(many.values())

@@ -146,7 +146,9 @@ class MetricsSource(Protocol):
 def _by_label(counters: Counter[str], prefix: str, allowed: frozenset[str] | None) -> dict[str, int]:
     """`prefix:value` counters as {value: n}; a value outside `allowed` counts as `other`, and at
     most MAX_COUNTER_SERIES values are kept (the rest go to `other` too)."""
-    out: Counter[str] = Counter()
+    # Known reasons start at 0: a series that appears only at its first event hides that event
+    # from rate() and increase().
+    out: Counter[str] = Counter(dict.fromkeys(allowed or (), 0))
     for key, n in counters.items():
         if key.startswith(prefix):
             label = key[len(prefix):]
