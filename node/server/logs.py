@@ -57,13 +57,14 @@ def block_line(height: int, txs: int, readings: int, round_: int, proposer: str,
     """The log line of one committed block. `latencies_s`: finality of the block's txs that were
     submitted to this node (the only ones whose submission time it knows)."""
     lat = sorted(latencies_s)
-    p50 = lat[len(lat) // 2] if lat else None
-    worst = lat[-1] if lat else None
+    p50 = round(lat[len(lat) // 2], 6) if lat else None
+    worst = round(lat[-1], 6) if lat else None
     msg = (f"committed block {height}: {txs} txs ({readings} readings), round {round_}, proposer {proposer}, "
            f"{_s(since_previous_s)} since previous, proposal to commit {_s(proposal_to_commit_s)}, "
            f"finality p50 {_s(p50)} max {_s(worst)} ({len(lat)} txs submitted here)")
     fields = {"event": "block_committed", "height": height, "txs": txs, "readings": readings, "round": round_,
-              "proposer": proposer, "since_previous_s": since_previous_s,
+              "proposer": proposer,
+              "since_previous_s": None if since_previous_s is None else round(since_previous_s, 3),
               "proposal_to_commit_s": round(proposal_to_commit_s, 6),
               "finality_p50_s": p50, "finality_max_s": worst, "finality_samples": len(lat)}
     return msg, fields

@@ -425,7 +425,7 @@ class Node:
                     st.last_applied_at = time.monotonic()
                     applied_any = True
                 self.sync_stats.busy_s += time.perf_counter() - t0
-                if batch:
+                if self.store.height() >= batch[0][0].height:  # at least one of the batch applied
                     log.info("synced blocks %d..%d from %s (target %d)", batch[0][0].height,
                              self.store.height(), short_id(peer), self.sync.target,
                              extra={"fields": {"event": "blocks_synced", "from": batch[0][0].height,
