@@ -15,13 +15,14 @@ from node.net.http import get_json
 
 
 class LocalFederation:
-    def __init__(self, root: Path, nodes: int = 4) -> None:
+    def __init__(self, root: Path, nodes: int = 4, node_args: list[str] | None = None) -> None:
         self.genesis, made = create_federation(root, nodes)
         self.procs = [NodeProcess(n.dir) for n in made]
+        self.node_args = node_args or []  # extra `fedledger node run` options
 
     def start(self) -> None:
         for p in self.procs:
-            p.start()
+            p.start(extra_args=self.node_args)
         ok = wait_until(lambda: all((s := p.status()) and s["peers"] >= len(self.procs) - 1
                                     for p in self.procs), 60)
         assert ok, "nodes did not connect:\n" + "\n".join(p.log_tail() for p in self.procs)

@@ -44,6 +44,7 @@ from node.server.datadir import (
     init_node,
     read_passphrase,
 )
+from node.server.logs import LOG_FORMATS
 
 CONNECT_TIMEOUT_S = 60.0
 PROGRESS_S = 1.0
@@ -70,6 +71,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--passphrase-file",
                    help="key passphrase file (encrypts a new key, unlocks an existing one)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=LOG_FORMATS,
+                   help="node.log: text (default) or json, one object per line")
     p.add_argument("--json", action="store_true", help="print one JSON object per event instead of text")
     p.set_defaults(func=run)
 
@@ -227,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
               chain_id=genesis.chain_id, genesis_hash=genesis.hash.hex())
     cfg = prepare_dir(args, genesis, passphrase)
     node = Node(args.dir, passphrase=passphrase)
-    setup_logging(args.dir, args.log_level, console=False)
+    setup_logging(args.dir, args.log_level, console=False, log_format=args.log_format)
     out.event("started", f"node {cfg.name} ({cfg.node_id}) on {node.config.url}, data in {args.dir}",
               node_id=cfg.node_id, dir=str(args.dir), url=node.config.url)
     pid_file = args.dir / PID_FILE

@@ -11,6 +11,7 @@ from node.cli.output import non_negative, positive_int, positive_seconds
 from node.errors import ConfigError
 from node.launch.display import LaunchOptions
 from node.ledger.runs import TASKS
+from node.server.logs import LOG_FORMATS
 
 
 def add_parser(sub: Any) -> None:
@@ -33,6 +34,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--rate", type=non_negative, default=200.0,
                    help="readings per second, 0 = max (default 200)")
     p.add_argument("--json", action="store_true", help="print only a JSON summary at the end")
+    p.add_argument("--log-format", default="text", choices=LOG_FORMATS,
+                   help="the nodes' logs (DIR/nodeN/node.log): text (default) or json, one object per line")
     t = p.add_argument_group("federated training (needs the `federated` extra; on by default)")
     t.add_argument("--task", default="humidity", choices=TASKS, help="learning task (default humidity)")
     t.add_argument("--rounds", type=int, default=3, help="federated rounds (default 3)")
@@ -52,5 +55,5 @@ def run(args: argparse.Namespace) -> int:
         nodes=args.nodes, dir=args.dir, duration=args.duration, keep_running=args.keep_running,
         csv=args.csv, simulated=args.simulated, devices=args.devices, rate=args.rate, json=args.json,
         task=args.task, rounds=0 if args.no_train else args.rounds, strategy=args.strategy,
-        train_after=args.train_after,
+        train_after=args.train_after, log_format=args.log_format,
     ))

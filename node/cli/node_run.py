@@ -14,6 +14,7 @@ from typing import Any
 from node.cli.output import port
 from node.net.sync import SYNC_MODES
 from node.server.datadir import LOG_FILE, PID_FILE, read_passphrase
+from node.server.logs import LOG_FORMATS, formatter
 
 LOG_MAX_BYTES = 10 * 1024 * 1024  # node.log rotates at this size ...
 LOG_BACKUPS = 3  # ... keeping node.log.1 .. node.log.3 (40 MiB at most)
@@ -32,17 +33,20 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--sync", choices=SYNC_MODES, default=None,
                    help="catch-up verification: certificates (default; from config.json) or full")
     r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    r.add_argument("--log-format", default="text", choices=LOG_FORMATS,
+                   help="text (default) or json: one JSON object per line, in node.log and on stderr")
     r.add_argument("--quiet", action="store_true",
                    help="only warnings and errors on stderr; the full log is in DIR/node.log (rotated)")
     r.set_defaults(func=run)
 
 
-def setup_logging(data_dir: Path, level: str, console: bool = True,
-                  max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS) -> None:
+def setup_logging(data_dir: Path, level: str, console: bool = True, max_bytes: int = LOG_MAX_BYTES,
+                  backups: int = LOG_BACKUPS, log_format: str = "text") -> None:
     """Log to DIR/node.log (rotated at `max_bytes`, `backups` old files kept), and to stderr unless
     `console` is False (join prints its own progress, and a launched node's stderr goes to a file
-    that does not rotate: both keep the node's log in node.log; warnings still reach stderr)."""
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    that does not rotate: both keep the node's log in node.log; warnings still reach stderr).
+    `log_format` json: one JSON object per line (node/server/logs.py)."""
+    fmt = formatter(log_format)
     root = logging.getLogger()
     root.setLevel(level.upper())
     stderr = logging.StreamHandler(sys.stderr)
@@ -62,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
     node = Node(args.dir, passphrase=passphrase, host=args.host, port=args.port, bootstrap=args.bootstrap,
                 sync_mode=args.sync)
-    setup_logging(args.dir, args.log_level, console=not args.quiet)
+    setup_logging(args.dir, args.log_level, console=not args.quiet, log_format=args.log_format)
     pid_file = args.dir / PID_FILE
 
     async def main() -> None:

@@ -175,8 +175,9 @@ class ConsensusHost:
             self._fail_stop(f"could not write block {block.height}", exc)
             return None
         self.mempool.remove(list(block.tx_ids))
-        self.log.log(logging.DEBUG if synced else logging.INFO, "committed height %d (%d txs, round %d)",
-                     block.height, len(block.tx_ids), commit.round)
+        # The node's info line per block (with its latencies) is the server's; the simulator's is this.
+        self.log.debug("committed height %d (%d txs, round %d)", block.height, len(block.tx_ids),
+                       commit.round)
         self.io.committed(block, commit, delta, synced)
         return delta
 

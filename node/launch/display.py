@@ -27,6 +27,7 @@ class LaunchOptions:
     strategy: str = "fedavg"
     train_after: float = 10.0  # seconds of streaming before the train request
     train_timeout: float = TRAIN_TIMEOUT_S
+    log_format: str = "text"  # the nodes' node.log: text or json (node run --log-format)
 
 
 class Display:

@@ -56,7 +56,7 @@ def run_launch(opts: LaunchOptions) -> int:
     genesis, nodes = create_federation(root, opts.nodes)
     procs = [NodeProcess(n.dir) for n in nodes]
     for p in procs:
-        p.start(detach=opts.keep_running)
+        p.start(detach=opts.keep_running, extra_args=["--log-format", opts.log_format])
     try:
         return asyncio.run(_run(opts, root, genesis.chain_id, procs, out))
     finally:

@@ -9,6 +9,7 @@ GET /peers                        connected peers
 GET /devices                      registered devices and their last sequence numbers
 GET /members                      members with roles; open join requests, votes, scheduled changes
 GET /genesis                      the federation's genesis (what `fedledger join` fetches) and its hash
+GET /metrics                      Prometheus metrics, text format (docs/metrics.md)
 GET /finality?last=K              the latest K finality latencies (ms from submission to this node
                                   until its commit), for txs submitted to this node
 GET /                             the explorer page (node/server/explorer/), and the views it reads:
@@ -29,6 +30,7 @@ from node.ledger.keys import short_id
 from node.ledger.storage import Store
 from node.ledger.transactions import tx_id
 from node.net import wire
+from node.net.gateway import HttpBody
 from node.server.explorer.routes import ExplorerApi
 
 MAX_BLOCKS_PER_REQUEST = 200
@@ -76,6 +78,9 @@ class NodeView(Protocol):
     def accept_txs(self, raws: list[Any]) -> list[TxResult]: ...
 
     def device_refusals(self, device: bytes) -> dict[str, int]: ...
+    def metrics(self) -> HttpBody:
+        """GET /metrics: the Prometheus text exposition."""
+        ...
 
 
 def block_summary(block: Block) -> dict[str, Any]:
@@ -166,6 +171,8 @@ class NodeApi:
                              "signer": rec.signer.hex(), "tx": hexify(rec.raw)}
             if parts == ["peers"]:
                 return 200, {"peers": hexify(self.node.peers_json())}
+            if parts == ["metrics"]:
+                return 200, self.node.metrics()
             if parts == ["finality"]:
                 return 200, self.node.finality(bounded_int(query.get("last", "1000"), "last", 1,
                                                            MAX_FINALITY_SAMPLES))

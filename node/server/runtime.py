@@ -38,11 +38,14 @@ from node.net.consensus_wire import (
     message_to_wire,
     proposal_from_wire,
 )
+from node.net.gateway import HttpBody
 from node.net.sync import DEFAULT_MODE as DEFAULT_SYNC_MODE
 from node.net.sync import SYNC_MODES, Answer, BlockSync, SyncStats, decode_items, first_height
 from node.net.transport import PeerInfo, PeerNetwork
 from node.server.api import MAX_STATUS_LIST, NodeApi, capped, membership_status
 from node.server.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
+from node.server.logs import block_line, committed_rounds, training_round_line
+from node.server.metrics import CONTENT_TYPE, ChainMetrics, NodeMetrics
 from node.store.models import latest_runs
 from node.store.sqlite import SqliteStore
 
@@ -111,6 +114,9 @@ class Node:
         self.latencies_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.finalized_txs = 0
         self.latency_count = 0  # samples ever taken (the deque keeps the latest)
+        self.chain_metrics = ChainMetrics()
+        # Block time of the head, for the interval to the next block (none before block 1).
+        self._last_block_time_ms: int | None = self.ledger.head_time_ms if self.store.height() else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self.fatal: StorageError | None = None  # why the host halted, raised by run() once stopped
@@ -123,6 +129,7 @@ class Node:
         self.training = Training(self.dir, self.key.public, self.store, lambda: self.url, self.host,
                                  lambda: self.role, passphrase)
         self.api = NodeApi(self)
+        self.prometheus = NodeMetrics(self)
         self.net = PeerNetwork(
             self.key,
             self.genesis.chain_id,
@@ -186,15 +193,39 @@ class Node:
 
     def committed(self, block: Block, commit: Commit, delta: StateDelta, synced: bool) -> None:
         now = time.monotonic()
+        now_ms = wall_ms()
         ids = block.tx_ids
         self.finalized_txs += len(ids)
+        measured: list[float] = []
         for i in ids:
             t0 = self._submitted.pop(i, None)
             if t0 is not None:
-                self.latencies_ms.append((now - t0) * 1000)
+                seconds = now - t0
+                measured.append(seconds)
+                self.latencies_ms.append(seconds * 1000)
                 self.latency_count += 1
+                self.chain_metrics.finality.observe(seconds)
+        previous = self._last_block_time_ms
+        self.chain_metrics.on_block(block, commit, len(delta.readings), synced, previous, now_ms)
+        self._last_block_time_ms = block.header.time_ms
+        if not synced:  # a catch-up logs one line per batch (_sync_loop), not thousands
+            h = block.header
+            msg, fields = block_line(
+                h.height, len(ids), len(delta.readings), commit.round, short_id(h.proposer),
+                None if previous is None else (h.time_ms - previous) / 1000,
+                max(0, now_ms - h.time_ms) / 1000, measured)
+            log.info(msg, extra={"fields": fields})
+        if delta.models:
+            self._on_model_commits(block)
         self.training.on_block(block)
         self._on_membership(block)
+
+    def _on_model_commits(self, block: Block) -> None:
+        """A log line and the training metrics per committed round (rare: one per round)."""
+        for r in committed_rounds(self.store, block):
+            self.chain_metrics.on_training_round(r.task, r.metrics, r.duration_s)
+            msg, fields = training_round_line(r)
+            log.info(msg, extra={"fields": fields})
 
     def rejected(self, block: Block, error: InvalidBlock, synced: bool) -> None:
         pass  # counted and logged by the host; block sync penalises the peer that sent it
@@ -394,6 +425,11 @@ class Node:
                     st.last_applied_at = time.monotonic()
                     applied_any = True
                 self.sync_stats.busy_s += time.perf_counter() - t0
+                if self.store.height() >= batch[0][0].height:  # at least one of the batch applied
+                    log.info("synced blocks %d..%d from %s (target %d)", batch[0][0].height,
+                             self.store.height(), short_id(peer), self.sync.target,
+                             extra={"fields": {"event": "blocks_synced", "from": batch[0][0].height,
+                                               "to": self.store.height(), "target": self.sync.target}})
                 self._request_blocks()
                 await asyncio.sleep(0)
             if applied_any:
@@ -455,6 +491,9 @@ class Node:
 
     def device_refusals(self, device: bytes) -> dict[str, int]:
         return self.consensus.refusals.of(device)
+
+    def metrics(self) -> HttpBody:
+        return HttpBody(CONTENT_TYPE, self.prometheus.render())
 
     def finality(self, last: int) -> dict[str, Any]:
         """The latest `last` finality latencies (ms), and how many were ever measured."""
