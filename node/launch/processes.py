@@ -24,8 +24,10 @@ STATUS_TIMEOUT_S = 2.0
 class NodeProcess:
     """A `fedledger node run DIR` child process."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, prefix: list[str] | None = None) -> None:
         self.dir = data_dir
+        # Run the node under a wrapper, e.g. ["ip", "netns", "exec", NS] for a host of its own.
+        self.prefix = list(prefix or [])
         self.url = NodeConfig.load(data_dir).url
         self.proc: subprocess.Popen[bytes] | None = None
         self._tree: ProcessTree | None = None
@@ -38,7 +40,8 @@ class NodeProcess:
         out = open(path, "ab")  # noqa: SIM115 (owned by the child from here on)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node", "node", "run", str(self.dir), "--quiet", *(extra_args or [])],
+            [*self.prefix, sys.executable, "-m", "node", "node", "run", str(self.dir), "--quiet",
+             *(extra_args or [])],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=detach,  # --keep-running: the node outlives the launcher's terminal
         )

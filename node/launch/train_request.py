@@ -16,6 +16,7 @@ from node.ledger.genesis import Genesis
 from node.ledger.keys import NodeKey
 from node.ledger.runs import TRAINING_ROLES
 from node.ledger.transactions import make_train_request, tx_id
+from node.net.addresses import format_host, local_host, url_host
 from node.net.client import LedgerClient, TxResult
 from node.net.http import probe_status, tx_committed
 from node.net.ports import free_port
@@ -43,8 +44,11 @@ def request_params(directory: Path, task: str, overrides: Mapping[str, Any] | No
         devices = sorted(d.name for d in store.devices())
     finally:
         store.close()
-    host = cfg.listen_host if cfg.listen_host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-    params: dict[str, Any] = {"superlink": f"{host}:{free_port(host)}", "min_nodes": len(members)}
+    # Every participant dials the SuperLink, so the request names the host this node advertises to
+    # its peers; the port must be free where the SuperLink will bind (the node's listen host).
+    host = local_host(url_host(cfg.url))  # an old config's wildcard: this machine only
+    superlink = f"{format_host(host)}:{free_port(cfg.listen_host)}"
+    params: dict[str, Any] = {"superlink": superlink, "min_nodes": len(members)}
     if task == "traceability":
         if len(devices) < 2:
             raise ConfigError("traceability needs at least 2 registered devices on the ledger")
