@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from node.launch.train_request import request_params
 from node.ledger.genesis import Genesis, GenesisMember
 from node.ledger.keys import NodeKey
 from node.net.addresses import advertise_url, check_host
+from node.net.ports import free_port
 from node.server.datadir import NodeConfig, init_node
 from node.store.sqlite import SqliteStore
 
@@ -133,3 +135,18 @@ def test_a_train_request_names_the_advertised_host_for_its_superlink(tmp_path: P
     params = request_params(tmp_path / "n", "humidity")
     host, _, port = params["superlink"].rpartition(":")
     assert host == "coordinator.example.org" and 1 <= int(port) <= 65535
+
+
+def test_a_fixed_superlink_port_is_used_when_free_and_refused_when_taken(tmp_path: Path) -> None:
+    init_node(tmp_path / "n", host="127.0.0.1", port=7605)
+    SqliteStore(tmp_path / "n" / "node.db").close()
+    free = free_port("127.0.0.1")
+    assert request_params(tmp_path / "n", "humidity", superlink_port=free)["superlink"] == f"127.0.0.1:{free}"
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"SuperLink port {taken} is not free"):
+            request_params(tmp_path / "n", "humidity", superlink_port=taken)
+    with pytest.raises(ConfigError, match="SuperLink port 7605 is not free"):  # the node's own port
+        request_params(tmp_path / "n", "humidity", superlink_port=7605)

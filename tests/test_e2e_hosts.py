@@ -14,6 +14,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,16 +145,30 @@ def test_a_federation_of_separate_hosts_joins_survives_a_cut_link_and_converges(
         assert wait_until(lambda: all(readings(h) >= 700 for h in hosts.hosts), 60)
         trained = flower_missing() is None
         if trained:
+            seen: set[tuple[str, str]] = set()  # (host address, listen address) while the round runs
+            done = threading.Event()
+
+            def watch() -> None:
+                while not done.wait(1.0):
+                    seen.update((h.address, a.rpartition(":")[0]) for h in (auth[0], fifth)
+                                for a in hosts.listeners(h))
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
             t0 = time.monotonic()
             train = on(auth[0], "train", str(dirs[1]), "--task", "humidity", "--rounds", "1", "--epochs", "2",
-                       "--json", timeout=900)
+                       "--superlink-port", str(PORT + 1), "--json", timeout=900)
             round_s = time.monotonic() - t0
+            done.set()
+            watcher.join()
+            # SuperLink, SuperNodes and their app ports listen on the host's address, never loopback
+            assert seen and all(host == where for host, where in seen), seen
             assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-3000:]
             assert json.loads(train.stdout)["summary"]["complete"]
             store = SqliteStore(dirs[5] / DB_FILE, read_only=True)
             try:
                 (run,) = runs(store)
-                assert run.request.params["superlink"].rpartition(":")[0] == auth[0].address
+                assert run.request.params["superlink"] == f"{auth[0].address}:{PORT + 1}"
                 signers = {parse_tx(store.tx(u).raw).body.node  # type: ignore[union-attr]
                            for u in models(store, run.run)[1].update_ids}
             finally:
