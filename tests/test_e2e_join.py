@@ -38,10 +38,10 @@ def fedledger(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[s
 class Joiner:
     """`fedledger join --json` as a child process; its events arrive on a queue."""
 
-    def __init__(self, peer: str, directory: Path, *extra: str) -> None:
+    def __init__(self, peer: str, directory: Path, *extra: str, prefix: list[str] | None = None) -> None:
         self.dir = directory
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node", "join", peer, str(directory), "--json", *extra],
+            [*(prefix or []), sys.executable, "-m", "node", "join", peer, str(directory), "--json", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()

@@ -41,6 +41,7 @@ def _change_first(members: tuple[GenesisMember, ...], field: str) -> tuple[Genes
 MEMBER_VARIANTS: dict[str, Callable[[GenesisMember], object]] = {
     "key": lambda m: bytes(32),
     "name": lambda m: m.name + "-renamed",
+    "url": lambda m: (m.url or "ws://10.0.0.1:7600") + "1",
 }
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from node.cli.output import port
+from node.net.addresses import format_host
 from node.server.datadir import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, KEY_FILE, init_node, read_passphrase
 
 
@@ -28,18 +29,29 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--port", type=port, default=DEFAULT_LISTEN_PORT, help=f"listen port (default {DEFAULT_LISTEN_PORT})"
     )
+    p.add_argument("--advertise", metavar="URL",
+                   help="the address other machines dial, ws://HOST[:PORT] or HOST[:PORT] (default: the "
+                        "listen address; needed with a wildcard --host such as 0.0.0.0)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
 
+def authority_spec(config: dict[str, Any]) -> str:
+    """This node as `fedledger genesis create --authority` takes it: NAME=PUBLIC_KEY@URL."""
+    url = config.get("advertise") or f"ws://{format_host(config['listen_host'])}:{config['listen_port']}"
+    return f"{config['name']}={config['public_key']}@{url}"
+
+
 def run(args: argparse.Namespace) -> int:
     passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
-    config = init_node(args.dir, args.name, passphrase, args.host, args.port)
+    config = init_node(args.dir, args.name, passphrase, args.host, args.port, args.advertise)
     if args.json:
-        print(json.dumps({"dir": str(args.dir), **config}))
+        print(json.dumps({"dir": str(args.dir), **config, "authority": authority_spec(config)}))
     else:
         print(f"Created node {config['name']} ({config['node_id']}) in {args.dir}")
         print(f"  public key  {config['public_key']}")
         print(f"  key file    {Path(args.dir) / KEY_FILE} (mode 0600{', encrypted' if passphrase else ''})")
-        print(f"  listens on  {config['listen_host']}:{config['listen_port']}")
+        print(f"  listens on  {format_host(config['listen_host'])}:{config['listen_port']}")
+        print(f"  advertises  {config.get('advertise') or 'the listen address'}")
+        print(f"  genesis     --authority {authority_spec(config)}")
     return 0

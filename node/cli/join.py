@@ -31,6 +31,7 @@ from node.errors import ConfigError, FedledgerError, RemoteError
 from node.ledger.genesis import Genesis
 from node.ledger.membership import OPEN_ROLES
 from node.ledger.transactions import ROLES, make_join_request, tx_id
+from node.net.addresses import advertise_url, check_host
 from node.net.http import get_json, http_base
 from node.net.ports import free_ports
 from node.net.sync import SYNC_MODES
@@ -66,6 +67,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="listen address for a new identity (default 127.0.0.1)")
     p.add_argument("--port", type=port, help="listen port for a new identity (default: a free port)")
+    p.add_argument("--advertise", metavar="URL",
+                   help="for a new identity: the address other machines dial, ws://HOST[:PORT] or "
+                        "HOST[:PORT] (default: the listen address)")
     p.add_argument("--sync", choices=SYNC_MODES, default=None,
                    help="certificates (default): verify each block's commit certificate; full: every tx too")
     p.add_argument("--passphrase-file",
@@ -112,7 +116,7 @@ def prepare_dir(args: argparse.Namespace, genesis: Genesis, passphrase: bytes | 
         if (directory / CONFIG_FILE).exists():
             raise ConfigError(f"{directory} has a {CONFIG_FILE} but no {KEY_FILE}")
         port = args.port if args.port is not None else free_ports(1, args.host)[0]
-        init_node(directory, args.name, passphrase, args.host, port)
+        init_node(directory, args.name, passphrase, args.host, port, args.advertise)
     cfg = NodeConfig.load(directory)
     if not gpath.exists():
         genesis.save(gpath)
@@ -222,6 +226,10 @@ def run(args: argparse.Namespace) -> int:
         text = args.genesis_hash.strip().lower()
         if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
             raise ConfigError("--genesis-hash must be 64 hex characters")
+    # Checked before anything is fetched or created: a bad address must not leave a half-made DIR.
+    args.host = check_host(args.host)
+    if args.advertise is not None:
+        advertise_url(args.advertise, args.port or 1)
     passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
     out = Reporter(args.json)
     genesis = fetch_genesis(args.peer, args.genesis_hash)

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from node.cli import genesis as cli_genesis
 from node.cli import init as cli_init
 from node.cli import join as cli_join
 from node.cli import launch as cli_launch
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     cli_init.add_parser(sub)
+    cli_genesis.add_parser(sub)
     cli_node.add_parser(sub)
     cli_join.add_parser(sub)
     cli_member.add_parser(sub)

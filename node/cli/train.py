@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from federated.aggregate import STRATEGIES
+from node.cli.output import port
 from node.errors import ConfigError
 from node.launch.train_request import TUNABLE, TrainingFailed, request_params, run_progress, submit_request
 from node.ledger.runs import TASKS
@@ -41,6 +42,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--beta", type=float, help="fedtrimmedavg: share trimmed at each end")
     p.add_argument("--krum-f", type=int, help="krum: number of Byzantine updates tolerated")
+    p.add_argument("--superlink-port", type=port, metavar="PORT",
+                   help="the port of this coordinator's SuperLink, e.g. one opened in a firewall "
+                        "(default: a free one)")
     p.add_argument("--evaluate", action="store_true", help="also run Flower's federated evaluation step")
     p.add_argument("--passphrase-file", help="file holding the key passphrase, if the key is encrypted")
     p.add_argument("--no-wait", action="store_true", help="return once the request is final")
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if probe_status(cfg.local_url, cfg.node_id) is None:
         raise ConfigError(f"the node in {directory} is not running (fedledger node run {directory})")
     passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
-    params = request_params(directory, args.task, overrides(args))
+    params = request_params(directory, args.task, overrides(args), superlink_port=args.superlink_port)
     run_id = submit_request(directory, args.task, args.rounds, args.strategy, params, passphrase)
     if not args.json:
         print(f"run {run_id.hex()} started: {args.task}, {args.rounds} rounds, {args.strategy}, "

@@ -33,6 +33,7 @@ from node.ledger.keys import short_id
 from node.ledger.runs import TRAINING_ROLES
 from node.ledger.storage import Store
 from node.ledger.transactions import ModelCommit, TrainRequest, Transaction
+from node.net.addresses import format_host, local_host
 from node.net.ports import free_port
 
 log = logging.getLogger("fedledger.training")
@@ -188,9 +189,12 @@ class Training:
                 raise FlowerRuntimeError(f"train request names no SuperLink address (got {link!r})")
             flower_dir = self.dir / "flower" / lr.run.hex()[:12]
             if lr.coordinator:
-                superlink = SuperLinkProcess(flower_dir / "superlink", int(port), host=host)
+                # The request names the advertised address; the SuperLink binds where the node binds
+                # (behind NAT, or on a wildcard, the advertised address is not a local interface).
+                superlink = SuperLinkProcess(flower_dir / "superlink", int(port), host=self.host)
                 superlink.start()
                 lr.superlink = superlink
+                link = f"{format_host(local_host(self.host))}:{port}"
             node_config = {"data-dir": str(self.dir), "node-url": self.node_url(), "trainer": trainer.address}
             supernode = SuperNodeProcess(flower_dir / "supernode", link, free_port(self.host), node_config,
                                          host=self.host)

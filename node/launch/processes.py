@@ -24,8 +24,10 @@ STATUS_TIMEOUT_S = 2.0
 class NodeProcess:
     """A `fedledger node run DIR` child process."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, prefix: list[str] | None = None) -> None:
         self.dir = data_dir
+        # Run the node under a wrapper, e.g. ["ip", "netns", "exec", NS] for a host of its own.
+        self.prefix = list(prefix or [])
         self.url = NodeConfig.load(data_dir).url
         self.proc: subprocess.Popen[bytes] | None = None
         self._tree: ProcessTree | None = None
@@ -43,7 +45,7 @@ class NodeProcess:
         argv = argv or [sys.executable, "-m", "node", "node", "run", str(self.dir), "--quiet",
                         *(extra_args or [])]
         self.proc = subprocess.Popen(
-            argv,
+            [*self.prefix, *argv],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=detach,  # --keep-running: the node outlives the launcher's terminal
         )

@@ -16,9 +16,10 @@ from node.ledger.genesis import Genesis
 from node.ledger.keys import NodeKey
 from node.ledger.runs import TRAINING_ROLES
 from node.ledger.transactions import make_train_request, tx_id
+from node.net.addresses import format_host, local_host, url_host
 from node.net.client import LedgerClient, TxResult
 from node.net.http import probe_status, tx_committed
-from node.net.ports import free_port
+from node.net.ports import free_port, port_free
 from node.server.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
 from node.store.sqlite import SqliteStore
 
@@ -33,9 +34,11 @@ class TrainingFailed(RemoteError):
     """The run could not be started or did not finish."""
 
 
-def request_params(directory: Path, task: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def request_params(directory: Path, task: str, overrides: Mapping[str, Any] | None = None,
+                   superlink_port: int | None = None) -> dict[str, Any]:
     """The train_request params, completed from the replica (SuperLink address, min nodes, classes)
-    and then set from `overrides` (TUNABLE keys)."""
+    and then set from `overrides` (TUNABLE keys). The SuperLink port is `superlink_port` if given
+    (it must be free where the SuperLink binds), else one free now."""
     cfg = NodeConfig.load(directory)
     store = SqliteStore(directory / DB_FILE, read_only=True)
     try:
@@ -43,8 +46,15 @@ def request_params(directory: Path, task: str, overrides: Mapping[str, Any] | No
         devices = sorted(d.name for d in store.devices())
     finally:
         store.close()
-    host = cfg.listen_host if cfg.listen_host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-    params: dict[str, Any] = {"superlink": f"{host}:{free_port(host)}", "min_nodes": len(members)}
+    # Every participant dials the SuperLink, so the request names the host this node advertises to
+    # its peers; the port must be free where the SuperLink will bind (the node's listen host).
+    host = local_host(url_host(cfg.url))  # an old config's wildcard: this machine only
+    if superlink_port is None:
+        superlink_port = free_port(cfg.listen_host)
+    elif superlink_port == cfg.listen_port or not port_free(cfg.listen_host, superlink_port):
+        raise ConfigError(f"SuperLink port {superlink_port} is not free on {cfg.listen_host}")
+    superlink = f"{format_host(host)}:{superlink_port}"
+    params: dict[str, Any] = {"superlink": superlink, "min_nodes": len(members)}
     if task == "traceability":
         if len(devices) < 2:
             raise ConfigError("traceability needs at least 2 registered devices on the ledger")

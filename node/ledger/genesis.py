@@ -21,7 +21,7 @@ from consensus.tendermint import TimeoutConfig
 from consensus.validators import ValidatorSet
 from node.errors import CodecError, ConfigError
 from node.ledger.codec import digest
-from node.ledger.transactions import MAX_NAME
+from node.ledger.transactions import MAX_NAME, MAX_URL
 
 ADMISSION_POLICIES = ("votes", "open")
 
@@ -31,9 +31,12 @@ class GenesisMember:
     key: bytes
     name: str
     role: str = "authority"
+    # Where the others dial this member (a federation across machines); "" for none. Only written
+    # when set, so a genesis without URLs keeps the hash it always had.
+    url: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "name": self.name}
+        return {"key": self.key, "name": self.name, **({"url": self.url} if self.url else {})}
 
 
 # The consensus core's timeout settings are what genesis records: one type, no translation.
@@ -165,9 +168,10 @@ def _from_dict(d: Any, key_of: Any) -> Genesis:
             raise ConfigError(f"genesis {group} must be a list")
         out = []
         for i, m in enumerate(items):
-            if not isinstance(m, dict) or set(m) != {"key", "name"}:
-                raise ConfigError(f"genesis {group}[{i}] must be a map with exactly key and name")
-            out.append(GenesisMember(key_of(f"{group}[{i}].key", m["key"]), m["name"], role))
+            if not isinstance(m, dict) or set(m) not in ({"key", "name"}, {"key", "name", "url"}):
+                raise ConfigError(f"genesis {group}[{i}] must be a map with key, name and optionally url")
+            key = key_of(f"{group}[{i}].key", m["key"])
+            out.append(GenesisMember(key, m["name"], role, m.get("url", "")))
         return tuple(out)
 
     timeouts = d.get("timeouts", {})
@@ -195,6 +199,12 @@ def _from_dict(d: Any, key_of: Any) -> Genesis:
         raise ConfigError(f"invalid genesis: {exc}") from exc
 
 
+def _is_ws_url(v: str) -> bool:
+    # The shape only: the rules stay free of networking; the dialler parses the URL itself.
+    return (v.startswith("ws://") and 6 <= len(v) <= MAX_URL
+            and all(c.isprintable() and not c.isspace() for c in v))
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -213,6 +223,8 @@ def _validate(g: Genesis) -> None:
             raise ConfigError(f"member key must be 32 bytes, got {m.key!r}")
         if not isinstance(m.name, str) or not 1 <= len(m.name) <= MAX_NAME:
             raise ConfigError(f"member name must be 1..{MAX_NAME} characters")
+        if not isinstance(m.url, str) or (m.url and not _is_ws_url(m.url)):
+            raise ConfigError(f"member {m.name!r} url must be ws://HOST:PORT (at most {MAX_URL} characters)")
         if m.key in seen:
             raise ConfigError(f"member key {m.key.hex()} listed twice")
         seen.add(m.key)

@@ -16,6 +16,7 @@ from typing import Any
 
 from node.errors import ConfigError, KeyFileError
 from node.ledger.keys import NodeKey
+from node.net.addresses import WILDCARDS, advertise_url, check_host, format_host
 
 KEY_FILE = "node.key"
 CONFIG_FILE = "config.json"
@@ -47,11 +48,13 @@ class NodeConfig:
     listen_port: int = DEFAULT_LISTEN_PORT
     key_encrypted: bool = False
     bootstrap: list[str] = field(default_factory=list)
+    # The URL peers dial (docs/multi-host.md); None: the listen address, which must then be routable.
+    advertise: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
-        return f"ws://{self.listen_host}:{self.listen_port}"
+        return self.advertise or f"ws://{format_host(self.listen_host)}:{self.listen_port}"
 
     @property
     def local_url(self) -> str:
@@ -72,12 +75,15 @@ class NodeConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"{path} must hold a JSON object")
         known = {k: d[k] for k in ("name", "node_id", "public_key", "listen_host", "listen_port",
-                                   "key_encrypted", "bootstrap") if k in d}
+                                   "key_encrypted", "bootstrap", "advertise") if k in d}
         try:
             cfg = NodeConfig(**known, extra={k: v for k, v in d.items() if k not in known})
         except TypeError as exc:
             raise ConfigError(f"{path} is missing fields: {exc}") from exc
         check_port(cfg.listen_port, f"{path}: listen_port")
+        check_host(cfg.listen_host, f"{path}: listen_host")
+        if cfg.advertise is not None:
+            cfg.advertise = advertise_url(cfg.advertise, cfg.listen_port, f"{path}: advertise")
         if not isinstance(cfg.bootstrap, list) or not all(isinstance(u, str) for u in cfg.bootstrap):
             raise ConfigError(f"{path}: bootstrap must be a list of ws:// URLs")
         return cfg
@@ -91,6 +97,7 @@ class NodeConfig:
             "listen_port": self.listen_port,
             "key_encrypted": self.key_encrypted,
             "bootstrap": self.bootstrap,
+            **({"advertise": self.advertise} if self.advertise else {}),
             **self.extra,
         }
         tmp = data_dir / (CONFIG_FILE + ".tmp")
@@ -116,8 +123,11 @@ def init_node(
     passphrase: bytes | None = None,
     host: str = DEFAULT_LISTEN_HOST,
     port: int = DEFAULT_LISTEN_PORT,
+    advertise: str | None = None,
 ) -> dict[str, Any]:
-    """Create DIR/node.key (0600) and DIR/config.json; return the config written."""
+    """Create DIR/node.key (0600) and DIR/config.json; return the config written.
+
+    `host` is the address bound; `advertise` (ws://HOST[:PORT] or HOST[:PORT]) the one peers dial."""
     d = Path(directory)
     key_path, config_path = d / KEY_FILE, d / CONFIG_FILE
     if key_path.exists():
@@ -127,6 +137,12 @@ def init_node(
     if name is not None and not 1 <= len(name) <= 64:
         raise ConfigError("--name must be 1..64 characters")
     check_port(port, "--port")
+    host = check_host(host, "--host")
+    if advertise is not None:
+        advertise = advertise_url(advertise, port)
+    elif host in WILDCARDS:
+        raise ConfigError(f"--host {host} listens on every interface, so it is no address a peer can dial: "
+                          "add --advertise with this machine's address (e.g. --advertise 10.0.0.5)")
     try:
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
@@ -140,6 +156,7 @@ def init_node(
         "listen_host": host,
         "listen_port": port,
         "key_encrypted": passphrase is not None,
+        **({"advertise": advertise} if advertise else {}),
     }
     # O_EXCL: a concurrent init must not clobber the config that matches its own key.
     try:

@@ -32,6 +32,7 @@ from node.ledger.mempool import Mempool
 from node.ledger.state import StateDelta
 from node.ledger.transactions import Transaction
 from node.net import wire
+from node.net.addresses import check_host, format_host, local_host
 from node.net.consensus_wire import (
     decode_signed_state,
     encode_signed_state,
@@ -101,9 +102,15 @@ class Node:
         self.mempool = Mempool(self.ledger.params)
         self.counters: Counter[str] = Counter()
         self.started_at = time.time()
-        self.host = host or self.config.listen_host
+        self.host = check_host(host or self.config.listen_host)
         self.port = self.config.listen_port if port is None else port
         self.bootstrap = list(bootstrap if bootstrap is not None else self.config.bootstrap)
+        # A genesis made for several machines names where its members listen: dial those too, so
+        # the genesis file is all a host needs to find the federation.
+        own = {self.config.url}
+        for m in self.genesis.members():
+            if m.url and m.key != self.key.public and m.url not in own and m.url not in self.bootstrap:
+                self.bootstrap.append(m.url)
         self.sync_mode = sync_mode or str(self.config.extra.get("sync_mode", DEFAULT_SYNC_MODE))
         if self.sync_mode not in SYNC_MODES:
             raise ConfigError(f"sync mode must be one of {', '.join(SYNC_MODES)}, not {self.sync_mode!r}")
@@ -126,7 +133,9 @@ class Node:
         config = HostConfig(MAX_BLOCK_TXS, COMMIT_DELAY_MS, verify_synced_txs=self.sync_mode == "full")
         self.consensus = ConsensusHost(self.ledger, self.mempool, self.key, self, config,
                                        restored=self._restored_state(), counters=self.counters, log=log)
-        self.training = Training(self.dir, self.key.public, self.store, lambda: self.url, self.host,
+        # The Flower apps run on this machine: they reach the node where it binds, not where it is
+        # advertised (behind NAT the advertised address need not route back to this machine).
+        self.training = Training(self.dir, self.key.public, self.store, lambda: self.local_url, self.host,
                                  lambda: self.role, passphrase)
         self.api = NodeApi(self)
         self.prometheus = NodeMetrics(self)
@@ -141,6 +150,7 @@ class Node:
             http_handler=self.api.handle_http,
             client_handler=self.api.handle_client,
             role=self.role,
+            advertise_url=self.config.advertise,
         )
 
     # --- consensus wiring ---------------------------------------------------------------------
@@ -552,3 +562,8 @@ class Node:
     @property
     def url(self) -> str:
         return self.net.url
+
+    @property
+    def local_url(self) -> str:
+        """This node's HTTP base as its own machine reaches it."""
+        return f"http://{format_host(local_host(self.host))}:{self.net.port}"
