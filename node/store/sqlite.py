@@ -18,8 +18,9 @@ Schema (also in docs/schema.md; keys, hashes and signatures are raw BLOBs, use h
              temperature_c REAL, humidity_pct REAL, extra BLOB)   -- UNIQUE(device, seq)
     members(key BLOB PRIMARY KEY, role, name, since_height)       -- since_height 0 = genesis
     membership(id = 1, height, raw BLOB)   -- node/membership.py state after block `height`
-    models(tx_id PRIMARY KEY -> txs, height, kind 'update'|'commit', run, round, node,
-           weights_hash)        -- one commit per (run, round), one update per (run, round, node)
+    models(tx_id PRIMARY KEY -> txs, height, kind 'update'|'commit'|'eval', run, round, node,
+           weights_hash)        -- one commit per (run, round), one update and one eval per
+                                -- (run, round, node); an eval's weights_hash is the model it scored
     blobs(hash BLOB PRIMARY KEY, data BLOB)                       -- hash = sha256(data)
     consensus_state(id INTEGER PRIMARY KEY CHECK (id = 1), raw BLOB)
 
@@ -46,7 +47,9 @@ from node.ledger.membership import Membership
 from node.ledger.state import DeviceRecord, MemberRecord, ModelRow, ReadingRow, StateDelta, TxRecord
 from node.store.base import check_commit_args, default_membership
 
-SCHEMA_VERSION = "1"
+# 2: model_update carries data_cut, model_eval txs and 'eval' rows in models (issue 12/13). A
+# ledger of version 1 holds updates that no longer parse: it cannot be opened, only re-created.
+SCHEMA_VERSION = "2"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -112,7 +115,7 @@ CREATE TABLE IF NOT EXISTS membership (
 CREATE TABLE IF NOT EXISTS models (
     tx_id BLOB PRIMARY KEY REFERENCES txs(id),
     height INTEGER NOT NULL REFERENCES blocks(height),
-    kind TEXT NOT NULL CHECK (kind IN ('update', 'commit')),
+    kind TEXT NOT NULL CHECK (kind IN ('update', 'commit', 'eval')),
     run BLOB NOT NULL,
     round INTEGER NOT NULL,
     node BLOB NOT NULL,
@@ -120,6 +123,7 @@ CREATE TABLE IF NOT EXISTS models (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS models_commit ON models(run, round) WHERE kind = 'commit';
 CREATE UNIQUE INDEX IF NOT EXISTS models_update ON models(run, round, node) WHERE kind = 'update';
+CREATE UNIQUE INDEX IF NOT EXISTS models_eval ON models(run, round, node) WHERE kind = 'eval';
 CREATE TABLE IF NOT EXISTS blobs (hash BLOB PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS consensus_state (id INTEGER PRIMARY KEY CHECK (id = 1), raw BLOB NOT NULL);
 """
@@ -160,8 +164,15 @@ class SqliteStore:
             self._db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
             )
+            found = self._one("SELECT value FROM meta WHERE key = 'schema_version'")
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open database {self.path}: {exc}") from exc
+        if found is None or found[0] != SCHEMA_VERSION:
+            self._db.close()
+            raise StorageError(
+                f"{self.path} was written by another fedledger version (schema {found[0] if found else '?'}, "
+                f"this one writes {SCHEMA_VERSION}); its transactions do not parse here: re-create the node"
+            )
 
     def _open_read_only(self) -> sqlite3.Connection:
         if not os.path.isfile(self.path):
@@ -519,6 +530,19 @@ class SqliteStore:
 
     def model_update(self, run: bytes, round: int, node: bytes) -> ModelRow | None:
         return self._model_row("kind = 'update' AND run = ? AND round = ? AND node = ?", (run, round, node))
+
+    def model_eval(self, run: bytes, round: int, node: bytes) -> ModelRow | None:
+        return self._model_row("kind = 'eval' AND run = ? AND round = ? AND node = ?", (run, round, node))
+
+    def owner_readings(self, owner: bytes, max_height: int) -> list[tuple[bytes, bytes, int, int]]:
+        # (device, seq) is the readings table's UNIQUE index: one range scan per device.
+        rows = self._db.execute(
+            "SELECT r.tx_id, r.device, r.seq, r.timestamp_ms FROM devices d"
+            " JOIN readings r ON r.device = d.device"
+            " WHERE d.owner = ? AND r.height <= ? ORDER BY r.device, r.seq",
+            (owner, max_height),
+        )
+        return [(bytes(r[0]), bytes(r[1]), r[2], r[3]) for r in rows]
 
     def model_rows(self, run: bytes | None = None, kind: str | None = None) -> list[ModelRow]:
         sql = f"SELECT {self._MODEL_COLS} FROM models m JOIN txs t ON t.id = m.tx_id WHERE 1=1"
