@@ -18,8 +18,8 @@ from node.cli import model as cli_model
 from node.cli.main import main
 from node.ledger.chain import Ledger
 from node.ledger.genesis import Genesis
-from node.ledger.keys import NodeKey, short_id
 from node.ledger.holdout import Split, split_of
+from node.ledger.keys import NodeKey, short_id
 from node.ledger.provenance import datasets
 from node.ledger.transactions import (
     make_model_commit,

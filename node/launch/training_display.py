@@ -18,7 +18,7 @@ from node.store.sqlite import SqliteStore
 
 METRIC_KEYS = ("val_rmse", "val_r2", "val_accuracy", "loss", "val_loss")
 # After the last commit the nodes still sign their held-out scores of the last model (a few seconds).
-FINAL_EVAL_WAIT_S = 60.0
+FINAL_EVAL_WAIT_S = 100.0
 
 
 def key_metrics(metrics: dict[str, float]) -> str:
@@ -108,7 +108,10 @@ class TrainingWatch:
                 out.append(f"round {m['round']}/{self.opts.rounds} committed at height {m['height']} "
                            f"({m['updates']} updates, {m.get('seconds', 0):.1f} s): "
                            + key_metrics(m["metrics"]))
-            if m["round"] >= 0 and m.get("holdout") and m["round"] not in self._scored:
+            # A round's scores arrive with the next round's updates (the last one's after it): show
+            # them once that round is committed, or at the end, so every node's score is in.
+            ready = m["round"] < self.committed or self._complete_at is not None
+            if ready and m.get("holdout") and m["round"] not in self._scored:
                 self._scored.add(m["round"])
                 out.append(f"round {m['round']} model on held-out readings: " + round_line(m).split(" | ")[0])
             self._reported = max(self._reported, m["round"])
