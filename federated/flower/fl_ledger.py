@@ -87,13 +87,16 @@ class NodeLink:
         try:
             db.execute("BEGIN")  # one snapshot: the cut and the rows agree
             cut = int(db.execute("SELECT COALESCE(MAX(height), 0) FROM blocks").fetchone()[0])
-            cur = db.execute(
-                "SELECT r.tx_id, r.device, r.seq, r.timestamp_ms, d.name, r.temperature_c, r.humidity_pct"
-                " FROM devices d JOIN readings r ON r.device = d.device"
-                " WHERE d.owner = ? AND r.height <= ? ORDER BY r.device, r.seq",
-                (self.key.public, cut),
-            )
-            found = [(bytes(tid), bytes(dev), seq, ts, name, t, h) for tid, dev, seq, ts, name, t, h in cur]
+            devices = db.execute("SELECT device, name FROM devices WHERE owner = ? ORDER BY device",
+                                 (self.key.public,)).fetchall()
+            found = []
+            for dev, name in devices:  # one range scan of the (device, seq) index each
+                cur = db.execute(
+                    "SELECT tx_id, seq, timestamp_ms, temperature_c, humidity_pct FROM readings"
+                    " WHERE device = ? AND height <= ? ORDER BY seq",
+                    (dev, cut),
+                )
+                found += [(bytes(tid), bytes(dev), seq, ts, name, t, h) for tid, seq, ts, t, h in cur]
         finally:
             db.close()
         train, held = partition(found)

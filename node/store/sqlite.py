@@ -535,14 +535,16 @@ class SqliteStore:
         return self._model_row("kind = 'eval' AND run = ? AND round = ? AND node = ?", (run, round, node))
 
     def owner_readings(self, owner: bytes, max_height: int) -> list[tuple[bytes, bytes, int, int]]:
-        # (device, seq) is the readings table's UNIQUE index: one range scan per device.
-        rows = self._db.execute(
-            "SELECT r.tx_id, r.device, r.seq, r.timestamp_ms FROM devices d"
-            " JOIN readings r ON r.device = d.device"
-            " WHERE d.owner = ? AND r.height <= ? ORDER BY r.device, r.seq",
-            (owner, max_height),
-        )
-        return [(bytes(r[0]), bytes(r[1]), r[2], r[3]) for r in rows]
+        # One range scan of the (device, seq) UNIQUE index per device: a join lets SQLite scan
+        # every reading of the ledger instead.
+        devices = [bytes(r[0]) for r in self._db.execute(
+            "SELECT device FROM devices WHERE owner = ? ORDER BY device", (owner,))]
+        out: list[tuple[bytes, bytes, int, int]] = []
+        for dev in devices:
+            out += [(bytes(r[0]), dev, r[1], r[2]) for r in self._db.execute(
+                "SELECT tx_id, seq, timestamp_ms FROM readings WHERE device = ? AND height <= ? ORDER BY seq",
+                (dev, max_height))]
+        return out
 
     def model_rows(self, run: bytes | None = None, kind: str | None = None) -> list[ModelRow]:
         sql = f"SELECT {self._MODEL_COLS} FROM models m JOIN txs t ON t.id = m.tx_id WHERE 1=1"
