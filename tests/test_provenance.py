@@ -194,3 +194,19 @@ def test_the_clientapp_trains_on_exactly_the_set_the_ledger_verifies(tmp_path: P
     assert {r[0] for r in loaded.rows} == {"dev-0"}  # only its own device
     assert datasets_of(store.owner_readings(me.public, ledger.height), ledger.height) == ds
     store.close()
+
+
+def test_a_ledger_of_the_previous_schema_is_refused_with_one_clear_error(tmp_path: Path) -> None:
+    import sqlite3
+
+    from node.errors import StorageError
+
+    path = tmp_path / "node.db"
+    SqliteStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")  # a ledger of before data cuts
+    db.commit()
+    db.close()
+    for read_only in (False, True):
+        with pytest.raises(StorageError, match="schema 1, this one reads 2"):
+            SqliteStore(path, read_only=read_only)

@@ -169,10 +169,7 @@ class SqliteStore:
             raise StorageError(f"cannot open database {self.path}: {exc}") from exc
         if found is None or found[0] != SCHEMA_VERSION:
             self._db.close()
-            raise StorageError(
-                f"{self.path} was written by another fedledger version (schema {found[0] if found else '?'}, "
-                f"this one writes {SCHEMA_VERSION}); its transactions do not parse here: re-create the node"
-            )
+            raise StorageError(_version_error(self.path, found[0] if found else "?"))
 
     def _open_read_only(self) -> sqlite3.Connection:
         if not os.path.isfile(self.path):
@@ -186,6 +183,14 @@ class SqliteStore:
         if not tables >= REQUIRED_TABLES:
             db.close()
             raise StorageError(f"{self.path} is not a fedledger ledger database")
+        try:
+            found = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.Error as exc:
+            db.close()
+            raise StorageError(f"cannot read {self.path}: {exc}") from exc
+        if found is not None and found[0] != SCHEMA_VERSION:
+            db.close()
+            raise StorageError(_version_error(self.path, found[0]))
         return db
 
     @contextmanager
@@ -579,6 +584,11 @@ class SqliteStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _version_error(path: str, found: str) -> str:
+    return (f"{path} was written by another fedledger version (schema {found}, this one reads "
+            f"{SCHEMA_VERSION}): its transactions do not parse here; re-create the node")
 
 
 def _model(r: Sequence[Any]) -> ModelRow:
