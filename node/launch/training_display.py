@@ -110,7 +110,8 @@ class TrainingWatch:
                            + key_metrics(m["metrics"]))
             # A round's scores arrive with the next round's updates (the last one's after it): show
             # them once that round is committed, or at the end, so every node's score is in.
-            ready = m["round"] < self.committed or len(m.get("evaluations", [])) >= m["updates"]
+            last = m["round"] >= self.opts.rounds
+            ready = m["round"] < self.committed or (last and len(m.get("evaluations", [])) >= m["updates"])
             if ready and m.get("holdout") and m["round"] not in self._scored:
                 self._scored.add(m["round"])
                 out.append(f"round {m['round']} model on held-out readings: " + round_line(m).split(" | ")[0])
