@@ -47,6 +47,12 @@ class Reason(str, Enum):
     CHANGE_PENDING = "change_pending"  # the node already has a decided change waiting for its height
     LAST_AUTHORITY = "last_authority"  # removing it would leave no authority to finalise blocks
     JOIN_REQUESTS_FULL = "join_requests_full"  # the ledger holds as many open join requests as it takes
+    # Data provenance (node/ledger/provenance.py): figures an authority re-computes from its replica.
+    BAD_DATA_CUT = "bad_data_cut"  # a data cut above the committed height (or set on round 0)
+    NUM_EXAMPLES_MISMATCH = "num_examples_mismatch"  # not the size of the node's set at the cut
+    READINGS_ROOT_MISMATCH = "readings_root_mismatch"  # not the Merkle root of that set's reading ids
+    UNKNOWN_MODEL = "unknown_model"  # a model_eval of a round not committed, or of other weights
+    DUPLICATE_EVAL = "duplicate_eval"  # a second model_eval of one node for one round
 
 
 class BlockReason(str, Enum):

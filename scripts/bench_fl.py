@@ -11,9 +11,10 @@ the same number of nodes and rounds, FedAvg and no federated evaluate step on bo
      ledger; node1 commits the aggregate. A round's wall time is the gap between the block times
      of two consecutive model commits (round 1: since round 0's).
   2. plain Flower: the exact rows each fedledger node trained on in each round are dumped to
-     WORK/plain/rows/nodeK/round-R.msgpack: the node's committed readings of its own devices, in
-     ledger order, cut at the length whose Merkle root is the readings root of that node's signed
-     model_update for that round (the rows grow from round to round while readings stream). The
+     WORK/plain/rows/nodeK/round-R.msgpack: the node's training set at the data cut of its signed
+     model_update for that round (its committed readings of its own devices minus the held-out
+     hours, node/ledger/provenance.py), checked against the update's num_examples and readings
+     root (the rows grow from round to round while readings stream). The
      plain ClientApp trains on the file of the round it is asked for. A SuperLink and N SuperNodes
      (node/flower/processes.py, as fedledger starts them) then run scripts/bench_fl_plain, a Flower
      App written like Flower's TensorFlow quickstart: every flwr-clientapp process imports Keras
@@ -60,7 +61,7 @@ from node.flower.logs import log_tail
 from node.flower.processes import SuperLinkProcess, SuperNodeProcess
 from node.flower.run import run_app
 from node.flower.supervise import FlowerRuntimeError, stop_all
-from node.ledger.merkle import root as merkle_root
+from node.ledger.provenance import partition, root_of
 from node.net.ports import free_port
 from node.proc import alive, cpu_seconds, peak_rss_bytes, stop_processes
 
@@ -192,45 +193,32 @@ def classify(argv: Sequence[str]) -> str:
     return f"other ({names[0]})" if names else "other"
 
 
-def own_readings(node_dir: Path) -> tuple[list[bytes], list[list[Any]]]:
-    """The node's committed readings of the devices it owns, in ledger order, and their tx ids:
-    what fedledger's ClientApp trains on (fl_ledger.NodeLink.own_rows), read without the node's
-    secret key. A round's ClientApp read a prefix of these (the readings committed by then)."""
+def own_readings(node_dir: Path) -> list[tuple[Any, ...]]:
+    """The node's committed readings of the devices it owns, as (tx id, device, seq, timestamp_ms,
+    name, temperature, humidity, height), read without the node's secret key."""
     public = bytes.fromhex(json.loads((node_dir / "config.json").read_text())["public_key"])
     db = sqlite3.connect(f"file:{node_dir / 'node.db'}?mode=ro", uri=True, timeout=10)
     try:
         cur = db.execute(
-            "SELECT r.tx_id, d.name, r.seq, r.timestamp_ms, r.temperature_c, r.humidity_pct"
-            " FROM readings r JOIN devices d ON d.device = r.device"
-            " WHERE d.owner = ? ORDER BY r.height, r.rowid",
+            "SELECT r.tx_id, r.device, r.seq, r.timestamp_ms, d.name, r.temperature_c, r.humidity_pct,"
+            " r.height FROM readings r JOIN devices d ON d.device = r.device WHERE d.owner = ?",
             (public,),
         )
-        ids: list[bytes] = []
-        rows: list[list[Any]] = []
-        for tid, *row in cur:
-            ids.append(bytes(tid))
-            rows.append(list(row))
-        return ids, rows
+        return [(bytes(t), bytes(dev), *rest) for t, dev, *rest in cur]
     finally:
         db.close()
 
 
-def node_rows(node_dir: Path) -> list[list[Any]]:
-    """The rows of own_readings, without the ids."""
-    return own_readings(node_dir)[1]
-
-
-def used_prefix(ids: Sequence[bytes], num_examples: int, readings_root: str) -> int:
-    """How many of `ids` (ledger order) a fedledger update trained on: the length whose Merkle root
-    is the update's readings root. Its num_examples (the 80 % training part) leaves a candidate or
-    two; the root decides."""
-    candidates = [n for n in range(max(2, num_examples + 1), min(len(ids), 2 * num_examples + 2) + 1)
-                  if chronological_split(n) == num_examples]
-    for n in candidates:
-        if merkle_root(list(ids[:n])).hex() == readings_root:
-            return n
-    raise BenchError(f"no prefix of the node's {len(ids)} readings has the update's readings root "
-                     f"{readings_root[:16]} (num_examples {num_examples}, tried lengths {candidates})")
+def training_rows(readings: Sequence[tuple[Any, ...]], num_examples: int, readings_root: str,
+                  data_cut: int) -> list[list[Any]]:
+    """The rows a fedledger update trained on: its node's readings up to the update's data cut,
+    split by the ledger's held-out rule (node/ledger/provenance.py), as fedledger's ClientApp
+    selected them; checked against the update's verified num_examples and readings root."""
+    train, _ = partition([r for r in readings if r[7] <= data_cut])
+    if len(train) != num_examples or root_of([r[0] for r in train]).hex() != readings_root:
+        raise BenchError(f"the node's training set at cut {data_cut} ({len(train)} rows) is not the "
+                         f"update's ({num_examples} rows, root {readings_root[:16]})")
+    return [[r[4], r[2], r[3], r[5], r[6]] for r in train]
 
 
 def request_time_ms(node_dir: Path, run_hex: str) -> int | None:
@@ -380,7 +368,7 @@ def run_fedledger(args: argparse.Namespace, root: Path, log: Log) -> dict[str, A
     }
 
 
-Updates = dict[int, dict[str, tuple[int, str]]]  # round -> node name -> (num_examples, readings root)
+Updates = dict[int, dict[str, tuple[int, str, int]]]  # round -> node -> (num_examples, readings root, cut)
 
 
 def fedledger_updates(node_dir: Path, run: str, rounds: int) -> Updates:
@@ -396,7 +384,7 @@ def fedledger_updates(node_dir: Path, run: str, rounds: int) -> Updates:
             raise BenchError(f"fedledger: {' '.join(cmd)} did not answer in 120 s") from exc
         try:
             lineage = json.loads(proc.stdout)
-            out[r] = {u["node_name"]: (int(u["num_examples"]), str(u["readings_root"]))
+            out[r] = {u["node_name"]: (int(u["num_examples"]), str(u["readings_root"]), int(u["data_cut"]))
                       for u in lineage["updates"]}
         except (ValueError, KeyError, TypeError) as exc:
             raise BenchError(f"fedledger: no updates for round {r} from {' '.join(cmd)} "
@@ -410,14 +398,14 @@ def dump_rows(fed_root: Path, nodes: int, out_dir: Path, updates: Updates) -> li
     counts: list[list[int]] = [[] for _ in updates]
     for k in range(1, nodes + 1):
         name = f"node{k}"
-        ids, rows = own_readings(fed_root / name)
+        readings = own_readings(fed_root / name)
         (out_dir / name).mkdir(parents=True, exist_ok=True)
         for i, r in enumerate(sorted(updates)):
             if name not in updates[r]:
                 raise BenchError(f"fedledger: round {r} has no update from {name}")
-            n = used_prefix(ids, *updates[r][name])
-            (out_dir / name / f"round-{r}.msgpack").write_bytes(msgpack.packb(rows[:n], use_bin_type=True))
-            counts[i].append(n)
+            rows = training_rows(readings, *updates[r][name])
+            (out_dir / name / f"round-{r}.msgpack").write_bytes(msgpack.packb(rows, use_bin_type=True))
+            counts[i].append(len(rows))
     return counts
 
 
@@ -477,8 +465,11 @@ def build_result(args: argparse.Namespace, fed: Mapping[str, Any], plain: Mappin
                  wall_s: float) -> dict[str, Any]:
     p, f = round_stats(plain["seconds"]), round_stats(fed["seconds"])
     r = ratio(f["mean_s"], p["mean_s"])
-    expected = [sum(chronological_split(n) for n in per_node) for per_node in rows]
-    same_rows = list(plain["num_examples"]) == list(fed["num_examples"]) == expected
+    # fedledger weighs an update by its whole training set (the ledger verifies that figure); plain
+    # Flower by the 80 % its client fits on.
+    same_rows = (list(fed["num_examples"]) == [sum(per_node) for per_node in rows]
+                 and list(plain["num_examples"]) == [sum(chronological_split(n) for n in per_node)
+                                                     for per_node in rows])
     return {
         "plain_round_s": rnd(p["mean_s"]),
         "fedledger_round_s": rnd(f["mean_s"]),
@@ -495,11 +486,12 @@ def build_result(args: argparse.Namespace, fed: Mapping[str, Any], plain: Mappin
         "rows_per_node": [list(per_node) for per_node in rows],  # per round, per node
         "same_training_rows": same_rows,
         "rows_note": "in each round, plain Flower's node K trains on the rows fedledger's node K trained on "
-                     "(its committed readings of its own devices, up to the readings root of its signed "
-                     "update); they grow from round to round while readings stream; num_examples are "
-                     "the training (80 %) parts, summed over the nodes",
+                     "(its training set at the data cut of its signed update: its committed readings of "
+                     "its own devices minus the held-out hours); they grow from round to round while "
+                     "readings stream; num_examples summed over the nodes: fedledger's the whole "
+                     "training sets, plain Flower's their 80 % fit parts",
         "num_examples": {"plain": list(plain["num_examples"]), "fedledger": list(fed["num_examples"]),
-                         "plain_expected": expected},
+                         "training_rows": [sum(per_node) for per_node in rows]},
         "val_rmse": {"plain": [rnd(v, 3) for v in plain["val_rmse"]],
                      "fedledger": [rnd(v, 3) for v in fed["val_rmse"]]},
         "plain": {"setup_s": rnd(plain["setup_s"]), "flwr_run_s": rnd(plain["run_s"]),

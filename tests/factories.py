@@ -116,6 +116,32 @@ def readings_for(
     ]
 
 
+def spread_readings(
+    device: NodeKey, chain_id: str, count: int, start_ms: int, step_ms: int = 7 * 60_000, first_seq: int = 1
+) -> list[dict[str, Any]]:
+    """`count` signed readings `step_ms` apart from `start_ms`: spread over hours, so some fall in
+    the held-out windows of node/ledger/holdout.py and most do not."""
+    return [
+        make_reading(device, chain_id, first_seq + i, start_ms + i * step_ms, 20.0 + (i % 17) / 4,
+                     45.0 + (i % 23) / 2)
+        for i in range(count)
+    ]
+
+
+def give_devices(ledger: Ledger, keys: Sequence[NodeKey], owners: Sequence[NodeKey],
+                 counts: Sequence[int], start_ms: int | None = None) -> list[NodeKey]:
+    """Register one device per owner and commit `counts[i]` spread readings of owner i's device."""
+    devices = [device_key(100 + i, ledger.chain_id) for i in range(len(owners))]
+    regs = [make_register_device(o, ledger.chain_id, d.public, f"dev-{i}")
+            for i, (o, d) in enumerate(zip(owners, devices, strict=True))]
+    commit_next(ledger, keys, regs)
+    start = ledger.head_time_ms - 30 * 86_400_000 if start_ms is None else start_ms
+    txs = [tx for d, n in zip(devices, counts, strict=True)
+           for tx in spread_readings(d, ledger.chain_id, n, start)]
+    commit_next(ledger, keys, txs)
+    return devices
+
+
 def populated_ledger(
     ledger: Ledger, keys: Sequence[NodeKey], n_devices: int = 2, n_blocks: int = 3, per_block: int = 3
 ) -> list[NodeKey]:

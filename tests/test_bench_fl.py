@@ -23,7 +23,8 @@ pytest.importorskip("tomli", reason="needs the federated extra (pip install -e '
 
 import tomli
 
-from node.ledger.merkle import root as merkle_root
+from node.ledger.holdout import Split, split_of
+from node.ledger.provenance import partition, root_of
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "bench_fl.py"
@@ -139,7 +140,7 @@ def test_train_defaults_match_both_apps() -> None:
         assert (bench.PLAIN_APP / (ref.split(":")[0] + ".py")).is_file()
 
 
-def test_node_rows_are_the_nodes_own_devices(tmp_path: Path) -> None:
+def test_dumped_rows_are_each_updates_verified_training_set(tmp_path: Path) -> None:
     node = tmp_path / "node1"
     node.mkdir()
     me, other = bytes(range(32)), bytes(32)
@@ -151,35 +152,29 @@ def test_node_rows_are_the_nodes_own_devices(tmp_path: Path) -> None:
         " timestamp_ms INTEGER, temperature_c REAL, humidity_pct REAL);"
     )
     db.executemany("INSERT INTO devices VALUES (?, ?, ?)", [(b"d1", me, "dev1"), (b"d2", other, "dev2")])
-    db.executemany("INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)", [
-        (b"t3", 2, b"d1", 2, 3000, 21.0, 50.0),
-        (b"t1", 1, b"d1", 1, 1000, 20.0, 49.0),
-        (b"t2", 1, b"d2", 1, 1000, 30.0, 60.0),
-    ])
+    # dev1: one reading every 20 minutes over 10 hours, two blocks; dev2 belongs to another node
+    ts = [i * 1_200_000 for i in range(30)]
+    db.executemany("INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   [(bytes([i]) * 4, 1 if i < 15 else 2, b"d1", i + 1, t, 20.0 + i / 10, 50.0) for i, t in
+                    enumerate(ts)] + [(b"x", 1, b"d2", 1, 0, 30.0, 60.0)])
     db.commit()
     db.close()
-    # only dev1 (owned by this node), in ledger order (height, then insertion)
-    assert bench.node_rows(node) == [["dev1", 1, 1000, 20.0, 49.0], ["dev1", 2, 3000, 21.0, 50.0]]
-    assert bench.own_readings(node)[0] == [b"t1", b"t3"]
-    # round 1 trained on both rows (1 training row + 1 validation row)
-    updates = {1: {"node1": (1, merkle_root([b"t1", b"t3"]).hex())}}
-    assert bench.dump_rows(tmp_path, 1, tmp_path / "rows", updates) == [[2]]
+    readings = bench.own_readings(node)
+    assert {r[4] for r in readings} == {"dev1"} and len(readings) == 30
+    for cut in (1, 2):
+        train, held = partition([r for r in readings if r[7] <= cut])
+        assert train and held  # 5 or 10 hours: held-out hours on both sides of the cut
+        rows = bench.training_rows(readings, len(train), root_of([r[0] for r in train]).hex(), cut)
+        assert rows == [[r[4], r[2], r[3], r[5], r[6]] for r in train]
+        assert all(split_of(r[2]) is Split.TRAIN for r in rows)
+    updates = {1: {"node1": (len(train), root_of([r[0] for r in train]).hex(), 2)}}
+    assert bench.dump_rows(tmp_path, 1, tmp_path / "rows", updates) == [[len(train)]]
     path = tmp_path / "rows" / "node1" / "round-1.msgpack"
-    assert msgpack.unpackb(path.read_bytes(), raw=False) == bench.node_rows(node)
+    assert msgpack.unpackb(path.read_bytes(), raw=False) == [list(r) for r in rows]
+    with pytest.raises(bench.BenchError, match="is not the update's"):
+        bench.training_rows(readings, len(train), root_of([r[0] for r in train]).hex(), 1)
     with pytest.raises(bench.BenchError, match="round 1 has no update from node1"):
-        bench.dump_rows(tmp_path, 1, tmp_path / "rows", {1: {"node2": (1, "00")}})
-
-
-def test_used_prefix_is_the_one_with_the_updates_readings_root() -> None:
-    ids = [bytes([i]) * 32 for i in range(40)]
-    for n in (2, 3, 7, 24, 25, 40):
-        train = bench.chronological_split(n)
-        assert bench.used_prefix(ids, train, merkle_root(ids[:n]).hex()) == n
-    # 20 training rows fit a prefix of 25 only; a root of any other length is refused
-    with pytest.raises(bench.BenchError, match="no prefix"):
-        bench.used_prefix(ids, 20, merkle_root(ids[:24]).hex())
-    with pytest.raises(bench.BenchError, match="no prefix"):
-        bench.used_prefix(ids[:10], 20, merkle_root(ids[:10]).hex())
+        bench.dump_rows(tmp_path, 1, tmp_path / "rows", {1: {"node2": (1, "00", 1)}})
 
 
 def test_table_renders_a_result() -> None:
@@ -215,8 +210,8 @@ def test_small_real_run(tmp_path: Path) -> None:
     assert len(res["rows_per_node"]) == 1 and len(res["rows_per_node"][0]) == 2
     assert min(res["rows_per_node"][0]) >= 2
     # both sides trained on the very same rows: the plain side on what each fedledger node used
-    assert res["num_examples"]["plain"] == res["num_examples"]["plain_expected"]
-    assert res["num_examples"]["fedledger"] == res["num_examples"]["plain"]
+    # fedledger's weight is the whole verified training set, plain Flower's the 80 % it fits on
+    assert res["num_examples"]["fedledger"] == res["num_examples"]["training_rows"]
     assert res["same_training_rows"] is True
     assert res["leftover_processes"] == 0
     rows = msgpack.unpackb((work / "plain" / "rows" / "node1" / "round-1.msgpack").read_bytes(), raw=False)

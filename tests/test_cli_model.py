@@ -18,12 +18,26 @@ from node.cli import model as cli_model
 from node.cli.main import main
 from node.ledger.chain import Ledger
 from node.ledger.genesis import Genesis
+from node.ledger.holdout import Split, split_of
 from node.ledger.keys import NodeKey, short_id
-from node.ledger.merkle import root as merkle_root
-from node.ledger.transactions import make_model_commit, make_model_update, make_train_request, tx_id
+from node.ledger.provenance import datasets
+from node.ledger.transactions import (
+    make_model_commit,
+    make_model_eval,
+    make_model_update,
+    make_train_request,
+    tx_id,
+)
 from node.server.datadir import DB_FILE, GENESIS_FILE, init_node
 from node.store.sqlite import SqliteStore
-from tests.factories import CHAIN_ID, commit_next, make_genesis, participant_key, populated_ledger
+from tests.factories import (
+    CHAIN_ID,
+    commit_next,
+    give_devices,
+    make_genesis,
+    participant_key,
+    populated_ledger,
+)
 
 ZERO = bytes(32)
 
@@ -39,6 +53,14 @@ class Fed:
     update_nodes: dict[bytes, bytes] = field(default_factory=dict)
     readings_roots: dict[bytes, bytes] = field(default_factory=dict)
     trace_weights: Weights = field(default_factory=list)
+    # humidity: the model_evals signed per round, (node, held-out examples, metrics)
+    evals: dict[int, list[tuple[bytes, int, dict[str, float]]]] = field(default_factory=dict)
+
+
+def eval_metrics(rnd: int, i: int) -> dict[str, float]:
+    mse = 4.0 / rnd + i
+    return {"mse": mse, "rmse": mse ** 0.5, "r2": 0.2 * rnd - 0.1 * i, "baseline_mse": 6.25,
+            "baseline_rmse": 2.5}
 
 
 def perturbed(weights: Weights, seed: int) -> Weights:
@@ -47,7 +69,7 @@ def perturbed(weights: Weights, seed: int) -> Weights:
 
 
 def train_run(led: Ledger, keys: list[NodeKey], fed: Fed, task: str, rounds: int, params: dict[str, Any],
-              initial: Weights, trainers: list[NodeKey], reading_ids: list[bytes]) -> bytes:
+              initial: Weights, trainers: list[NodeKey]) -> bytes:
     """Open a run, commit round 0 and `rounds` fedavg rounds of updates from `trainers`."""
     coord = keys[0]
     req = make_train_request(coord, CHAIN_ID, task, rounds, "fedavg", params)
@@ -63,15 +85,15 @@ def train_run(led: Ledger, keys: list[NodeKey], fed: Fed, task: str, rounds: int
         ups, updates = [], []
         for i, k in enumerate(trainers):
             w = perturbed(current, 100 * rnd + i)
-            used = reading_ids[i::len(trainers)]
-            n = 50 + 10 * i
+            ds = datasets(led.store, k.public, led.height)  # the training set every replica re-computes
+            n = ds.train_examples
             up = make_model_update(k, CHAIN_ID, run, task, rnd, weights_hash(current), encode_weights(w), n,
                                    {"loss": 1.0 / rnd + i / 10, "val_rmse": 2.0 + i, "epochs": 3.0},
-                                   merkle_root(used))
+                                   ds.train_root, data_cut=led.height)
             ups.append(up)
             updates.append(Update(tx_id(up), w, n))
             fed.update_nodes[tx_id(up)] = k.public
-            fed.readings_roots[tx_id(up)] = merkle_root(used)
+            fed.readings_roots[tx_id(up)] = ds.train_root
         commit_next(led, keys, ups)
         current = aggregate("fedavg", updates)
         commit = make_model_commit(coord, CHAIN_ID, run, task, rnd, "fedavg", [u.update_id for u in updates],
@@ -79,6 +101,13 @@ def train_run(led: Ledger, keys: list[NodeKey], fed: Fed, task: str, rounds: int
         commit_next(led, keys, [commit])
         if task == "humidity":
             fed.weights[rnd], fed.update_ids[rnd] = current, [u.update_id for u in updates]
+            evals = []
+            for i, k in enumerate(trainers):  # each node scores the committed model on its held-out rows
+                ds = datasets(led.store, k.public, led.height)
+                evals.append(make_model_eval(k, CHAIN_ID, run, task, rnd, weights_hash(current), led.height,
+                                             ds.holdout_examples, ds.holdout_root, eval_metrics(rnd, i)))
+                fed.evals.setdefault(rnd, []).append((k.public, ds.holdout_examples, eval_metrics(rnd, i)))
+            commit_next(led, keys, evals)
     if task == "traceability":
         fed.trace_weights = current
     return run
@@ -96,13 +125,14 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Fed:
     d, store = node_dir(tmp_path_factory.mktemp("model") / "node1", genesis)
     led = Ledger(store, genesis)
     populated_ledger(led, keys, n_devices=2, n_blocks=2)  # heights 1..3: devices "device-0", "device-1"
-    reading_ids = [r.tx_id for r in store.readings()]
     out = Fed(d)
     trainers = [keys[1], participant_key(0), participant_key(1)]
+    # heights 4..5: "dev-0".."dev-2", one per trainer, 7 minutes apart over 8-12 hours
+    give_devices(led, keys, trainers, [70, 85, 100])
     out.humidity_run = train_run(led, keys, out, "humidity", 2, {"epochs": 2, "min_nodes": 3},
-                                 tasks.initial_weights("humidity"), trainers, reading_ids)
+                                 tasks.initial_weights("humidity"), trainers)
     out.trace_run = train_run(led, keys, out, "traceability", 1, {"classes": "device-0,device-1"},
-                              tasks.initial_weights("traceability", 2), trainers[:2], reading_ids)
+                              tasks.initial_weights("traceability", 2), trainers[:2])
     store.close()
     return out
 
@@ -178,7 +208,10 @@ def test_show_gives_the_lineage_of_the_latest_round_by_default(fed: Fed, capsys:
         assert u["readings_root"] == fed.readings_roots[uid].hex()
         assert u["base_model_hash"] == lin["base_model"]
         assert names.get(u["node"], u["node_name"]) == u["node_name"]
-    assert [u["num_examples"] for u in lin["updates"]] == [50, 60, 70]
+    # Each trainer owns one device; its update's weight is the training part of that device's
+    # readings (the held-out hours and their 10-minute guards left out), as the ledger verified.
+    assert [u["num_examples"] for u in lin["updates"]] == [50, 65, 71]
+    assert all(u["provenance"] == "verified" and u["data_cut"] > 0 for u in lin["updates"])
 
     first = run_json(capsys, "show", str(fed.dir), "--task", "humidity", "--round", "0")
     assert first["base_model"] is None and len(first["updates"]) == 1
@@ -188,6 +221,72 @@ def test_show_gives_the_lineage_of_the_latest_round_by_default(fed: Fed, capsys:
     assert rc == 0
     assert "participant-1" in out and fed.update_ids[1][0].hex()[:16] in out
     assert f"{weights_hash(fed.weights[0]).hex()} (round 0)" in out and "epochs=2 min_nodes=3" in out
+
+
+def test_held_out_scores_on_the_ledger_are_aggregated_per_round(fed: Fed, capsys: Any) -> None:
+    """The nodes' signed model_evals are on the ledger, and list/show aggregate them per round,
+    weighted by each node's held-out examples (the pooled MSE), next to the baseline."""
+    got = run_json(capsys, "list", str(fed.dir), "--task", "humidity")
+    for m in got["models"]:
+        scored = fed.evals.get(m["round"], [])
+        if not scored:
+            assert m["holdout"] == {} and m["evaluations"] == []
+            continue
+        total = sum(n for _, n, _ in scored)
+        mse = sum(n * e["mse"] for _, n, e in scored) / total
+        assert m["holdout"]["num_examples"] == total and m["holdout"]["nodes"] == 3
+        assert m["holdout"]["mse"] == pytest.approx(mse)
+        assert m["holdout"]["rmse"] == pytest.approx(mse ** 0.5)
+        assert m["holdout"]["baseline_rmse"] == pytest.approx(2.5)
+        assert sorted(e["node"] for e in m["evaluations"]) == sorted(short_id(k) for k, _, _ in scored)
+    # The learning curve improves in this fixture (mse 4/round + i): round 2 beats round 1.
+    assert got["models"][2]["holdout"]["rmse"] < got["models"][1]["holdout"]["rmse"]
+    rc, out, _ = run_cli(capsys, "list", str(fed.dir), "--task", "humidity")
+    assert rc == 0 and "HELD-OUT" in out and "device-mean baseline 2.5" in out
+    rc, out, _ = run_cli(capsys, "show", str(fed.dir), "--task", "humidity")
+    assert rc == 0 and "held-out evaluations (3)" in out and "provenance" in out and "verified" in out
+
+
+def write_csv(path: Path, rows: list[tuple[str, int, float, float]]) -> None:
+    lines = ["timestamp,epoch_s,device_id,temperature_c,humidity_pct"]
+    lines += [f"2013-08-30T00:00:00Z,{t},{d},{temp},{hum}" for d, t, temp, hum in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_evaluate_scores_a_committed_model_on_a_csv(fed: Fed, tmp_path: Path, capsys: Any) -> None:
+    pytest.importorskip("keras", reason="needs the federated extra (pip install -e '.[federated]')")
+    csv = tmp_path / "readings.csv"
+    rows = [("dev-0", 1_377_820_800 + 60 * i, 20.0 + i / 7, 44.0 + (i % 9)) for i in range(30)]
+    rows += [("dev-1", 1_377_820_800 + 60 * i, 22.0 + i / 9, 50.0 - (i % 5)) for i in range(20)]
+    write_csv(csv, rows)
+    got = run_json(capsys, "evaluate", str(fed.dir), "--task", "humidity", "--round", "1", "--csv", str(csv))
+    # Independently: the round-1 model's predictions, and each device's mean training humidity on the ledger.
+    temps = np.array([[r[2]] for r in rows], dtype=np.float32)
+    hum = np.array([r[3] for r in rows])
+    pred = humidity_predict(fed.weights[1], temps)[:, 0]
+    store = SqliteStore(fed.dir / DB_FILE, read_only=True)
+    means = {}
+    for dev in store.devices():
+        train = [r.humidity_pct for r in store.readings(dev.device)
+                 if split_of(r.timestamp_ms) is Split.TRAIN]
+        if train:
+            means[dev.name] = sum(train) / len(train)
+    store.close()
+    base = np.array([means[r[0]] for r in rows])
+    m = got["metrics"]
+    assert got["round"] == 1 and got["model_hash"] == weights_hash(fed.weights[1]).hex()
+    assert m["num_examples"] == 50
+    assert m["rmse"] == pytest.approx(float(np.sqrt(np.mean((pred - hum) ** 2))), rel=1e-4)
+    assert m["baseline_rmse"] == pytest.approx(float(np.sqrt(np.mean((base - hum) ** 2))), rel=1e-9)
+    rc, out, _ = run_cli(capsys, "evaluate", str(fed.dir), "--task", "humidity", "--csv", str(csv))
+    assert rc == 0 and "humidity round 2" in out and "device-mean baseline" in out
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    rc, stdout, err = run_cli(capsys, "evaluate", str(fed.dir), "--task", "humidity", "--csv", str(bad))
+    assert (rc, stdout) == (1, "") and "is not a readings CSV" in err and err.count("\n") == 1
+    rc, _, err = run_cli(capsys, "evaluate", str(fed.dir), "--task", "traceability", "--csv", str(csv))
+    assert rc == 1 and "devices the model does not know: dev-0, dev-1" in err
 
 
 # --- export ------------------------------------------------------------------------------------

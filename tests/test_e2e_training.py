@@ -38,6 +38,10 @@ def test_launch_trains_two_rounds_committed_and_verified_on_every_replica(tmp_pa
     assert training["complete_on_every_replica"], training
     assert [r["round"] for r in training["rounds"]] == [0, 1, 2]
     assert all(r["updates"] == 4 for r in training["rounds"][1:])  # every node contributed
+    # The last model is scored by every node on held-out readings (signed model_evals on the
+    # ledger, aggregated by launch), next to the device-mean baseline.
+    last = training["rounds"][-1]["holdout"]
+    assert last["nodes"] == 4 and last["num_examples"] > 0 and last["rmse"] > 0 and last["baseline_rmse"] > 0
 
     replicas = []
     for node_dir in sorted(root.glob("node*")):
@@ -56,6 +60,7 @@ def test_launch_trains_two_rounds_committed_and_verified_on_every_replica(tmp_pa
                     body = parse_tx(rec.raw).body
                     assert isinstance(body, ModelUpdate) and body.base_model_hash == prev.weights_hash
                     assert body.num_examples > 0 and body.readings_root != bytes(32)
+                    assert 0 < body.data_cut < rec.height  # trained on final readings only
             replicas.append(committed)
         finally:
             store.close()

@@ -17,12 +17,13 @@ from federated.weights import decode_weights, encode_weights, weights_hash
 from node.errors import InvalidBlock, Reason
 from node.ledger.chain import Ledger
 from node.ledger.keys import NodeKey
+from node.ledger.provenance import datasets
 from node.ledger.state import check_tx
 from node.ledger.transactions import make_model_commit, make_model_update, make_train_request, tx_id
 from node.store.base import MemoryStore
 from node.store.sqlite import SqliteStore
 from node.store.verify import verify_chain
-from tests.factories import CHAIN_ID, commit_next, make_genesis, participant_key
+from tests.factories import CHAIN_ID, commit_next, give_devices, make_genesis, participant_key
 
 ROOT = bytes(32)
 NOW = 10**15
@@ -44,10 +45,15 @@ class Run:
     def coordinator(self) -> NodeKey:
         return self.keys[0]
 
-    def update(self, key: NodeKey, round: int, seed: int, base: bytes | None = None, n: int = 100) -> dict:
+    def update(self, key: NodeKey, round: int, seed: int, base: bytes | None = None) -> dict:
+        """An update whose num_examples and readings_root are the node's training set at the
+        current height, as every replica re-computes them."""
+        cut = self.ledger.height
+        ds = datasets(self.ledger.store, key.public, cut)
         return make_model_update(key, CHAIN_ID, self.run, "humidity", round,
                                  self.initial_hash if base is None else base,
-                                 encode_weights(weights(seed)), n, {"loss": 0.5}, ROOT)
+                                 encode_weights(weights(seed)), ds.train_examples, {"loss": 0.5},
+                                 ds.train_root, data_cut=cut)
 
     def commit(self, round: int, ups: list[dict], strategy: str = "fedavg", key: NodeKey | None = None,
                **params: Any) -> dict:
@@ -67,6 +73,9 @@ def aggregate_hash(ups: list[dict], strategy: str = "fedavg", **params: Any) -> 
 def open_run(store: Any = None, strategy: str = "fedavg", rounds: int = 3, **params: Any) -> Run:
     keys, genesis = make_genesis(4, n_participants=2)
     ledger = Ledger(store or MemoryStore(), genesis)
+    # Every member that trains owns a device with a different number of readings, so the FedAvg
+    # weights (the verified training-set sizes) differ.
+    give_devices(ledger, keys, [*keys, participant_key(0), participant_key(1)], [40, 55, 70, 85, 100, 130])
     req = make_train_request(keys[0], CHAIN_ID, "humidity", rounds, strategy, params)
     initial = make_model_update(keys[0], CHAIN_ID, tx_id(req), "humidity", 0, ROOT,
                                 encode_weights(weights(99)), 1, {}, ROOT)
@@ -96,7 +105,7 @@ def test_train_request_rules() -> None:
 def test_a_round_that_recomputes_is_committed_and_survives_verify(strategy: str) -> None:
     params = {"fedtrimmedavg": {"beta": 0.1}, "krum": {"krum_f": 0}}.get(strategy, {})
     run = open_run(strategy=strategy, **params)
-    ups = [run.update(participant_key(i), 1, i, n=100 + 50 * i) for i in range(2)]
+    ups = [run.update(participant_key(i), 1, i) for i in range(2)]
     ups.append(run.update(run.keys[1], 1, 7))
     commit_next(run.ledger, run.keys, ups)
     agg = {"beta": 0.1} if strategy == "fedtrimmedavg" else ({"f": 0} if strategy == "krum" else {})
@@ -175,4 +184,5 @@ def test_sqlite_replica_indexes_models_and_verify_catches_an_edited_index(tmp_pa
     db.commit()
     db.close()
     report = verify_chain(store, run.ledger.genesis)
-    assert not report.ok and report.first_bad_height == 2 and "models" in (report.error or "")
+    # Height 4: two blocks of devices and readings come before the request and round 0's block.
+    assert not report.ok and report.first_bad_height == 4 and "models" in (report.error or "")

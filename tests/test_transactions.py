@@ -10,6 +10,7 @@ from node.ledger.transactions import (
     make_join_request,
     make_member_vote,
     make_model_commit,
+    make_model_eval,
     make_model_update,
     make_reading,
     make_register_device,
@@ -33,6 +34,7 @@ def all_kinds():
         make_train_request(OWNER, CHAIN_ID, "humidity", 3, params={"lr": 0.01}),
         make_model_update(OWNER, CHAIN_ID, H, "humidity", 0, H, H, 10, {"loss": 0.5}, H),
         make_model_commit(OWNER, CHAIN_ID, H, "humidity", 0, "fedavg", [H], H, {"loss": 0.4}),
+        make_model_eval(OWNER, CHAIN_ID, H, "humidity", 0, H, 5, 12, H, {"rmse": 1.5, "baseline_rmse": 2.0}),
     ]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from federated import evaluation
 from federated.flower import fl_hooks
 from federated.flower.fl_records import (
     ARRAYS,
@@ -81,15 +82,43 @@ def _classes(config: ConfigRecord) -> list[str] | None:
     return [str(c) for c in value] if value else None
 
 
+def _evaluation(config: ConfigRecord, trainer: Any, weights: Any, loaded: fl_hooks.LoadedRows,
+                round: int, model_hash: str) -> dict[str, Any] | None:
+    """This node's held-out score of the committed model of `round` (ledger mode, with held-out
+    rows and training rows for the baseline), ready for fl_hooks to sign; else None."""
+    if not config.get("run") or not loaded.holdout or not loaded.rows or round < 0:
+        return None
+    task = str(config["task"])
+    metrics = evaluation.score(task, trainer.evaluate, weights, loaded.rows, loaded.holdout, _classes(config))
+    return {
+        "run": str(config["run"]),
+        "task": task,
+        "round": round,
+        "model-hash": model_hash,
+        "data-cut": loaded.data_cut,
+        "num-examples": len(loaded.holdout),
+        "holdout-root": loaded.holdout_root.hex(),
+        "metrics": finite_metrics(metrics),
+    }
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     config = msg.content[CONFIG]
     task = str(config["task"])
     weights = msg.content[ARRAYS].to_numpy_ndarrays()
     loaded = fl_hooks.load_rows(_rows_config(context))
+    server_round = int(config.get("server-round", 0))
     with _trainer(context) as trainer:
+        # The base is the committed model of the previous round: score it on data nobody trained
+        # on before training from it, and sign that score with the update.
+        base_hash = str(config.get("base-hash", ""))
+        scored = _evaluation(config, trainer, weights, loaded, server_round - 1, base_hash)
         result = trainer.train(task, weights, loaded.rows, train_config_from(config), _classes(config))
     metrics = finite_metrics(result.metrics)
+    # On the ledger the FedAvg weight is the size of the training set at the data cut, which every
+    # authority re-computes (the trainer's own count leaves out its early-stopping split).
+    num_examples = len(loaded.rows) if config.get("run") else result.num_examples
     update = {
         "run": str(config.get("run", "")),
         "task": task,
@@ -97,15 +126,18 @@ def train(msg: Message, context: Context) -> Message:
         "base-hash": str(config.get("base-hash", "")),
         "weights": result.weights,
         "weights-hash": weights_hex(result.weights),
-        "num-examples": result.num_examples,
+        "num-examples": num_examples,
         "metrics": metrics,
         "rows-digest": loaded.root.hex(),
+        "data-cut": loaded.data_cut,
     }
+    if scored is not None:
+        update["evaluation"] = scored
     signed = fl_hooks.sign_update(context.node_config, update)
     content = RecordDict(
         {
             ARRAYS: ArrayRecord(result.weights),
-            METRICS: MetricRecord({NUM_EXAMPLES: int(result.num_examples), **metrics}),
+            METRICS: MetricRecord({NUM_EXAMPLES: int(num_examples), **metrics}),
             UPDATE: ConfigRecord(signed),
         }
     )
@@ -114,11 +146,23 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
+    """File mode: the global model on all of the node's rows. Ledger mode: on its held-out rows,
+    signed onto the ledger as a model_eval (the strategy asks for this after the last round; the
+    earlier rounds are scored by the next round's train step)."""
     config = msg.content[CONFIG]
     weights = msg.content[ARRAYS].to_numpy_ndarrays()
-    rows = fl_hooks.load_rows(_rows_config(context)).rows
+    loaded = fl_hooks.load_rows(_rows_config(context))
     with _trainer(context) as trainer:
-        metrics = trainer.evaluate(str(config["task"]), weights, rows, _classes(config))
+        if config.get("run"):
+            scored = _evaluation(config, trainer, weights, loaded, int(config.get("server-round", 0)),
+                                 weights_hex(weights))
+            if scored is None:
+                return Message(RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 0})}), reply_to=msg)
+            fl_hooks.sign_eval(context.node_config, scored)
+            metrics, n = dict(scored["metrics"]), int(scored["num-examples"])
+        else:
+            metrics = trainer.evaluate(str(config["task"]), weights, loaded.rows, _classes(config))
+            n = len(loaded.rows)
     metrics = {k: v for k, v in finite_metrics(metrics).items() if k != "num_examples"}
-    content = RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: len(rows), **metrics})})
+    content = RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: n, **metrics})})
     return Message(content, reply_to=msg)

@@ -13,6 +13,9 @@ Each hook runs inside a Flower app process (a fresh ``flwr-clientapp`` per messa
   ``(device, seq, timestamp_ms, temperature_c, humidity_pct)`` and the root over their ids.
 * ``sign_update(node_config, update) -> dict`` (ClientApp): what travels to the strategy in the
   reply's ``update`` ConfigRecord (ConfigRecord-compatible values; must contain ``weights-hash``).
+  In ledger mode the update may carry an ``evaluation`` of its base model, signed with it.
+* ``sign_eval(node_config, evaluation) -> dict`` (ClientApp): the node's signed score of a
+  committed model on its held-out readings (the last round's, from the evaluate step).
 * ``check_update(run_config, round, signed, weights_hash) -> str | None`` (ServerApp): why an
   update must not be aggregated.
 * ``publish_initial(run_config, task, weights) -> str`` (ServerApp): record round 0's model.
@@ -42,8 +45,13 @@ from federated.weights import encode_weights, weights_hash
 
 @dataclass(frozen=True)
 class LoadedRows:
-    rows: list[list[Any]]
+    rows: list[list[Any]]  # the training set
     root: bytes  # ledger: Merkle root of the readings' tx ids; file mode: sha256 of the rows
+    # Ledger mode only (node/ledger/provenance.py): the held-out set at the same data cut, which
+    # no node trains on, and the cut itself. File mode trains on every row it is given.
+    holdout: list[list[Any]] = field(default_factory=list)
+    holdout_root: bytes = bytes(32)
+    data_cut: int = 0
 
 
 def ledger_mode(config: Mapping[str, Any]) -> bool:
@@ -81,7 +89,7 @@ def load_rows(node_config: Mapping[str, Any]) -> LoadedRows:
     from federated.flower import fl_ledger
 
     found = fl_ledger.load_rows(node_config)
-    return LoadedRows(found.rows, found.root)
+    return LoadedRows(found.rows, found.root, found.holdout, found.holdout_root, found.data_cut)
 
 
 def partition_rows(node_config: Mapping[str, Any]) -> list[list[Any]]:
@@ -151,6 +159,16 @@ def sign_update(node_config: Mapping[str, Any], update: Mapping[str, Any]) -> di
         "node-dir": str(node_config.get("data-dir", "")),
         "rows-digest": str(update.get("rows-digest", "")),
     }
+
+
+def sign_eval(node_config: Mapping[str, Any], evaluation: Mapping[str, Any]) -> dict[str, Any]:
+    """Ledger mode: this node's signed model_eval (see fl_ledger.eval_tx), final before this
+    returns. File mode: nothing to record."""
+    if not ledger_mode(evaluation):
+        return {}
+    from federated.flower import fl_ledger
+
+    return fl_ledger.sign_eval(node_config, evaluation)
 
 
 # --- ServerApp side ---------------------------------------------------------------------------

@@ -22,8 +22,15 @@ from typing import Any
 from node.ledger.codec import decode
 from node.ledger.genesis import Genesis
 from node.ledger.keys import NodeKey
-from node.ledger.merkle import root as merkle_root
-from node.ledger.transactions import ModelUpdate, make_model_commit, make_model_update, parse_tx, tx_id
+from node.ledger.provenance import partition, root_of
+from node.ledger.transactions import (
+    ModelUpdate,
+    make_model_commit,
+    make_model_eval,
+    make_model_update,
+    parse_tx,
+    tx_id,
+)
 from node.net.client import LedgerClient
 from node.server.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
 
@@ -38,12 +45,21 @@ class LedgerHookError(RuntimeError):
 
 @dataclass(frozen=True)
 class LedgerRows:
-    rows: list[list[Any]]  # (device name, seq, timestamp_ms, temperature_c, humidity_pct)
+    """A node's training and held-out sets at one data cut (node/ledger/provenance.py)."""
+
+    rows: list[list[Any]]  # training rows: (device name, seq, timestamp_ms, temperature_c, humidity_pct)
     reading_ids: list[bytes]
+    holdout: list[list[Any]]
+    holdout_ids: list[bytes]
+    data_cut: int
 
     @property
     def root(self) -> bytes:
-        return merkle_root(self.reading_ids) if self.reading_ids else bytes(32)
+        return root_of(self.reading_ids)
+
+    @property
+    def holdout_root(self) -> bytes:
+        return root_of(self.holdout_ids)
 
 
 class NodeLink:
@@ -63,23 +79,42 @@ class NodeLink:
     # --- reading the replica ---------------------------------------------------------------------
 
     def own_rows(self) -> LedgerRows:
-        """The committed readings of the devices this node owns, in ledger order. Only readings
-        that passed every validation rule are in the table, so these are the validated rows."""
+        """The committed readings of the devices this node owns, up to the committed height (the
+        data cut), split by the ledger's held-out rule with the very function every authority
+        uses to re-compute num_examples and readings_root. Only readings that passed every
+        validation rule are in the table, so these are the validated rows."""
         db = self._db()
         try:
-            cur = db.execute(
-                "SELECT r.tx_id, d.name, r.seq, r.timestamp_ms, r.temperature_c, r.humidity_pct"
-                " FROM readings r JOIN devices d ON d.device = r.device"
-                " WHERE d.owner = ? ORDER BY r.height, r.rowid",
-                (self.key.public,),
-            )
-            ids, rows = [], []
-            for tid, name, seq, ts, t, h in cur:
-                ids.append(bytes(tid))
-                rows.append([name, seq, ts, t, h])
+            db.execute("BEGIN")  # one snapshot: the cut and the rows agree
+            cut = int(db.execute("SELECT COALESCE(MAX(height), 0) FROM blocks").fetchone()[0])
+            devices = db.execute("SELECT device, name FROM devices WHERE owner = ? ORDER BY device",
+                                 (self.key.public,)).fetchall()
+            found = []
+            for dev, name in devices:  # one range scan of the (device, seq) index each
+                cur = db.execute(
+                    "SELECT tx_id, seq, timestamp_ms, temperature_c, humidity_pct FROM readings"
+                    " WHERE device = ? AND height <= ? ORDER BY seq",
+                    (dev, cut),
+                )
+                found += [(bytes(tid), bytes(dev), seq, ts, name, t, h) for tid, seq, ts, t, h in cur]
         finally:
             db.close()
-        return LedgerRows(rows, ids)
+        train, held = partition(found)
+        return LedgerRows(
+            [[r[4], r[2], r[3], r[5], r[6]] for r in train], [r[0] for r in train],
+            [[r[4], r[2], r[3], r[5], r[6]] for r in held], [r[0] for r in held], cut,
+        )
+
+    def has_eval(self, run: bytes, round: int) -> bool:
+        db = self._db()
+        try:
+            row = db.execute(
+                "SELECT 1 FROM models WHERE kind = 'eval' AND run = ? AND round = ? AND node = ?",
+                (run, round, self.key.public),
+            ).fetchone()
+        finally:
+            db.close()
+        return row is not None
 
     def committed_tx(self, txid: bytes) -> tuple[str, dict[str, Any]] | None:
         db = self._db()
@@ -121,11 +156,40 @@ def load_rows(node_config: Mapping[str, Any]) -> LedgerRows:
     return NodeLink(str(node_config["data-dir"]), str(node_config.get("node-url", ""))).own_rows()
 
 
+def eval_tx(link: NodeLink, evaluation: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The signed model_eval for `evaluation` (run, task, round, model-hash, data-cut, num-examples,
+    holdout-root, metrics), or None when this node already scored that round."""
+    run = bytes.fromhex(str(evaluation["run"]))
+    if link.has_eval(run, int(evaluation["round"])):
+        return None
+    return make_model_eval(
+        link.key,
+        link.chain_id,
+        run,
+        str(evaluation["task"]),
+        int(evaluation["round"]),
+        bytes.fromhex(str(evaluation["model-hash"])),
+        int(evaluation["data-cut"]),
+        int(evaluation["num-examples"]),
+        bytes.fromhex(str(evaluation["holdout-root"])),
+        {k: float(v) for k, v in evaluation["metrics"].items()},
+    )
+
+
+def sign_eval(node_config: Mapping[str, Any], evaluation: Mapping[str, Any]) -> dict[str, Any]:
+    """Sign and submit this node's score of a committed model; wait until it is final."""
+    link = NodeLink(str(node_config["data-dir"]), str(node_config.get("node-url", "")))
+    tx = eval_tx(link, evaluation)
+    if tx is not None:
+        link.submit_and_wait([tx])
+    return {"eval-tx": tx_id(tx).hex() if tx is not None else ""}
+
+
 def sign_update(
     node_config: Mapping[str, Any], update: Mapping[str, Any], readings_root: bytes, weights_blob: bytes
 ) -> dict[str, Any]:
-    """Sign the update as this node, submit it and wait until it is final: the strategy only
-    accepts updates it can find on the ledger."""
+    """Sign the update as this node, submit it (with the node's score of the base model, if
+    any) and wait until it is final: the strategy only accepts updates it can find on the ledger."""
     link = NodeLink(str(node_config["data-dir"]), str(node_config.get("node-url", "")))
     metrics = {k: float(v) for k, v in update["metrics"].items()}
     tx = make_model_update(
@@ -139,8 +203,11 @@ def sign_update(
         int(update["num-examples"]),
         metrics,
         readings_root,
+        data_cut=int(update["data-cut"]),
     )
-    link.submit_and_wait([tx])
+    evaluation = update.get("evaluation")
+    ev = eval_tx(link, evaluation) if evaluation else None
+    link.submit_and_wait([tx] if ev is None else [ev, tx])
     return {
         "weights-hash": str(update["weights-hash"]),
         "tx-id": tx_id(tx).hex(),

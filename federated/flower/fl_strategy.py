@@ -128,10 +128,21 @@ class LedgerStrategyMixin:
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        if self.fraction_evaluate == 0.0:  # type: ignore[attr-defined]
+        # On the ledger every round's model is scored on held-out readings: rounds 0..R-1 by the
+        # next round's train step, the last one here, whatever fraction-evaluate says.
+        rounds = int(self.run_config.get("num-rounds", -1))
+        last = fl_hooks.ledger_mode(self.run_config) and server_round == rounds
+        fraction = self.fraction_evaluate  # type: ignore[attr-defined]
+        if fraction == 0.0 and not last:
             return []
         config["base-hash"] = weights_hex(arrays.to_numpy_ndarrays())
         self.wait_for_nodes(grid, max(self.min_nodes, self.min_available_nodes))  # type: ignore[attr-defined]
+        if fraction == 0.0:
+            self.fraction_evaluate = 1.0  # Flower samples by this attribute
+            try:
+                return list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
+            finally:
+                self.fraction_evaluate = fraction
         return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
 
     # --- reply checks ----------------------------------------------------------------------------

@@ -1,11 +1,11 @@
-"""`fedledger model list|show|export`: the committed models of a replica, their lineage, and a
-self-contained `.keras` file of any of them.
+"""`fedledger model list|show|export|evaluate`: the committed models of a replica, their lineage, a
+self-contained `.keras` file of any of them, and its score on any readings CSV.
 
 Everything is read from DIR/node.db through the read-only view of node.server.offline (safe next to
 a running node), inside one snapshot. `export` does not trust a stored aggregate: it re-computes the
 committed weights from the updates the commit names (node.models.model_weights, which checks them
 against the committed hash), and only then imports Keras to write the file. Keras is imported by
-`export` alone, so `list` and `show` (and the node) stay TensorFlow-free.
+`export` and `evaluate` alone, so `list` and `show` (and the node) stay TensorFlow-free.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from federated.evaluation import headline
 from node.cli.output import emit, fmt_time, table
 from node.errors import LocalError, StorageError
+from node.ledger.holdout import Split, split_of
 from node.ledger.keys import short_id
 from node.ledger.runs import TASKS
 from node.server.offline import open_node
@@ -48,6 +50,12 @@ def short_run(run: bytes | str) -> str:
 def key_metrics(metrics: dict[str, float]) -> str:
     keys = [k for k in KEY_METRICS if k in metrics] or sorted(metrics)[:4]
     return " ".join(f"{k}={metrics[k]:.4g}" for k in keys)
+
+
+def held_out(m: ModelInfo) -> str:
+    """The round's score on held-out readings, aggregated over the nodes that signed one."""
+    text = headline(m.task, m.holdout)
+    return f"{text} ({int(m.holdout['nodes'])})" if text else "-"
 
 
 def all_metrics(metrics: dict[str, float]) -> str:
@@ -147,9 +155,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         names = {m.key: m.name for m in store.members()}
         height = store.height()
     out = {"models": [m.to_json() for m in found], "runs": [r.to_json() for r in chosen]}
-    rows: list[list[Any]] = [["RUN", "TASK", "ROUND", "MODEL", "HEIGHT", "UPDATES", "METRICS", "TIME (UTC)"]]
+    rows: list[list[Any]] = [["RUN", "TASK", "ROUND", "MODEL", "HEIGHT", "UPDATES", "HELD-OUT (NODES)",
+                              "TRAINING METRICS", "TIME (UTC)"]]
     rows += [[short_run(m.run), m.task, m.round, m.weights_hash.hex()[:16], m.height, len(m.update_ids),
-              key_metrics(m.metrics) or "-", fmt_time(m.time_ms)] for m in found]
+              held_out(m), key_metrics(m.metrics) or "-", fmt_time(m.time_ms)] for m in found]
     human = table(rows) if found else []
     if not found:
         what = f"{args.task} models" if args.task else "models"
@@ -185,13 +194,27 @@ def cmd_show(args: argparse.Namespace) -> int:
         ["request", f"{req['task']}, {req['rounds']} rounds, {req['strategy']}; {params}"],
         ["base", base],
         ["metrics", all_metrics(model.metrics) or "-"],
+        ["held-out", (held_out(model) + f"; rule {lin['holdout_rule']}, {len(model.evaluations)} signed "
+                      "evaluation(s)") if model.evaluations else "no evaluation on the ledger yet"],
+        ["provenance", "verified: every replica re-computed each update's num_examples and readings_root "
+                       "from its own readings at the update's data cut" if model.round else
+                       "round 0 is the run's initial model (no data)"],
     ])
     human.append(f"updates ({len(lin['updates'])}):")
-    rows: list[list[Any]] = [["NODE", "NAME", "TX", "HEIGHT", "EXAMPLES", "READINGS ROOT", "BASE", "METRICS"]]
-    rows += [[u["node"], u["node_name"] or "-", u["tx"][:16], u["height"], u["num_examples"],
-              u["readings_root"][:16], u["base_model_hash"][:16], all_metrics(u["metrics"]) or "-"]
+    rows: list[list[Any]] = [["NODE", "NAME", "TX", "HEIGHT", "DATA CUT", "EXAMPLES", "READINGS ROOT",
+                              "PROVENANCE", "BASE", "METRICS"]]
+    rows += [[u["node"], u["node_name"] or "-", u["tx"][:16], u["height"], u["data_cut"], u["num_examples"],
+              u["readings_root"][:16], u["provenance"], u["base_model_hash"][:16],
+              all_metrics(u["metrics"]) or "-"]
              for u in lin["updates"]]
     human += ["  " + line for line in table(rows)]
+    if model.evaluations:
+        human.append(f"held-out evaluations ({len(model.evaluations)}):")
+        erows: list[list[Any]] = [["NODE", "TX", "HEIGHT", "DATA CUT", "EXAMPLES", "READINGS ROOT",
+                                   "METRICS"]]
+        erows += [[e["node"], e["tx"][:16], e["height"], e["data_cut"], e["num_examples"],
+                   e["readings_root"][:16], all_metrics(e["metrics"])] for e in model.evaluations]
+        human += ["  " + line for line in table(erows)]
     human.append(f"export: fedledger model export {args.dir} --task {model.task} --round {model.round} "
                  f"--run {short_run(model.run)} --out {model.task}-round{model.round}.keras")
     emit(args, lin, human)
@@ -226,6 +249,79 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def ledger_training_rows(store: Any, names: set[str]) -> list[tuple[Any, ...]]:
+    """The ledger's training readings (the held-out rule applied) of the named devices, as rows
+    keyed by device name: what the device-mean baseline is taken from."""
+    rows = []
+    for dev in store.devices():
+        if dev.name not in names:
+            continue
+        for r in store.readings(dev.device):
+            if split_of(r.timestamp_ms) is Split.TRAIN:
+                rows.append((dev.name, r.seq, r.timestamp_ms, r.temperature_c, r.humidity_pct))
+    return rows
+
+
+def load_csv(path: Path) -> list[tuple[Any, ...]]:
+    from federated.data import read_csv_rows
+
+    if not path.is_file():
+        raise ModelNotFound(f"no CSV file at {path}")
+    try:
+        rows = read_csv_rows(path)
+    except (KeyError, ValueError, OSError, EOFError, UnicodeDecodeError) as exc:
+        raise ExportError(f"{path} is not a readings CSV (columns timestamp, epoch_s, device_id, "
+                          f"temperature_c, humidity_pct): {type(exc).__name__}: {exc}") from exc
+    if not rows:
+        raise ExportError(f"{path} has no readings")
+    return rows
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    csv_path = Path(args.csv)
+    rows = load_csv(csv_path)
+    with open_node(args.dir) as node:
+        store = node.store
+        model = select_model(store, args)
+        info = find_run(store, run=model.run.hex())
+        try:
+            weights = model_weights(store, model)
+        except ValueError as exc:
+            raise StorageError(str(exc)) from exc
+        train_rows = ledger_training_rows(store, {str(r[0]) for r in rows})
+    _, classes = num_classes(info)
+    if classes:
+        unknown = sorted({str(r[0]) for r in rows} - set(classes))
+        if unknown:
+            raise ExportError(f"{csv_path} has readings of devices the model does not know: "
+                              f"{', '.join(unknown)} (its classes: {', '.join(classes)})")
+    if not keras_available():
+        raise ExportError(f"evaluate needs Keras, which is not installed here: {INSTALL_HINT}")
+    from federated import evaluation, tasks
+
+    try:
+        metrics = tasks.evaluate(model.task, weights, rows, classes=classes or None)
+        if train_rows or classes:
+            metrics.update(evaluation.baseline(model.task, train_rows, rows, classes or None))
+    except ValueError as exc:
+        raise ExportError(f"cannot score {csv_path}: {exc}") from exc
+    metrics["num_examples"] = float(len(rows))
+    result = {"run": model.run.hex(), "task": model.task, "round": model.round,
+              "model_hash": model.weights_hash.hex(), "csv": str(csv_path), "metrics": metrics,
+              "devices": sorted({str(r[0]) for r in rows}),
+              "baseline": ("chance, 1/classes" if classes else
+                           "each device's mean humidity over its training readings on this ledger")}
+    human = [f"{model.task} round {model.round} of run {short_run(model.run)} (model "
+             f"{model.weights_hash.hex()[:16]}) on {len(rows)} readings of {len(result['devices'])} "
+             f"device(s) in {csv_path}:",
+             "  " + (headline(model.task, metrics) or all_metrics(metrics)),
+             "  " + all_metrics({k: v for k, v in metrics.items() if k != "num_examples"})]
+    if not classes and "baseline_rmse" not in metrics:
+        human.append("  no baseline: none of these devices has training readings on this ledger")
+    emit(args, result, human)
+    return 0
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("model", help="committed models: list them, show a lineage, export as .keras")
     msub = p.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
@@ -251,6 +347,11 @@ def add_parser(sub: Any) -> None:
     exp.add_argument("--round", type=int, metavar="R", help="round (default: the latest committed)")
     exp.add_argument("--out", required=True, metavar="FILE.keras", help="where to write the model")
     exp.add_argument("--force", action="store_true", help="overwrite FILE.keras if it exists")
+    ev = cmd("evaluate", "score a committed model on a readings CSV, next to the baseline", cmd_evaluate,
+             task_required=True)
+    ev.add_argument("--round", type=int, metavar="R", help="round (default: the latest committed)")
+    ev.add_argument("--csv", required=True, metavar="FILE",
+                    help="readings CSV(.gz): timestamp, epoch_s, device_id, temperature_c, humidity_pct")
 
 
 def run(args: argparse.Namespace) -> int:

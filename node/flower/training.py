@@ -32,13 +32,17 @@ from node.ledger.blocks import Block
 from node.ledger.keys import short_id
 from node.ledger.runs import TRAINING_ROLES
 from node.ledger.storage import Store
-from node.ledger.transactions import ModelCommit, TrainRequest, Transaction
+from node.ledger.transactions import ModelCommit, ModelEval, TrainRequest, Transaction
 from node.net.addresses import format_host, local_host
 from node.net.ports import free_port
 
 log = logging.getLogger("fedledger.training")
 
 PASSPHRASE_ENV = "FEDLEDGER_PASSPHRASE"  # read by federated/flower/fl_ledger.py
+# After the last commit the SuperNode stays up for the run's final evaluate step, in which this
+# node signs its held-out score of the last model (a model_eval), for at most this long.
+FINAL_EVAL_S = 90.0
+REPLY_GRACE_S = 5.0
 STALL_S = 900.0  # no new commit of an active run for this long: stop its processes
 SYNC_SLACK = 2  # start runs only when within this many blocks of the best peer
 MAX_UNIX_PATH = 100  # AF_UNIX paths are limited to 108 bytes
@@ -77,6 +81,7 @@ class LocalRun:
     supernode: SuperNodeProcess | None = None
     superlink: SuperLinkProcess | None = None
     flwr_run: RunHandle | None = None
+    finish_at: float | None = None  # set at the last commit: when to stop waiting for the final evaluation
 
 
 class Training:
@@ -122,13 +127,24 @@ class Training:
                     if body.round >= lr.request.rounds and lr.state in ("pending", "waiting", "starting",
                                                                         "running"):
                         lr.state = "done"
-                        self._submit(self._finish, lr)
+                        if lr.supernode is None:
+                            self._submit(self._finish, lr)
+                        else:
+                            lr.finish_at = time.monotonic() + FINAL_EVAL_S
+            elif isinstance(body, ModelEval) and body.node == self.public:
+                lr = self.runs.get(body.run)
+                if lr is not None and lr.finish_at is not None and body.round >= lr.request.rounds:
+                    # Final on the ledger; the ClientApp's reply to the SuperLink follows right after.
+                    lr.finish_at = min(lr.finish_at, time.monotonic() + REPLY_GRACE_S)
 
     def tick(self, caught_up: bool) -> None:
         """Called periodically: start runs once the replica is current, stop stalled ones."""
         now = time.monotonic()
         role = self.role()
         for lr in self.runs.values():
+            if lr.finish_at is not None and now >= lr.finish_at:
+                lr.finish_at = None
+                self._submit(self._finish, lr)
             if lr.state in ("pending", "waiting") and caught_up:
                 last = self.store.model_commit(lr.run, lr.request.rounds)
                 if last is not None:

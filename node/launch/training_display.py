@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
+from federated.evaluation import headline
 from node.errors import FedledgerError
 from node.launch.display import Display, LaunchOptions
 from node.launch.processes import NodeProcess
@@ -15,11 +17,22 @@ from node.store.models import models
 from node.store.sqlite import SqliteStore
 
 METRIC_KEYS = ("val_rmse", "val_r2", "val_accuracy", "loss", "val_loss")
+# After the last commit the nodes still sign their held-out scores of the last model (a few seconds).
+FINAL_EVAL_WAIT_S = 100.0
 
 
 def key_metrics(metrics: dict[str, float]) -> str:
     shown = [f"{k}={metrics[k]:.4g}" for k in METRIC_KEYS if k in metrics]
     return " ".join(shown) or "-"
+
+
+def round_line(m: dict[str, Any]) -> str:
+    """The held-out score of the round's model (aggregated over nodes, with its baseline), then
+    the nodes' training metrics (their early-stopping split of their own training rows)."""
+    held = m.get("holdout") or {}
+    text = headline(m["task"], held)
+    scored = f"{text} over {int(held['nodes'])} node(s)" if text else "holdout: not scored yet"
+    return f"{scored} | training: {key_metrics(m['metrics'])}"
 
 
 class TrainingWatch:
@@ -31,7 +44,9 @@ class TrainingWatch:
         self.finished = False
         self.committed = -1  # rounds committed on node1
         self._reported = -1
+        self._scored: set[int] = set()
         self._complete: list[bool] = [False] * len(procs)
+        self._complete_at: float | None = None
 
     @property
     def coordinator_dir(self) -> Path:
@@ -64,7 +79,11 @@ class TrainingWatch:
             if local is not None and local.get("state") in ("failed", "stalled", "skipped"):
                 self.fail(f"node{i + 1}: run {local['state']}: {local.get('error')}")
         if all(self._complete):
-            self.finished = True
+            self._complete_at = self._complete_at or time.monotonic()
+            last = self.rounds()[-1:]
+            scored = bool(last) and len(last[0].get("evaluations", [])) >= last[0]["updates"]
+            if scored or time.monotonic() - self._complete_at > FINAL_EVAL_WAIT_S:
+                self.finished = True
 
     def rounds(self) -> list[dict[str, Any]]:
         """Committed models of the run on node1's replica, with the wall time of each round (from
@@ -81,7 +100,7 @@ class TrainingWatch:
         return found
 
     def news(self) -> list[str]:
-        if self.committed <= self._reported:
+        if self.committed <= self._reported and len(self._scored) > self.committed:
             return []
         out = []
         for m in self.rounds():
@@ -89,6 +108,13 @@ class TrainingWatch:
                 out.append(f"round {m['round']}/{self.opts.rounds} committed at height {m['height']} "
                            f"({m['updates']} updates, {m.get('seconds', 0):.1f} s): "
                            + key_metrics(m["metrics"]))
+            # A round's scores arrive with the next round's updates (the last one's after it): show
+            # them once that round is committed, or at the end, so every node's score is in.
+            last = m["round"] >= self.opts.rounds
+            ready = m["round"] < self.committed or (last and len(m.get("evaluations", [])) >= m["updates"])
+            if ready and m.get("holdout") and m["round"] not in self._scored:
+                self._scored.add(m["round"])
+                out.append(f"round {m['round']} model on held-out readings: " + round_line(m).split(" | ")[0])
             self._reported = max(self._reported, m["round"])
         return out
 
@@ -122,6 +148,19 @@ class TrainingWatch:
         }
 
 
+def learning_curve(task: str, rounds: list[dict[str, Any]]) -> str:
+    """One line: the held-out metric per round, and the last round's baseline."""
+    key, base = ("rmse", "baseline_rmse") if task == "humidity" else ("accuracy", "baseline_accuracy")
+    scored = [r for r in rounds if key in (r.get("holdout") or {})]
+    if not scored:
+        return ""
+    points = ", ".join(f"round {r['round']} {r['holdout'][key]:.4g}" for r in scored)
+    last = scored[-1]["holdout"]
+    what = "device-mean baseline" if task == "humidity" else "chance"
+    return (f"learning curve, held-out {key} (readings no node trained on): {points}; "
+            f"{what} {last.get(base, float('nan')):.4g}")
+
+
 def print_training(t: dict[str, Any], root: Path, out: Display) -> None:
     out.say("")
     if t["run"] is None:
@@ -131,13 +170,16 @@ def print_training(t: dict[str, Any], root: Path, out: Display) -> None:
             f"{len([r for r in t['rounds'] if r['round'] >= 1])}/{t['rounds_requested']} rounds committed")
     for r in t["rounds"]:
         what = "initial model" if r["round"] == 0 else f"{r['updates']} updates, {r.get('seconds', 0):.1f} s"
-        out.say(f"  round {r['round']}: model {r['model_hash'][:16]} at height {r['height']} ({what}) "
-                f"{key_metrics(r['metrics']) if r['round'] else ''}")
+        out.say(f"  round {r['round']}: model {r['model_hash'][:16]} at height {r['height']} ({what})")
+        out.say(f"    {round_line(r) if r['round'] else round_line(r).split(' | ')[0]}")
     if t["complete_on_every_replica"]:
         out.say("  every round is committed on every replica")
     else:
         out.say(f"  NOT complete on every replica: {t['error'] or t['replicas']}")
     last = max((r["round"] for r in t["rounds"]), default=0)
+    curve = learning_curve(t["task"], t["rounds"])
+    if curve:
+        out.say("  " + curve)
     out.say("Models are on the ledger (weights inside the updates, re-computed by every authority):")
     out.say(f"  fedledger model list {root}/node1")
     out.say(f"  fedledger model show {root}/node1 --task {t['task']} --round {last}")

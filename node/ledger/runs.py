@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from federated.aggregate import STRATEGIES, Update, aggregate
 from federated.weights import decode_weights, weights_hash
 from node.errors import Reason
+from node.ledger.provenance import check_update_provenance
 from node.ledger.transactions import ModelCommit, ModelUpdate, TrainRequest, parse_tx
 
 TASKS = ("humidity", "traceability")  # federated/tasks.py; repeated so the node never imports Keras code
@@ -46,13 +47,13 @@ PARAM_TYPES: dict[str, tuple[type, ...]] = {
 class ModelRow:
     """Index row of a model_update or model_commit (the tx itself is in the txs table)."""
 
-    kind: str  # "update" | "commit"
+    kind: str  # "update" | "commit" | "eval"
     tx_id: bytes
     height: int
     run: bytes
     round: int
-    node: bytes  # the update's node, or the commit's coordinator
-    weights_hash: bytes
+    node: bytes  # the update's or evaluation's node, or the commit's coordinator
+    weights_hash: bytes  # an eval's: the committed model it scored
 
 
 class RunView(Protocol):
@@ -119,7 +120,8 @@ def check_model_update(view: RunView, body: ModelUpdate) -> Reason | None:
             return Reason.BASE_MISMATCH
     if view.model_update(body.run, body.round, body.node) is not None:
         return Reason.DUPLICATE_UPDATE
-    return None
+    # Last: the only rule that reads the node's readings (num_examples and readings_root re-computed).
+    return check_update_provenance(view, body)  # type: ignore[arg-type]
 
 
 def check_model_commit(view: RunView, body: ModelCommit, signer: bytes) -> Reason | None:

@@ -16,12 +16,14 @@ from typing import Any, Protocol
 from node.errors import BlockReason, InvalidBlock, InvalidTransaction, Reason
 from node.ledger import membership as ms_rules
 from node.ledger.blocks import Block
+from node.ledger.evaluation import check_model_eval
 from node.ledger.membership import Change, Membership
 from node.ledger.runs import ModelRow, check_model_commit, check_model_update, check_train_request
 from node.ledger.transactions import (
     JoinRequest,
     MemberVote,
     ModelCommit,
+    ModelEval,
     ModelUpdate,
     Reading,
     RegisterDevice,
@@ -136,6 +138,15 @@ class StateView(Protocol):
 
     def model_update(self, run: bytes, round: int, node: bytes) -> ModelRow | None: ...
 
+    def model_eval(self, run: bytes, round: int, node: bytes) -> ModelRow | None: ...
+
+    def block_hash(self, height: int) -> bytes | None: ...
+
+    def owner_readings(self, owner: bytes, max_height: int) -> list[tuple[bytes, bytes, int, int]]:
+        """(tx id, device, seq, timestamp_ms) of the committed readings of `owner`'s devices at
+        heights <= max_height, in (device, seq) order (node/ledger/provenance.py)."""
+        ...
+
 
 class OverlayView:
     """A view plus the not yet committed effects of earlier txs in the same block.
@@ -207,6 +218,18 @@ class OverlayView:
         row = self._models.get(("update", run, round, node))
         return row if row is not None else self.base.model_update(run, round, node)
 
+    def model_eval(self, run: bytes, round: int, node: bytes) -> ModelRow | None:
+        row = self._models.get(("eval", run, round, node))
+        return row if row is not None else self.base.model_eval(run, round, node)
+
+    # A data cut is at most the committed height under the block (provenance.py), so the block's
+    # own readings never count: these read the base.
+    def block_hash(self, height: int) -> bytes | None:
+        return self.base.block_hash(height)
+
+    def owner_readings(self, owner: bytes, max_height: int) -> list[tuple[bytes, bytes, int, int]]:
+        return self.base.owner_readings(owner, max_height)
+
     def apply(self, tx: Transaction) -> None:
         """Record the effects of a tx already accepted by check_tx."""
         d = self.delta
@@ -221,6 +244,10 @@ class OverlayView:
             d.models.append(
                 ModelRow("commit", tx.id, d.height, body.run, body.round, tx.signer, body.weights_hash)
             )
+        elif isinstance(body, ModelEval):
+            row = ModelRow("eval", tx.id, d.height, body.run, body.round, body.node, body.model_hash)
+            d.models.append(row)
+            self._models[("eval", body.run, body.round, body.node)] = row
         elif isinstance(body, JoinRequest):
             ms = ms_rules.record_join(self.membership(), body, tx.id, d.height, self.admission)
             self._set_membership(ms)
@@ -305,6 +332,8 @@ def check_tx(
         return ms_rules.check_join(view.membership(), view, body)
     elif isinstance(body, ModelUpdate):
         return check_model_update(view, body)
+    elif isinstance(body, ModelEval):
+        return check_model_eval(view, body)  # type: ignore[arg-type]
     elif isinstance(body, ModelCommit):
         m = view.member(tx.signer)
         if m is None or m.role != "authority":

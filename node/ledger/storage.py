@@ -111,6 +111,13 @@ class Store(Protocol):
 
     def model_update(self, run: bytes, round: int, node: bytes) -> ModelRow | None: ...
 
+    def model_eval(self, run: bytes, round: int, node: bytes) -> ModelRow | None: ...
+
+    def owner_readings(self, owner: bytes, max_height: int) -> list[tuple[bytes, bytes, int, int]]:
+        """(tx id, device, seq, timestamp_ms) of the committed readings of `owner`'s devices at
+        heights <= max_height, in (device, seq) order: what data provenance is computed from."""
+        ...
+
     def model_rows(self, run: bytes | None = None, kind: str | None = None) -> list[ModelRow]:
         """Model update and commit index rows in ledger order, optionally of one run and/or kind."""
         ...

@@ -247,6 +247,7 @@ class ModelUpdate(Body):
         "num_examples": _int(0),
         "metrics": _scalar_map((int, float)),
         "readings_root": _hash,
+        "data_cut": _int(0),
     }
     node: bytes
     run: bytes  # the train_request's tx id
@@ -255,9 +256,38 @@ class ModelUpdate(Body):
     base_model_hash: bytes
     weights_hash: bytes
     weights: bytes = field(repr=False)
-    num_examples: int
+    num_examples: int  # the size of the training set at data_cut (node/ledger/provenance.py)
     metrics: dict[str, float] = field(hash=False)
-    readings_root: bytes
+    readings_root: bytes  # Merkle root of that training set's reading ids
+    data_cut: int  # the height whose readings the node trained on (0 for round 0's initial model)
+
+
+@dataclass(frozen=True)
+class ModelEval(Body):
+    """A node's score of a committed model on its own held-out readings (node/ledger/holdout.py)."""
+
+    KIND: ClassVar[str] = "model_eval"
+    SIGNER_FIELD: ClassVar[str] = "node"
+    FIELDS: ClassVar[dict[str, Checker]] = {
+        "node": _key,
+        "run": _hash,
+        "task": _str(MAX_NAME),
+        "round": _int(0),
+        "model_hash": _hash,
+        "data_cut": _int(1),
+        "num_examples": _int(1),
+        "readings_root": _hash,
+        "metrics": _scalar_map((int, float)),
+    }
+    node: bytes
+    run: bytes
+    task: str
+    round: int
+    model_hash: bytes  # the committed weights of (run, round) that were scored
+    data_cut: int
+    num_examples: int  # the size of the held-out set at data_cut
+    readings_root: bytes  # Merkle root of its reading ids
+    metrics: dict[str, float] = field(hash=False)
 
 
 @dataclass(frozen=True)
@@ -286,7 +316,8 @@ class ModelCommit(Body):
 
 BODY_TYPES: dict[str, type[Body]] = {
     cls.KIND: cls
-    for cls in (RegisterDevice, Reading, JoinRequest, MemberVote, TrainRequest, ModelUpdate, ModelCommit)
+    for cls in (RegisterDevice, Reading, JoinRequest, MemberVote, TrainRequest, ModelUpdate, ModelCommit,
+                ModelEval)
 }
 
 
@@ -480,8 +511,12 @@ def make_model_update(
     num_examples: int,
     metrics: dict[str, float],
     readings_root: bytes,
+    *,
+    data_cut: int = 0,
 ) -> dict[str, Any]:
-    """`weights` is federated.weights.encode_weights(...); its sha256 is recorded as weights_hash."""
+    """`weights` is federated.weights.encode_weights(...); its sha256 is recorded as weights_hash.
+    `num_examples` and `readings_root` must be those of the training set at `data_cut`
+    (node/ledger/provenance.py), or every replica refuses the update."""
     body = {
         "node": node.public,
         "run": run,
@@ -493,8 +528,35 @@ def make_model_update(
         "num_examples": num_examples,
         "metrics": metrics,
         "readings_root": readings_root,
+        "data_cut": data_cut,
     }
     return sign_tx(node, chain_id, "model_update", body)
+
+
+def make_model_eval(
+    node: NodeKey,
+    chain_id: str,
+    run: bytes,
+    task: str,
+    round: int,
+    model_hash: bytes,
+    data_cut: int,
+    num_examples: int,
+    readings_root: bytes,
+    metrics: dict[str, float],
+) -> dict[str, Any]:
+    body = {
+        "node": node.public,
+        "run": run,
+        "task": task,
+        "round": round,
+        "model_hash": model_hash,
+        "data_cut": data_cut,
+        "num_examples": num_examples,
+        "readings_root": readings_root,
+        "metrics": metrics,
+    }
+    return sign_tx(node, chain_id, "model_eval", body)
 
 
 def make_model_commit(

@@ -206,6 +206,15 @@ class MemoryStore:
     def model_update(self, run: bytes, round: int, node: bytes) -> ModelRow | None:
         return self._model_index.get(("update", run, round, node))
 
+    def model_eval(self, run: bytes, round: int, node: bytes) -> ModelRow | None:
+        return self._model_index.get(("eval", run, round, node))
+
+    def owner_readings(self, owner: bytes, max_height: int) -> list[tuple[bytes, bytes, int, int]]:
+        mine = {d for d, rec in self._devices.items() if rec.owner == owner}
+        out = [(r.tx_id, r.device, r.seq, r.timestamp_ms) for r in self._readings
+               if r.device in mine and r.height <= max_height]
+        return sorted(out, key=lambda r: (r[1], r[2]))
+
     def model_rows(self, run: bytes | None = None, kind: str | None = None) -> list[ModelRow]:
         return [m for m in self._models if (run is None or m.run == run) and (kind is None or m.kind == kind)]
 
@@ -228,5 +237,5 @@ class MemoryStore:
 
 
 def _model_key(m: ModelRow) -> tuple[str, bytes, int, bytes | None]:
-    # One commit per (run, round) whoever signs it; one update per (run, round, node).
-    return (m.kind, m.run, m.round, m.node if m.kind == "update" else None)
+    # One commit per (run, round) whoever signs it; one update and one eval per (run, round, node).
+    return (m.kind, m.run, m.round, None if m.kind == "commit" else m.node)

@@ -7,15 +7,17 @@ every authority ran before the commit was final).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from federated import evaluation
 from federated.aggregate import Update, aggregate
 from federated.weights import Weights, decode_weights, weights_hash
+from node.ledger.holdout import RULE as HOLDOUT_RULE
 from node.ledger.keys import short_id
 from node.ledger.runs import aggregation_params
 from node.ledger.storage import Store
-from node.ledger.transactions import ModelCommit, ModelUpdate, TrainRequest, parse_tx
+from node.ledger.transactions import ModelCommit, ModelEval, ModelUpdate, TrainRequest, parse_tx
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,9 @@ class ModelInfo:
     commit_id: bytes
     update_ids: tuple[bytes, ...]
     metrics: dict[str, float]
+    # The nodes' signed scores on their held-out readings, aggregated (federated/evaluation.py).
+    holdout: dict[str, float] = field(default_factory=dict)
+    evaluations: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -111,20 +116,43 @@ class ModelInfo:
             "commit_tx": self.commit_id.hex(),
             "updates": len(self.update_ids),
             "metrics": dict(self.metrics),
+            "holdout": dict(self.holdout),
+            "evaluations": [dict(e) for e in self.evaluations],
         }
+
+
+def evaluations(store: Store, run: bytes | None = None) -> dict[tuple[bytes, int], list[dict[str, Any]]]:
+    """The committed model_evals per (run, round), in ledger order."""
+    out: dict[tuple[bytes, int], list[dict[str, Any]]] = {}
+    for row in store.model_rows(run, "eval"):
+        rec = store.tx(row.tx_id)
+        assert rec is not None
+        body = parse_tx(rec.raw).body
+        assert isinstance(body, ModelEval)
+        out.setdefault((body.run, body.round), []).append({
+            "tx": row.tx_id.hex(), "node": short_id(body.node), "height": row.height,
+            "data_cut": body.data_cut, "num_examples": body.num_examples,
+            "readings_root": body.readings_root.hex(), "metrics": dict(body.metrics),
+        })
+    return out
 
 
 def models(store: Store, run: bytes | None = None) -> list[ModelInfo]:
     out = []
+    evals = evaluations(store, run)
     for row in store.model_rows(run, "commit"):
         rec = store.tx(row.tx_id)
         assert rec is not None
         body = parse_tx(rec.raw).body
         assert isinstance(body, ModelCommit)
         block = store.block(row.height)
+        scored = evals.get((body.run, body.round), [])
+        holdout = evaluation.aggregate(
+            body.task, [(bytes.fromhex(e["tx"]), e["num_examples"], e["metrics"]) for e in scored]
+        )
         out.append(ModelInfo(body.run, body.task, body.round, body.strategy, body.weights_hash, row.height,
                              block.header.time_ms if block else 0, row.tx_id, body.update_ids,
-                             dict(body.metrics)))
+                             dict(body.metrics), holdout, tuple(scored)))
     return out
 
 
@@ -190,10 +218,15 @@ def lineage(store: Store, model: ModelInfo) -> dict[str, Any]:
                 "weights_hash": b.weights_hash.hex(),
                 "num_examples": b.num_examples,
                 "readings_root": b.readings_root.hex(),
+                "data_cut": b.data_cut,
+                # Every replica re-computed num_examples and readings_root from its own readings
+                # before accepting the update (node/ledger/provenance.py); round 0 trains on nothing.
+                "provenance": "verified" if model.round > 0 else "initial model, no data",
                 "metrics": dict(b.metrics),
             }
             for uid, height, b in updates_of(store, model)
         ],
+        "holdout_rule": HOLDOUT_RULE,
     }
 
 

@@ -20,8 +20,9 @@ Schema (also in docs/schema.md; keys, hashes and signatures are raw BLOBs, use h
     membership(id = 1, height, raw BLOB)   -- node/membership.py state after block `height`
     membership_history(seq INTEGER PRIMARY KEY, node, action, role, name, decided, effective)
                                            -- applied changes, appended in the order they took effect
-    models(tx_id PRIMARY KEY -> txs, height, kind 'update'|'commit', run, round, node,
-           weights_hash)        -- one commit per (run, round), one update per (run, round, node)
+    models(tx_id PRIMARY KEY -> txs, height, kind 'update'|'commit'|'eval', run, round, node,
+           weights_hash)        -- one commit per (run, round), one update and one eval per
+                                -- (run, round, node); an eval's weights_hash is the model it scored
     blobs(hash BLOB PRIMARY KEY, data BLOB)                       -- hash = sha256(data)
     consensus_state(id INTEGER PRIMARY KEY CHECK (id = 1), raw BLOB)
 
@@ -48,7 +49,9 @@ from node.ledger.membership import Change, Membership, legacy_history
 from node.ledger.state import DeviceRecord, MemberRecord, ModelRow, ReadingRow, StateDelta, TxRecord
 from node.store.base import check_commit_args, default_membership
 
-SCHEMA_VERSION = "1"
+# 2: model_update carries data_cut, model_eval txs and 'eval' rows in models (issue 12/13). A
+# ledger of version 1 holds updates that no longer parse: it cannot be opened, only re-created.
+SCHEMA_VERSION = "2"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -123,7 +126,7 @@ CREATE TABLE IF NOT EXISTS membership_history (
 CREATE TABLE IF NOT EXISTS models (
     tx_id BLOB PRIMARY KEY REFERENCES txs(id),
     height INTEGER NOT NULL REFERENCES blocks(height),
-    kind TEXT NOT NULL CHECK (kind IN ('update', 'commit')),
+    kind TEXT NOT NULL CHECK (kind IN ('update', 'commit', 'eval')),
     run BLOB NOT NULL,
     round INTEGER NOT NULL,
     node BLOB NOT NULL,
@@ -131,6 +134,7 @@ CREATE TABLE IF NOT EXISTS models (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS models_commit ON models(run, round) WHERE kind = 'commit';
 CREATE UNIQUE INDEX IF NOT EXISTS models_update ON models(run, round, node) WHERE kind = 'update';
+CREATE UNIQUE INDEX IF NOT EXISTS models_eval ON models(run, round, node) WHERE kind = 'eval';
 CREATE TABLE IF NOT EXISTS blobs (hash BLOB PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS consensus_state (id INTEGER PRIMARY KEY CHECK (id = 1), raw BLOB NOT NULL);
 """
@@ -171,8 +175,12 @@ class SqliteStore:
             self._db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
             )
+            found = self._one("SELECT value FROM meta WHERE key = 'schema_version'")
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open database {self.path}: {exc}") from exc
+        if found is None or found[0] != SCHEMA_VERSION:
+            self._db.close()
+            raise StorageError(_version_error(self.path, found[0] if found else "?"))
 
     def _open_read_only(self) -> sqlite3.Connection:
         if not os.path.isfile(self.path):
@@ -186,6 +194,14 @@ class SqliteStore:
         if not tables >= REQUIRED_TABLES:
             db.close()
             raise StorageError(f"{self.path} is not a fedledger ledger database")
+        try:
+            found = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.Error as exc:
+            db.close()
+            raise StorageError(f"cannot read {self.path}: {exc}") from exc
+        if found is not None and found[0] != SCHEMA_VERSION:
+            db.close()
+            raise StorageError(_version_error(self.path, found[0]))
         return db
 
     @contextmanager
@@ -587,6 +603,21 @@ class SqliteStore:
     def model_update(self, run: bytes, round: int, node: bytes) -> ModelRow | None:
         return self._model_row("kind = 'update' AND run = ? AND round = ? AND node = ?", (run, round, node))
 
+    def model_eval(self, run: bytes, round: int, node: bytes) -> ModelRow | None:
+        return self._model_row("kind = 'eval' AND run = ? AND round = ? AND node = ?", (run, round, node))
+
+    def owner_readings(self, owner: bytes, max_height: int) -> list[tuple[bytes, bytes, int, int]]:
+        # One range scan of the (device, seq) UNIQUE index per device: a join lets SQLite scan
+        # every reading of the ledger instead.
+        devices = [bytes(r[0]) for r in self._db.execute(
+            "SELECT device FROM devices WHERE owner = ? ORDER BY device", (owner,))]
+        out: list[tuple[bytes, bytes, int, int]] = []
+        for dev in devices:
+            out += [(bytes(r[0]), dev, r[1], r[2]) for r in self._db.execute(
+                "SELECT tx_id, seq, timestamp_ms FROM readings WHERE device = ? AND height <= ? ORDER BY seq",
+                (dev, max_height))]
+        return out
+
     def model_rows(self, run: bytes | None = None, kind: str | None = None) -> list[ModelRow]:
         sql = f"SELECT {self._MODEL_COLS} FROM models m JOIN txs t ON t.id = m.tx_id WHERE 1=1"
         args: list[Any] = []
@@ -620,6 +651,11 @@ class SqliteStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _version_error(path: str, found: str) -> str:
+    return (f"{path} was written by another fedledger version (schema {found}, this one reads "
+            f"{SCHEMA_VERSION}): its transactions do not parse here; re-create the node")
 
 
 def _model(r: Sequence[Any]) -> ModelRow:
