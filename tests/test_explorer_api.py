@@ -19,7 +19,14 @@ from node.net.gateway import HttpBody
 from node.server.api import NodeApi
 from node.server.explorer.assets import POLICY
 from node.store.sqlite import SqliteStore
-from tests.factories import GENESIS_TIME_MS, device_key, make_genesis, participant_key, populated_ledger
+from tests.factories import (
+    GENESIS_TIME_MS,
+    device_key,
+    give_devices,
+    make_genesis,
+    participant_key,
+    populated_ledger,
+)
 from tests.test_cli_model import Fed, train_run
 from tests.test_host_core import registrations, solo
 
@@ -40,8 +47,9 @@ def replica(tmp_path_factory: pytest.TempPathFactory) -> tuple[NodeApi, FakeNode
     led = Ledger(store, genesis)
     devices = populated_ledger(led, keys, n_devices=2, n_blocks=3, per_block=4)
     initial = [canonical_array(np.arange(6, dtype=np.float32).reshape(2, 3)), canonical_array(np.ones(3))]
-    run = train_run(led, keys, Fed(Path(".")), "humidity", 2, {"epochs": 2}, initial,
-                    [keys[0], participant_key(0), participant_key(1)], [r.tx_id for r in store.readings()])
+    trainers = [keys[0], participant_key(0), participant_key(1)]
+    give_devices(led, keys, trainers, [70, 85, 100])  # each trainer's own readings, which its updates name
+    run = train_run(led, keys, Fed(Path(".")), "humidity", 2, {"epochs": 2}, initial, trainers)
     node = FakeNode(store)
     return NodeApi(node), node, devices, run  # type: ignore[arg-type]
 
