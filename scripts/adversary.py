@@ -515,6 +515,9 @@ async def certificate_padding(ctx: Ctx) -> None:
     validators = [bytes.fromhex(v["public_key"]) for v in (await status(fed, 0) or {}).get("validators", [])]
     top = max(cache, default=0)
     modes = ["padded", "duplicated", "mistyped", "unsorted"]
+    # A node that catches a bad batch asks that peer no more, so a run usually serves one mode: a
+    # different one first each run (the unit tests of canonical certificates cover every mode).
+    random.shuffle(modes)
     served = Counter[str]()
 
     async def on_victim(link: PeerLink, env: wire.Envelope) -> None:
@@ -540,7 +543,12 @@ async def certificate_padding(ctx: Ctx) -> None:
             await asyncio.sleep(0.3)
 
     def make() -> PeerLink:
-        return fed.link(3, source=vsrc.next(), on_frame=on_victim)
+        # Sync hands out ranges round-robin over peers in key order: a key that sorts before every
+        # validator's is asked first, so the padded certificates are served, not only offered.
+        key = NodeKey.generate()
+        while validators and key.public >= min(validators):
+            key = NodeKey.generate()
+        return fed.link(3, source=vsrc.next(), on_frame=on_victim, key=key)
 
     await restart_task
     await reconnecting(ctx, make, work, "server")
