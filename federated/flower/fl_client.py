@@ -14,6 +14,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from federated.clipping import clip_update
 from federated.flower import fl_hooks
 from federated.flower.fl_records import (
     ARRAYS,
@@ -89,14 +90,19 @@ def train(msg: Message, context: Context) -> Message:
     loaded = fl_hooks.load_rows(_rows_config(context))
     with _trainer(context) as trainer:
         result = trainer.train(task, weights, loaded.rows, train_config_from(config), _classes(config))
+    new_weights = result.weights
+    bound = float(config.get("clip-norm", 0.0))
+    if bound > 0:
+        # The run's bound: the ledger refuses an update further than this from its base model.
+        new_weights = clip_update(new_weights, weights, bound)
     metrics = finite_metrics(result.metrics)
     update = {
         "run": str(config.get("run", "")),
         "task": task,
         "round": int(config.get("server-round", 0)),
         "base-hash": str(config.get("base-hash", "")),
-        "weights": result.weights,
-        "weights-hash": weights_hex(result.weights),
+        "weights": new_weights,
+        "weights-hash": weights_hex(new_weights),
         "num-examples": result.num_examples,
         "metrics": metrics,
         "rows-digest": loaded.root.hex(),
@@ -104,7 +110,7 @@ def train(msg: Message, context: Context) -> Message:
     signed = fl_hooks.sign_update(context.node_config, update)
     content = RecordDict(
         {
-            ARRAYS: ArrayRecord(result.weights),
+            ARRAYS: ArrayRecord(new_weights),
             METRICS: MetricRecord({NUM_EXAMPLES: int(result.num_examples), **metrics}),
             UPDATE: ConfigRecord(signed),
         }

@@ -41,6 +41,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--beta", type=float, help="fedtrimmedavg: share trimmed at each end")
     p.add_argument("--krum-f", type=int, help="krum: number of Byzantine updates tolerated")
+    p.add_argument("--clip-norm", type=float, help="bound on an update's L2 distance from its base model; "
+                   "nodes clip to it and the ledger refuses updates beyond it")
     p.add_argument("--evaluate", action="store_true", help="also run Flower's federated evaluation step")
     p.add_argument("--passphrase-file", help="file holding the key passphrase, if the key is encrypted")
     p.add_argument("--no-wait", action="store_true", help="return once the request is final")

@@ -234,6 +234,8 @@ class Training:
             rc["beta"] = float(p["beta"])
         if "krum_f" in p:
             rc["krum-f"] = int(p["krum_f"])
+        if "clip_norm" in p:
+            rc["clip-norm"] = float(p["clip_norm"])
         return rc
 
     def _on_run_exit(self, lr: LocalRun) -> None:
