@@ -59,11 +59,12 @@ def test_min_nodes_comes_from_the_train_request() -> None:
 
 def test_run_rule_params_are_checked_in_the_train_request() -> None:
     run = open_run()
-    for params in ({"min_nodes": 0}, {"min_nodes": 5000}, {"clip_norm": 0}, {"clip_norm": -1.5}):
+    for params in ({"min_nodes": 0}, {"min_nodes": 5000}, {"clip_norm": 0}, {"clip_norm": -1.5},
+                   {"superlink_cert": "ab"}, {"superlink_cert": "G" * 64}):
         req = make_train_request(run.coordinator, CHAIN_ID, "humidity", 2, "fedavg", params)
         assert run.check(req) is Reason.MALFORMED, params
     ok = make_train_request(run.coordinator, CHAIN_ID, "humidity", 2, "fedavg",
-                            {"min_nodes": 1, "clip_norm": 2})
+                            {"min_nodes": 1, "clip_norm": 2, "superlink_cert": "0a" * 32})
     assert run.check(ok) is None
 
 

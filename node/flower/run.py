@@ -24,17 +24,22 @@ from node.proc import ProcessTree
 RUN_ID = re.compile(r"started run (\d+)")
 
 
-def write_connection(flwr_home: Path | str, name: str, superlink_address: str, insecure: bool = True) -> Path:
-    """Write ``$FLWR_HOME/config.toml`` with one SuperLink connection (the default)."""
+def write_connection(flwr_home: Path | str, name: str, superlink_address: str,
+                     root_certificates: Path | None = None) -> Path:
+    """Write ``$FLWR_HOME/config.toml`` with one SuperLink connection (the default): TLS verified
+    against `root_certificates`, or insecure without it."""
     home = Path(flwr_home)
     home.mkdir(parents=True, exist_ok=True)
     path = home / "config.toml"
+    security = (
+        "insecure = true\n" if root_certificates is None
+        else f"root-certificates = {toml_value(str(root_certificates))}\n"
+    )
     path.write_text(
         "[superlink]\n"
         f"default = {toml_value(name)}\n\n"
         f"[superlink.{name}]\n"
-        f"address = {toml_value(superlink_address)}\n"
-        f"insecure = {toml_value(insecure)}\n",
+        f"address = {toml_value(superlink_address)}\n" + security,
         encoding="utf-8",
     )
     return path
@@ -195,6 +200,7 @@ def run_app(
     log_path: Path | str | None = None,
     bin_dir: Path = DEFAULT_BIN_DIR,
     on_exit: Callable[[RunHandle], None] | None = None,
+    root_certificates: Path | None = None,
 ) -> RunHandle:
     """Start ``flwr run APP_DIR NAME --stream --run-config '...'`` against `superlink_address`.
 
@@ -204,7 +210,7 @@ def run_app(
     every round was committed). `on_exit` is called from a watcher thread when the CLI exits.
     """
     home = Path(flwr_home)
-    write_connection(home, name, superlink_address)
+    write_connection(home, name, superlink_address, root_certificates)
     app = Path(app_dir)
     if not (app / "pyproject.toml").is_file():
         raise FlowerRuntimeError(f"{app} is not a Flower App directory (no pyproject.toml)")

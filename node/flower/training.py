@@ -28,6 +28,7 @@ from typing import Any
 from node.flower.processes import SuperLinkProcess, SuperNodeProcess, TrainerProcess, find_command
 from node.flower.run import RunHandle, run_app
 from node.flower.supervise import FlowerRuntimeError, ManagedProcess
+from node.flower.tls import pin_superlink, superlink_cert
 from node.ledger.blocks import Block
 from node.ledger.keys import short_id
 from node.ledger.runs import TRAINING_ROLES
@@ -186,20 +187,33 @@ class Training:
             host, _, port = link.rpartition(":")
             if not host or not port.isdigit():
                 raise FlowerRuntimeError(f"train request names no SuperLink address (got {link!r})")
+            pinned_hash = str(req.params.get("superlink_cert", ""))
+            if not pinned_hash:
+                raise FlowerRuntimeError("train request names no SuperLink certificate (superlink_cert); "
+                                         "not connecting to an unauthenticated SuperLink")
             flower_dir = self.dir / "flower" / lr.run.hex()[:12]
             if lr.coordinator:
-                superlink = SuperLinkProcess(flower_dir / "superlink", int(port), host=host)
+                cert = superlink_cert(self.dir, host)
+                if cert.sha256 != pinned_hash:
+                    raise FlowerRuntimeError("this node's SuperLink certificate is not the one its train "
+                                             "request names")
+                superlink = SuperLinkProcess(flower_dir / "superlink", int(port), host=host,
+                                             tls=(cert.cert, cert.key))
                 superlink.start()
                 lr.superlink = superlink
+            # Connect only to the SuperLink the authorities finalized: its certificate must hash to
+            # the request's, and the SuperNode and flwr CLI verify the SuperLink against exactly it.
+            pinned = pin_superlink(host, int(port), pinned_hash, flower_dir / "superlink-pinned.crt")
             node_config = {"data-dir": str(self.dir), "node-url": self.node_url(), "trainer": trainer.address}
             supernode = SuperNodeProcess(flower_dir / "supernode", link, free_port(self.host), node_config,
-                                         host=self.host)
+                                         host=self.host, root_certificates=pinned)
             supernode.extra_env = self._env()
             supernode.start()
             lr.supernode = supernode
             if lr.coordinator:
                 lr.flwr_run = run_app(app_dir(), link, self._run_config(lr, trainer), flower_dir / "flwr-cli",
-                                      on_exit=lambda handle: self._submit(self._on_run_exit, lr))
+                                      on_exit=lambda handle: self._submit(self._on_run_exit, lr),
+                                      root_certificates=pinned)
             if lr.state == "starting":
                 lr.state = "running"
             log.info("run %s: Flower processes started (%s)", lr.run.hex()[:12],

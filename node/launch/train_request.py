@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from node.errors import ConfigError, RemoteError
+from node.flower.tls import superlink_cert
 from node.ledger.genesis import Genesis
 from node.ledger.keys import NodeKey
 from node.ledger.runs import TRAINING_ROLES
@@ -45,7 +46,11 @@ def request_params(directory: Path, task: str, overrides: Mapping[str, Any] | No
     finally:
         store.close()
     host = cfg.listen_host if cfg.listen_host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-    params: dict[str, Any] = {"superlink": f"{host}:{free_port(host)}", "min_nodes": len(members)}
+    # The coordinator's SuperLink certificate (made here on first use): its hash in the request
+    # is what every SuperNode pins (node/flower/tls.py).
+    cert = superlink_cert(directory, host)
+    params: dict[str, Any] = {"superlink": f"{host}:{free_port(host)}", "superlink_cert": cert.sha256,
+                              "min_nodes": len(members)}
     if task == "traceability":
         if len(devices) < 2:
             raise ConfigError("traceability needs at least 2 registered devices on the ledger")

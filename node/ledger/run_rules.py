@@ -61,6 +61,9 @@ def check_run_params(params: dict[str, Any]) -> Reason | None:
     bound = params.get("clip_norm")
     if bound is not None and not (math.isfinite(bound) and bound > 0):
         return Reason.MALFORMED
+    cert = params.get("superlink_cert")
+    if cert is not None and not (len(cert) == 64 and all(c in "0123456789abcdef" for c in cert)):
+        return Reason.MALFORMED
     return None
 
 

@@ -42,6 +42,7 @@ PARAM_TYPES: dict[str, tuple[type, ...]] = {
     "fraction_evaluate": (float, int),
     "classes": (str,),
     "clip_norm": (float, int),
+    "superlink_cert": (str,),  # hex SHA-256 of the SuperLink's TLS certificate (node/flower/tls.py)
 }
 
 
