@@ -7,6 +7,7 @@ Flower processes: own session, rotating log, the whole tree stopped); ``RunHandl
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import subprocess
@@ -228,3 +229,53 @@ def run_app(
 
         threading.Thread(target=watch, name="flwr-run-watch", daemon=True).start()
     return handle
+
+
+# --- SuperNode authentication: the coordinator registers the members' keys -------------------
+
+
+def _register_tool(flwr_home: Path, name: str, args: list[str], bin_dir: Path,
+                   timeout: float) -> list[dict[str, Any]]:
+    """Run federated/flower/fl_register.py (one process for all keys: flwr's import is paid once)."""
+    argv = [str(bin_dir / "python"), "-m", "federated.flower.fl_register", name, *args]
+    try:
+        done = subprocess.run(argv, cwd=flwr_home, env=flower_env(flwr_home, bin_dir), capture_output=True,
+                              text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise FlowerRuntimeError(f"SuperNode key {args[0]} did not finish in {timeout:.0f} s") from exc
+    lines = []
+    for line in done.stdout.splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            item = json.loads(line)
+            if isinstance(item, dict):
+                lines.append(item)
+    if done.returncode != 0 or len(lines) != len(args) - 1:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+        raise FlowerRuntimeError(f"SuperNode key {args[0]} failed: {tail[0][:300]}")
+    return lines
+
+
+def register_supernodes(flwr_home: Path | str, name: str, public_keys: list[bytes],
+                        bin_dir: Path = DEFAULT_BIN_DIR, timeout: float = 180.0) -> list[int]:
+    """Register OpenSSH public keys on the SuperLink of connection `name` (run with
+    --enable-supernode-auth): a SuperNode holding one of their private halves may connect.
+    Returns Flower's node ids, in order."""
+    if not public_keys:
+        return []
+    home = Path(flwr_home)
+    keys = home / "supernode-keys"
+    keys.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for key in public_keys:
+        path = keys / f"{hashlib.sha256(key).hexdigest()[:16]}.pub"
+        path.write_bytes(key)
+        paths.append(str(path))
+    out = _register_tool(home, name, ["register", *paths], bin_dir, timeout)
+    return [int(item["node-id"]) for item in out]
+
+
+def unregister_supernodes(flwr_home: Path | str, name: str, node_ids: list[int],
+                          bin_dir: Path = DEFAULT_BIN_DIR, timeout: float = 180.0) -> None:
+    """Unregister SuperNodes by Flower node id: they are refused from now on."""
+    if node_ids:
+        _register_tool(Path(flwr_home), name, ["unregister", *map(str, node_ids)], bin_dir, timeout)

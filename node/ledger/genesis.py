@@ -21,7 +21,7 @@ from consensus.tendermint import TimeoutConfig
 from consensus.validators import ValidatorSet
 from node.errors import CodecError, ConfigError
 from node.ledger.codec import digest
-from node.ledger.transactions import MAX_NAME
+from node.ledger.transactions import MAX_NAME, valid_flower_key
 
 ADMISSION_POLICIES = ("votes", "open")
 
@@ -31,9 +31,15 @@ class GenesisMember:
     key: bytes
     name: str
     role: str = "authority"
+    # The member's Flower SuperNode authentication key (OpenSSH public key line); b"": none.
+    flower_key: bytes = b""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "name": self.name}
+        # Only when set, so a genesis without Flower keys keeps its encoding and hash.
+        d: dict[str, Any] = {"key": self.key, "name": self.name}
+        if self.flower_key:
+            d["flower_key"] = self.flower_key
+        return d
 
 
 # The consensus core's timeout settings are what genesis records: one type, no translation.
@@ -89,6 +95,8 @@ class Genesis:
         for group in ("authorities", "participants"):
             for m in d[group]:
                 m["key"] = m["key"].hex()
+                if "flower_key" in m:
+                    m["flower_key"] = m["flower_key"].decode()
         return json.dumps(d, indent=2, sort_keys=True) + "\n"
 
     @staticmethod
@@ -165,9 +173,14 @@ def _from_dict(d: Any, key_of: Any) -> Genesis:
             raise ConfigError(f"genesis {group} must be a list")
         out = []
         for i, m in enumerate(items):
-            if not isinstance(m, dict) or set(m) != {"key", "name"}:
-                raise ConfigError(f"genesis {group}[{i}] must be a map with exactly key and name")
-            out.append(GenesisMember(key_of(f"{group}[{i}].key", m["key"]), m["name"], role))
+            if not isinstance(m, dict) or not {"key", "name"} <= set(m) <= {"key", "name", "flower_key"}:
+                raise ConfigError(f"genesis {group}[{i}] must be a map of key, name and optional flower_key")
+            fk = m.get("flower_key", b"")
+            if isinstance(fk, str):  # JSON: the OpenSSH line as text
+                fk = fk.encode()
+            if not isinstance(fk, bytes):
+                raise ConfigError(f"genesis {group}[{i}].flower_key must be an OpenSSH public key")
+            out.append(GenesisMember(key_of(f"{group}[{i}].key", m["key"]), m["name"], role, fk))
         return tuple(out)
 
     timeouts = d.get("timeouts", {})
@@ -215,6 +228,8 @@ def _validate(g: Genesis) -> None:
             raise ConfigError(f"member name must be 1..{MAX_NAME} characters")
         if m.key in seen:
             raise ConfigError(f"member key {m.key.hex()} listed twice")
+        if m.flower_key and not valid_flower_key(m.flower_key):
+            raise ConfigError(f"member {m.name}: flower_key is not an OpenSSH EC public key on a NIST curve")
         seen.add(m.key)
     for k, v in dataclasses.asdict(g.timeouts).items():
         if not _is_int(v) or v < 0:

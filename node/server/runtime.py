@@ -121,7 +121,8 @@ class Node:
         self.consensus = ConsensusHost(self.ledger, self.mempool, self.key, self, config,
                                        restored=self._restored_state(), counters=self.counters, log=log)
         self.training = Training(self.dir, self.key.public, self.store, lambda: self.url, self.host,
-                                 lambda: self.role, passphrase)
+                                 lambda: self.role, passphrase,
+                                 genesis_flower_keys={m.key: m.flower_key for m in self.genesis.members()})
         self.api = NodeApi(self)
         self.net = PeerNetwork(
             self.key,
