@@ -72,10 +72,12 @@ def encode_weights(weights: Sequence[np.ndarray], *, max_bytes: int = MAX_BYTES)
     return b"".join(parts)
 
 
-def decode_weights(blob: bytes, *, max_bytes: int = MAX_BYTES) -> Weights:
+def decode_weights(blob: bytes, *, max_bytes: int = MAX_BYTES, finite: bool = True) -> Weights:
     """Inverse of `encode_weights`. Strict: any deviation from the layout raises ValueError.
 
-    Returned arrays are writable float32 copies (not views into `blob`).
+    Returned arrays are writable float32 copies (not views into `blob`). `finite=False` lets NaN
+    and infinity through, for a caller that reports them apart from a broken layout (the ledger's
+    `non_finite` reason); such weights cannot be re-encoded.
     """
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise ValueError(f"weights blob must be bytes, got {type(blob).__name__}")
@@ -111,7 +113,7 @@ def decode_weights(blob: bytes, *, max_bytes: int = MAX_BYTES) -> Weights:
             raise ValueError(f"array {i}: truncated data (needs {nbytes} bytes)")
         a = np.frombuffer(buf, dtype=_F32, count=size, offset=pos).reshape(shape).copy()
         pos += nbytes
-        if not np.all(np.isfinite(a)):
+        if finite and not np.all(np.isfinite(a)):
             raise ValueError(f"array {i}: contains NaN or infinity")
         out.append(a.astype(np.float32, copy=False))
     if pos != len(buf):

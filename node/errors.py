@@ -39,6 +39,11 @@ class Reason(str, Enum):
     ROUND_COMMITTED = "round_committed"  # the round already has its commit (a late update)
     BASE_MISMATCH = "base_mismatch"  # an update not trained from the previous round's model
     DUPLICATE_UPDATE = "duplicate_update"  # a second update of one node in one round
+    # The run's rules (node/ledger/run_rules.py):
+    NON_FINITE = "non_finite"  # an update with NaN or infinite weights
+    SHAPE_MISMATCH = "shape_mismatch"  # an update whose arrays differ in shape from the run's round-0 model
+    NORM_EXCEEDED = "norm_exceeded"  # an update further from its base model than the run's clip_norm
+    TOO_FEW_UPDATES = "too_few_updates"  # a round committed with updates of fewer than min_nodes nodes
     OWNER_REMOVED = "owner_removed"  # a reading of a device whose owner is no longer a member
     ALREADY_MEMBER = "already_member"  # a join request or add vote for the role the node already has
     NO_JOIN_REQUEST = "no_join_request"  # an add vote for a node that has not asked for that role

@@ -21,6 +21,7 @@ from federated.weights import decode_weights, encode_weights, weights_hash
 from node.flower.processes import SuperLinkProcess, SuperNodeProcess, TrainerProcess
 from node.flower.run import run_app
 from node.flower.supervise import stop_all
+from node.flower.tls import pin_superlink, superlink_cert
 from node.net.ports import free_port
 from node.proc import alive
 
@@ -39,7 +40,10 @@ def test_two_rounds_of_humidity_on_two_supernodes(tmp_path: Path) -> None:
     commit_log = tmp_path / "commits.jsonl"
     try:
         trainer.start(ready_timeout=120)
-        superlink = SuperLinkProcess(tmp_path / "superlink", free_port()).start()
+        # TLS as a ledger run does it: a self-signed certificate, pinned by its hash.
+        cert = superlink_cert(tmp_path / "coordinator")
+        superlink = SuperLinkProcess(tmp_path / "superlink", free_port(), tls=(cert.cert, cert.key)).start()
+        pinned = pin_superlink(superlink.host, superlink.port, cert.sha256, tmp_path / "pinned.crt")
         for i, devices in enumerate(NODE_DEVICES):
             node_dir = tmp_path / f"node{i}"
             node_config = {
@@ -50,7 +54,8 @@ def test_two_rounds_of_humidity_on_two_supernodes(tmp_path: Path) -> None:
                 "every": 4,  # one reading every ~48 min over the 2 days
                 "limit-per-device": 150,  # 300 rows per node
             }
-            supernodes.append(SuperNodeProcess(node_dir, superlink.address, free_port(), node_config).start())
+            supernodes.append(SuperNodeProcess(node_dir, superlink.address, free_port(), node_config,
+                                               root_certificates=pinned).start())
 
         started = time.monotonic()
         run = run_app(
@@ -68,6 +73,7 @@ def test_two_rounds_of_humidity_on_two_supernodes(tmp_path: Path) -> None:
                 "node-wait-timeout": 60.0,
             },
             tmp_path / "cli",
+            root_certificates=pinned,
         )
         status = run.wait(timeout=240)
         wall = time.monotonic() - started

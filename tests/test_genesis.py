@@ -3,6 +3,8 @@ import json
 from collections.abc import Callable
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from consensus.messages import Step
 from node.errors import ConfigError
@@ -37,11 +39,15 @@ def _change_first(members: tuple[GenesisMember, ...], field: str) -> tuple[Genes
     return (dataclasses.replace(members[0], **{field: MEMBER_VARIANTS[field](members[0])}), *members[1:])
 
 
+_FLOWER_KEY = ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
+    serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+
 # A member's role is not hashed on its own: it follows from the group (authorities, participants) it is in.
 MEMBER_VARIANTS: dict[str, Callable[[GenesisMember], object]] = {
     "key": lambda m: bytes(32),
     "name": lambda m: m.name + "-renamed",
     "url": lambda m: (m.url or "ws://10.0.0.1:7600") + "1",
+    "flower_key": lambda m: _FLOWER_KEY,
 }
 
 

@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from federated import evaluation
+from federated.clipping import clip_update
 from federated.flower import fl_hooks
 from federated.flower.fl_records import (
     ARRAYS,
@@ -115,6 +116,11 @@ def train(msg: Message, context: Context) -> Message:
         base_hash = str(config.get("base-hash", ""))
         scored = _evaluation(config, trainer, weights, loaded, server_round - 1, base_hash)
         result = trainer.train(task, weights, loaded.rows, train_config_from(config), _classes(config))
+    new_weights = result.weights
+    bound = float(config.get("clip-norm", 0.0))
+    if bound > 0:
+        # The run's bound: the ledger refuses an update further than this from its base model.
+        new_weights = clip_update(new_weights, weights, bound)
     metrics = finite_metrics(result.metrics)
     # On the ledger the FedAvg weight is the size of the training set at the data cut, which every
     # authority re-computes (the trainer's own count leaves out its early-stopping split).
@@ -124,8 +130,8 @@ def train(msg: Message, context: Context) -> Message:
         "task": task,
         "round": int(config.get("server-round", 0)),
         "base-hash": str(config.get("base-hash", "")),
-        "weights": result.weights,
-        "weights-hash": weights_hex(result.weights),
+        "weights": new_weights,
+        "weights-hash": weights_hex(new_weights),
         "num-examples": num_examples,
         "metrics": metrics,
         "rows-digest": loaded.root.hex(),
@@ -136,7 +142,7 @@ def train(msg: Message, context: Context) -> Message:
     signed = fl_hooks.sign_update(context.node_config, update)
     content = RecordDict(
         {
-            ARRAYS: ArrayRecord(result.weights),
+            ARRAYS: ArrayRecord(new_weights),
             METRICS: MetricRecord({NUM_EXAMPLES: int(num_examples), **metrics}),
             UPDATE: ConfigRecord(signed),
         }

@@ -16,8 +16,9 @@ Each hook runs inside a Flower app process (a fresh ``flwr-clientapp`` per messa
   In ledger mode the update may carry an ``evaluation`` of its base model, signed with it.
 * ``sign_eval(node_config, evaluation) -> dict`` (ClientApp): the node's signed score of a
   committed model on its held-out readings (the last round's, from the evaluate step).
-* ``check_update(run_config, round, signed, weights_hash) -> str | None`` (ServerApp): why an
-  update must not be aggregated.
+* ``check_update(run_config, round, signed, weights_hash) -> str | int | None`` (ServerApp): why an
+  update must not be aggregated (str), or the ledger's ``num_examples`` for it (int: the only
+  weight it is aggregated with), or None (file mode: no ledger figure).
 * ``publish_initial(run_config, task, weights) -> str`` (ServerApp): record round 0's model.
 * ``commit_round(run_config, server_round, strategy, updates, aggregate, metrics) -> dict``
   (ServerApp): record the round's aggregate and block until it is final; the next round starts only
@@ -176,9 +177,11 @@ def sign_eval(node_config: Mapping[str, Any], evaluation: Mapping[str, Any]) -> 
 
 def check_update(
     run_config: Mapping[str, Any], server_round: int, signed: Mapping[str, Any], weights_hash_: bytes
-) -> str | None:
+) -> str | int | None:
     """Why an accepted-looking reply must still be dropped (ledger mode: its model_update is not
-    final on the coordinator's replica for this run and round, or carries other weights)."""
+    final on the coordinator's replica for this run and round, or carries other weights), else in
+    ledger mode the update's num_examples on the ledger: the reply's own figure is never used,
+    since every authority re-computes the aggregate with the ledger's."""
     if not ledger_mode(run_config):
         return None
     from federated.flower import fl_ledger

@@ -218,10 +218,11 @@ def sign_update(
 
 def check_update(
     run_config: Mapping[str, Any], server_round: int, signed: Mapping[str, Any], weights_hash: bytes
-) -> str | None:
-    """Why an update must not be aggregated, or None: it has to be a final model_update of this
-    run and round on the coordinator's replica, carrying exactly these weights. The ledger has
-    already checked its signature, its signer's membership and its base model."""
+) -> str | int:
+    """Why an update must not be aggregated, or its num_examples on the ledger (the weight to
+    aggregate it with): it has to be a final model_update of this run and round on the
+    coordinator's replica, carrying exactly these weights. The ledger has already checked its
+    signature, its signer's membership, its base model and the run's rules."""
     link = NodeLink(str(run_config["data-dir"]), str(run_config.get("node-url", "")))
     try:
         txid = bytes.fromhex(str(signed.get("tx-id", "")))
@@ -239,7 +240,7 @@ def check_update(
         return f"update {txid.hex()[:16]} belongs to another run or round"
     if body.weights_hash != weights_hash:
         return f"update {txid.hex()[:16]} on the ledger has other weights than the reply"
-    return None
+    return body.num_examples
 
 
 def publish_initial(run_config: Mapping[str, Any], task: str, weights_blob: bytes) -> str:

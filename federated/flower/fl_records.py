@@ -68,6 +68,7 @@ class RunSettings:
     classes: tuple[str, ...] = ()
     beta: float = 0.2
     krum_f: int = 0
+    clip_norm: float = 0.0  # > 0: every update is clipped to this L2 distance from its base model
     commit_log: str = ""
     run: str = ""  # the train_request id (hex): ledger mode
     data_dir: str = ""  # the coordinator's node directory (ledger mode)
@@ -91,6 +92,7 @@ class RunSettings:
             classes=tuple(c.strip() for c in classes_text.split(",") if c.strip()),
             beta=_get(rc, "beta", float, d.beta),
             krum_f=_get(rc, "krum-f", int, d.krum_f),
+            clip_norm=_get(rc, "clip-norm", float, d.clip_norm),
             commit_log=_get(rc, "commit-log", str, d.commit_log),
             run=_get(rc, "run", str, d.run),
             data_dir=_get(rc, "data-dir", str, d.data_dir),
@@ -102,6 +104,8 @@ class RunSettings:
             raise ValueError(f"run config strategy {s.strategy!r}: expected one of {', '.join(STRATEGIES)}")
         if s.num_rounds < 1 or s.min_nodes < 1:
             raise ValueError("num-rounds and min-nodes must be >= 1")
+        if not (math.isfinite(s.clip_norm) and s.clip_norm >= 0):
+            raise ValueError("clip-norm must be a finite number >= 0 (0: no clipping)")
         if s.round_timeout <= 0 or s.node_wait_timeout <= 0:
             raise ValueError("round-timeout and node-wait-timeout must be > 0")
         if s.run and not s.data_dir:
@@ -131,6 +135,8 @@ class RunSettings:
             out["run"] = self.run
         if self.classes:
             out["classes"] = list(self.classes)
+        if self.clip_norm > 0:
+            out["clip-norm"] = self.clip_norm
         return out
 
 

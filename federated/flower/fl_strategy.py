@@ -9,7 +9,8 @@
   records (ArrayRecord ``arrays`` with the global model's shapes and finite values, MetricRecord
   ``metrics`` with a positive int ``num-examples``, ConfigRecord ``update`` whose ``weights-hash``
   matches the arrays), then aggregate with OUR deterministic ``federated.aggregate`` (sorted by
-  update id = weights hash), average the metrics deterministically, and call
+  update id = weights hash), weighting each update by its ``num_examples`` on the ledger (the
+  reply's figure only in file mode), average the metrics deterministically, and call
   ``fl_hooks.commit_round``, which blocks until the round is final. Fewer than ``min_updates``
   accepted updates fail the run (RoundFailed): a round is committed or the run stops.
 * ``aggregate_evaluate``: the same tolerant check, deterministic weighted average.
@@ -174,9 +175,14 @@ class LedgerStrategyMixin:
         wh = weights_hash(weights)
         if signed.get("weights-hash") != wh.hex():
             return "update weights-hash does not match the arrays"
-        refused = fl_hooks.check_update(self.run_config, self.current_round, signed, wh)
-        if refused:
-            return refused
+        checked = fl_hooks.check_update(self.run_config, self.current_round, signed, wh)
+        if isinstance(checked, str):
+            return checked
+        if isinstance(checked, int):
+            if checked != n:
+                log(WARNING, "round %d: node %d replied num-examples %d, the ledger has %d; using the "
+                    "ledger's", self.current_round, int(msg.metadata.src_node_id), n, checked)
+            n = checked  # the weight every authority re-computes with
         return AcceptedUpdate(
             update_id=self.update_id(wh, signed),
             weights=weights,

@@ -28,6 +28,7 @@ from typing import Any
 
 from node.cli.output import port
 from node.errors import ConfigError, FedledgerError, RemoteError
+from node.flower.auth import supernode_key
 from node.ledger.genesis import Genesis
 from node.ledger.membership import OPEN_ROLES
 from node.ledger.transactions import ROLES, make_join_request, tx_id
@@ -187,7 +188,8 @@ async def follow_join(node: Any, role: str, out: Reporter) -> None:
     else:
         pending = ms.request(me)
         if pending is None or pending.role != role:
-            tx = make_join_request(node.key, node.genesis.chain_id, role, node.config.name, node.url)
+            tx = make_join_request(node.key, node.genesis.chain_id, role, node.config.name, node.url,
+                                   supernode_key(node.dir).public)
             _, reason = node.accept_tx(tx)
             if reason is not None:
                 raise JoinRefused(f"the join request was refused: {reason}")

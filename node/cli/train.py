@@ -45,6 +45,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--superlink-port", type=port, metavar="PORT",
                    help="the port of this coordinator's SuperLink, e.g. one opened in a firewall "
                         "(default: a free one)")
+    p.add_argument("--clip-norm", type=float, help="bound on an update's L2 distance from its base model; "
+                   "nodes clip to it and the ledger refuses updates beyond it")
     p.add_argument("--evaluate", action="store_true", help="also run Flower's federated evaluation step")
     p.add_argument("--passphrase-file", help="file holding the key passphrase, if the key is encrypted")
     p.add_argument("--no-wait", action="store_true", help="return once the request is final")

@@ -110,20 +110,32 @@ class SuperLinkProcess(FlowerProcess):
         host: str = LOCALHOST,
         database: Path | str | None = None,
         bin_dir: Path = DEFAULT_BIN_DIR,
+        tls: tuple[Path, Path] | None = None,
+        supernode_auth: bool = False,
     ) -> None:
         super().__init__(workdir, bin_dir)
         self.host = host
         self.port = int(port)
         self.database = database
+        self.tls = tls  # (certificate, key) PEM files; None: --insecure
+        self.supernode_auth = supernode_auth  # only SuperNodes registered through the Control API
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     def command(self) -> list[str]:
+        if self.tls is None:
+            security = ["--insecure"]
+        else:
+            # The certificate is self-signed: it is its own CA, and the SuperLink's own SuperExec
+            # verifies the Runtime API against it.
+            cert, key = self.tls
+            security = ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
+                        "--ssl-ca-certfile", str(cert)]
         argv = [
             find_command("flower-superlink", self.bin_dir),
-            "--insecure",
+            *security,
             "--host",
             self.host,
             "--port",
@@ -132,6 +144,8 @@ class SuperLinkProcess(FlowerProcess):
         ]
         if self.database is not None:
             argv += ["--database", str(self.database)]
+        if self.supernode_auth:
+            argv.append("--enable-supernode-auth")
         return argv
 
     def is_ready(self) -> bool:
@@ -159,18 +173,28 @@ class SuperNodeProcess(FlowerProcess):
         node_config: Mapping[str, Any],
         host: str = LOCALHOST,
         bin_dir: Path = DEFAULT_BIN_DIR,
+        root_certificates: Path | None = None,
+        auth_key: Path | None = None,
     ) -> None:
         super().__init__(workdir, bin_dir)
         self.superlink_address = superlink_address
+        self.root_certificates = root_certificates  # verify the SuperLink against it; None: --insecure
+        self.auth_key = auth_key  # the SuperNode authentication key (node/flower/auth.py)
         self.host = host
         self.port = int(port)
         self.node_config = dict(node_config)
         config_arg(self.node_config)  # validate now, not at start
 
     def command(self) -> list[str]:
+        if self.root_certificates is None:
+            security = ["--insecure"]
+        else:
+            security = ["--root-certificates", str(self.root_certificates)]
+        if self.auth_key is not None:
+            security += ["--auth-supernode-private-key", str(self.auth_key)]
         return [
             find_command("flower-supernode", self.bin_dir),
-            "--insecure",
+            *security,
             "--superlink",
             self.superlink_address,
             "--host",

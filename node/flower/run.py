@@ -7,6 +7,7 @@ Flower processes: own session, rotating log, the whole tree stopped); ``RunHandl
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import subprocess
@@ -24,17 +25,22 @@ from node.proc import ProcessTree
 RUN_ID = re.compile(r"started run (\d+)")
 
 
-def write_connection(flwr_home: Path | str, name: str, superlink_address: str, insecure: bool = True) -> Path:
-    """Write ``$FLWR_HOME/config.toml`` with one SuperLink connection (the default)."""
+def write_connection(flwr_home: Path | str, name: str, superlink_address: str,
+                     root_certificates: Path | None = None) -> Path:
+    """Write ``$FLWR_HOME/config.toml`` with one SuperLink connection (the default): TLS verified
+    against `root_certificates`, or insecure without it."""
     home = Path(flwr_home)
     home.mkdir(parents=True, exist_ok=True)
     path = home / "config.toml"
+    security = (
+        "insecure = true\n" if root_certificates is None
+        else f"root-certificates = {toml_value(str(root_certificates))}\n"
+    )
     path.write_text(
         "[superlink]\n"
         f"default = {toml_value(name)}\n\n"
         f"[superlink.{name}]\n"
-        f"address = {toml_value(superlink_address)}\n"
-        f"insecure = {toml_value(insecure)}\n",
+        f"address = {toml_value(superlink_address)}\n" + security,
         encoding="utf-8",
     )
     return path
@@ -195,6 +201,7 @@ def run_app(
     log_path: Path | str | None = None,
     bin_dir: Path = DEFAULT_BIN_DIR,
     on_exit: Callable[[RunHandle], None] | None = None,
+    root_certificates: Path | None = None,
 ) -> RunHandle:
     """Start ``flwr run APP_DIR NAME --stream --run-config '...'`` against `superlink_address`.
 
@@ -204,7 +211,7 @@ def run_app(
     every round was committed). `on_exit` is called from a watcher thread when the CLI exits.
     """
     home = Path(flwr_home)
-    write_connection(home, name, superlink_address)
+    write_connection(home, name, superlink_address, root_certificates)
     app = Path(app_dir)
     if not (app / "pyproject.toml").is_file():
         raise FlowerRuntimeError(f"{app} is not a Flower App directory (no pyproject.toml)")
@@ -222,3 +229,53 @@ def run_app(
 
         threading.Thread(target=watch, name="flwr-run-watch", daemon=True).start()
     return handle
+
+
+# --- SuperNode authentication: the coordinator registers the members' keys -------------------
+
+
+def _register_tool(flwr_home: Path, name: str, args: list[str], bin_dir: Path,
+                   timeout: float) -> list[dict[str, Any]]:
+    """Run federated/flower/fl_register.py (one process for all keys: flwr's import is paid once)."""
+    argv = [str(bin_dir / "python"), "-m", "federated.flower.fl_register", name, *args]
+    try:
+        done = subprocess.run(argv, cwd=flwr_home, env=flower_env(flwr_home, bin_dir), capture_output=True,
+                              text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise FlowerRuntimeError(f"SuperNode key {args[0]} did not finish in {timeout:.0f} s") from exc
+    lines = []
+    for line in done.stdout.splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            item = json.loads(line)
+            if isinstance(item, dict):
+                lines.append(item)
+    if done.returncode != 0 or len(lines) != len(args) - 1:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+        raise FlowerRuntimeError(f"SuperNode key {args[0]} failed: {tail[0][:300]}")
+    return lines
+
+
+def register_supernodes(flwr_home: Path | str, name: str, public_keys: list[bytes],
+                        bin_dir: Path = DEFAULT_BIN_DIR, timeout: float = 180.0) -> list[int]:
+    """Register OpenSSH public keys on the SuperLink of connection `name` (run with
+    --enable-supernode-auth): a SuperNode holding one of their private halves may connect.
+    Returns Flower's node ids, in order."""
+    if not public_keys:
+        return []
+    home = Path(flwr_home)
+    keys = home / "supernode-keys"
+    keys.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for key in public_keys:
+        path = keys / f"{hashlib.sha256(key).hexdigest()[:16]}.pub"
+        path.write_bytes(key)
+        paths.append(str(path))
+    out = _register_tool(home, name, ["register", *paths], bin_dir, timeout)
+    return [int(item["node-id"]) for item in out]
+
+
+def unregister_supernodes(flwr_home: Path | str, name: str, node_ids: list[int],
+                          bin_dir: Path = DEFAULT_BIN_DIR, timeout: float = 180.0) -> None:
+    """Unregister SuperNodes by Flower node id: they are refused from now on."""
+    if node_ids:
+        _register_tool(Path(flwr_home), name, ["unregister", *map(str, node_ids)], bin_dir, timeout)

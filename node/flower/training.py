@@ -25,11 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.flower.auth import supernode_key
 from node.flower.processes import SuperLinkProcess, SuperNodeProcess, TrainerProcess, find_command
-from node.flower.run import RunHandle, run_app
+from node.flower.run import RunHandle, register_supernodes, run_app, unregister_supernodes, write_connection
 from node.flower.supervise import FlowerRuntimeError, ManagedProcess
+from node.flower.tls import pin_superlink, superlink_cert
 from node.ledger.blocks import Block
 from node.ledger.keys import short_id
+from node.ledger.membership import member_flower_keys
 from node.ledger.runs import TRAINING_ROLES
 from node.ledger.storage import Store
 from node.ledger.transactions import ModelCommit, ModelEval, TrainRequest, Transaction
@@ -44,6 +47,10 @@ PASSPHRASE_ENV = "FEDLEDGER_PASSPHRASE"  # read by federated/flower/fl_ledger.py
 FINAL_EVAL_S = 90.0
 REPLY_GRACE_S = 5.0
 STALL_S = 900.0  # no new commit of an active run for this long: stop its processes
+CONNECTION = "fedledger"  # the coordinator's flwr CLI connection to its SuperLink
+KEYS_CHECK_S = 2.0  # how often a coordinator compares its registered SuperNode keys with the ledger
+REGISTRATION_WAIT_S = 300.0  # how long a SuperNode is retried while its key is not registered yet
+SUPERNODE_SETTLE_S = 6.0  # an unregistered SuperNode exits within this after its port opens
 SYNC_SLACK = 2  # start runs only when within this many blocks of the best peer
 MAX_UNIX_PATH = 100  # AF_UNIX paths are limited to 108 bytes
 
@@ -82,6 +89,12 @@ class LocalRun:
     superlink: SuperLinkProcess | None = None
     flwr_run: RunHandle | None = None
     finish_at: float | None = None  # set at the last commit: when to stop waiting for the final evaluation
+    # coordinator: the members' Flower keys registered on its SuperLink, node -> (key, Flower node id)
+    registered: dict[bytes, tuple[bytes, int]] = field(default_factory=dict)
+    wanted_keys: dict[bytes, bytes] = field(default_factory=dict)  # read on the event loop thread
+    keys_checked: float = 0.0
+    make_supernode: Callable[[], SuperNodeProcess] | None = None
+    restarting: bool = False
 
 
 class Training:
@@ -94,8 +107,10 @@ class Training:
         host: str,
         role: Callable[[], str],
         passphrase: bytes | None = None,
+        genesis_flower_keys: dict[bytes, bytes] | None = None,
     ) -> None:
         self.dir = node_dir
+        self.genesis_flower_keys = dict(genesis_flower_keys or {})
         self.public = public_key
         self.store = store
         self.node_url = node_url
@@ -157,11 +172,25 @@ class Training:
                     log.warning("run %s: cannot train here: %s", lr.run.hex()[:12], self.unavailable)
                 else:
                     lr.state, lr.error, lr.progress_at = "starting", "", now
+                    if lr.coordinator:
+                        lr.wanted_keys = self.flower_keys()
                     self._submit(self._start, lr)
             elif lr.state in ("starting", "running") and role not in TRAINING_ROLES:
                 lr.state, lr.error = "left", f"this node's role is now {role}"
                 self._submit(self._finish, lr)
-            elif lr.state in ("starting", "running") and now - lr.progress_at > STALL_S:
+            elif (lr.coordinator and lr.state == "running" and lr.superlink is not None
+                  and now - lr.keys_checked > KEYS_CHECK_S):
+                lr.keys_checked = now
+                wanted = self.flower_keys()
+                if wanted != lr.wanted_keys:
+                    lr.wanted_keys = wanted
+                    self._submit(self._sync_keys, lr)  # a member joined or left: follow it
+            elif (lr.state == "running" and lr.supernode is not None and not lr.supernode.alive
+                  and lr.committed < 1 and now - lr.started < REGISTRATION_WAIT_S and not lr.restarting):
+                # Admitted late: the SuperLink refused its key before the coordinator registered it.
+                lr.restarting = True
+                self._submit(self._restart_supernode, lr)
+            if lr.state in ("starting", "running") and now - lr.progress_at > STALL_S:
                 lr.state, lr.error = "stalled", f"no round committed for {STALL_S:.0f} s"
                 self._submit(self._finish, lr)
 
@@ -195,6 +224,66 @@ class Training:
         self.trainer = trainer
         return trainer
 
+    def flower_keys(self) -> dict[bytes, bytes]:
+        """The Flower keys of the members that train now, from the ledger."""
+        return member_flower_keys(self.store.membership_history(), self.store.members(),
+                                  self.genesis_flower_keys, TRAINING_ROLES)
+
+    def _sync_keys(self, lr: LocalRun) -> None:
+        """Register exactly the current members' keys on the run's SuperLink: a new member's is
+        added, a removed member's is unregistered (its SuperNode is refused from then on)."""
+        if lr.superlink is None:
+            return
+        home = self.dir / "flower" / lr.run.hex()[:12] / "flwr-cli"
+        wanted = dict(lr.wanted_keys)
+        registered = dict(lr.registered)
+        gone = [node for node, (key, _) in registered.items() if wanted.get(node) != key]
+        if gone:
+            unregister_supernodes(home, CONNECTION, [registered[node][1] for node in gone])
+            for node in gone:
+                del registered[node]
+            lr.registered = dict(registered)
+            log.info("run %s: unregistered the SuperNode keys of %s", lr.run.hex()[:12],
+                     ", ".join(short_id(n) for n in gone))
+        new = [node for node in wanted if node not in registered]
+        if new:
+            ids = register_supernodes(home, CONNECTION, [wanted[node] for node in new])
+            registered.update({node: (wanted[node], node_id) for node, node_id in zip(new, ids, strict=True)})
+            lr.registered = dict(registered)
+            log.info("run %s: registered the SuperNode keys of %s", lr.run.hex()[:12],
+                     ", ".join(short_id(n) for n in new))
+
+    def _start_supernode(self, lr: LocalRun, make: Callable[[], SuperNodeProcess]) -> SuperNodeProcess:
+        """A SuperNode exits when the SuperLink does not (yet) know its key: the coordinator
+        registers the members' keys right after its SuperLink listens. Retry for a while."""
+        deadline = time.monotonic() + REGISTRATION_WAIT_S
+        while True:
+            supernode = make()
+            try:
+                supernode.start()
+            except FlowerRuntimeError:
+                if time.monotonic() >= deadline:
+                    raise
+            settle = time.monotonic() + SUPERNODE_SETTLE_S
+            while supernode.alive and time.monotonic() < settle:
+                time.sleep(0.25)
+            if supernode.alive:
+                return supernode
+            supernode.stop()  # its SuperExec may outlive it
+            if time.monotonic() >= deadline:
+                raise FlowerRuntimeError("the SuperLink refused this node's SuperNode key (not registered "
+                                         "for a member)")
+            log.info("run %s: SuperNode not admitted yet; retrying", lr.run.hex()[:12])
+            time.sleep(2.0)
+
+    def _restart_supernode(self, lr: LocalRun) -> None:
+        try:
+            if lr.make_supernode is not None and lr.supernode is not None and not lr.supernode.alive:
+                lr.supernode.stop()
+                lr.supernode = self._start_supernode(lr, lr.make_supernode)
+        finally:
+            lr.restarting = False
+
     def _start(self, lr: LocalRun) -> None:
         req = lr.request
         try:
@@ -203,22 +292,44 @@ class Training:
             host, _, port = link.rpartition(":")
             if not host or not port.isdigit():
                 raise FlowerRuntimeError(f"train request names no SuperLink address (got {link!r})")
+            pinned_hash = str(req.params.get("superlink_cert", ""))
+            if not pinned_hash:
+                raise FlowerRuntimeError("train request names no SuperLink certificate (superlink_cert); "
+                                         "not connecting to an unauthenticated SuperLink")
             flower_dir = self.dir / "flower" / lr.run.hex()[:12]
             if lr.coordinator:
                 # The request names the advertised address; the SuperLink binds where the node binds
                 # (behind NAT, or on a wildcard, the advertised address is not a local interface).
-                superlink = SuperLinkProcess(flower_dir / "superlink", int(port), host=self.host)
+                cert = superlink_cert(self.dir, host)
+                if cert.sha256 != pinned_hash:
+                    raise FlowerRuntimeError("this node's SuperLink certificate is not the one its train "
+                                             "request names")
+                superlink = SuperLinkProcess(flower_dir / "superlink", int(port), host=self.host,
+                                             tls=(cert.cert, cert.key), supernode_auth=True)
                 superlink.start()
                 lr.superlink = superlink
-                link = f"{format_host(local_host(self.host))}:{port}"
+                host = local_host(self.host)
+                link = f"{format_host(host)}:{port}"
+            # Connect only to the SuperLink the authorities finalized: its certificate must hash to
+            # the request's, and the SuperNode and flwr CLI verify the SuperLink against exactly it.
+            pinned = pin_superlink(host, int(port), pinned_hash, flower_dir / "superlink-pinned.crt")
+            if lr.coordinator:
+                write_connection(flower_dir / "flwr-cli", CONNECTION, link, pinned)
+                self._sync_keys(lr)  # only members' SuperNodes may connect
             node_config = {"data-dir": str(self.dir), "node-url": self.node_url(), "trainer": trainer.address}
-            supernode = SuperNodeProcess(flower_dir / "supernode", link, free_port(self.host), node_config,
-                                         host=self.host)
-            supernode.extra_env = self._env()
-            supernode.start()
-            lr.supernode = supernode
+            auth = supernode_key(self.dir)
+
+            def make() -> SuperNodeProcess:
+                sn = SuperNodeProcess(flower_dir / "supernode", link, free_port(self.host), node_config,
+                                      host=self.host, root_certificates=pinned, auth_key=auth.private)
+                sn.extra_env = self._env()
+                return sn
+
+            lr.make_supernode = make
+            lr.supernode = self._start_supernode(lr, make)
             if lr.coordinator:
                 lr.flwr_run = run_app(app_dir(), link, self._run_config(lr, trainer), flower_dir / "flwr-cli",
+                                      name=CONNECTION, root_certificates=pinned,
                                       on_exit=lambda handle: self._submit(self._on_run_exit, lr))
             if lr.state == "starting":
                 lr.state = "running"
@@ -254,6 +365,8 @@ class Training:
             rc["beta"] = float(p["beta"])
         if "krum_f" in p:
             rc["krum-f"] = int(p["krum_f"])
+        if "clip_norm" in p:
+            rc["clip-norm"] = float(p["clip_norm"])
         return rc
 
     def _on_run_exit(self, lr: LocalRun) -> None:

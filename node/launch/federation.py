@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.errors import ConfigError
+from node.flower.auth import supernode_key
 from node.ledger.genesis import Genesis, GenesisMember, Timeouts
 from node.net.ports import free_ports
 from node.server.datadir import GENESIS_FILE, NodeConfig, init_node
@@ -47,7 +48,10 @@ def create_federation(
     for i, port in enumerate(ports, start=1):
         d = root / f"node{i}"
         cfg = init_node(d, name=f"node{i}", host=host, port=port)
-        members.append(GenesisMember(bytes.fromhex(cfg["public_key"]), f"node{i}"))
+        # Each first authority's Flower key goes into genesis (init made it): the coordinator
+        # registers exactly the members' keys on its SuperLink.
+        members.append(GenesisMember(bytes.fromhex(cfg["public_key"]), f"node{i}",
+                                     flower_key=supernode_key(d).public))
         made.append(LocalNode(f"node{i}", d, f"ws://{host}:{port}", cfg["node_id"]))
     genesis = Genesis(
         chain_id=chain_id or f"fedledger-local-{int(time.time())}",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from node.errors import ConfigError, RemoteError
+from node.flower.tls import superlink_cert
 from node.ledger.genesis import Genesis
 from node.ledger.keys import NodeKey
 from node.ledger.runs import TRAINING_ROLES
@@ -26,7 +27,8 @@ from node.store.sqlite import SqliteStore
 POLL_S = 0.5
 # The run's params a caller may set (`fedledger train`'s options); the others come from the replica.
 TUNABLE = frozenset(
-    {"min_nodes", "epochs", "batch_size", "learning_rate", "seed", "beta", "krum_f", "fraction_evaluate"}
+    {"min_nodes", "epochs", "batch_size", "learning_rate", "seed", "beta", "krum_f", "fraction_evaluate",
+     "clip_norm"}
 )
 
 
@@ -53,8 +55,11 @@ def request_params(directory: Path, task: str, overrides: Mapping[str, Any] | No
         superlink_port = free_port(cfg.listen_host)
     elif superlink_port == cfg.listen_port or not port_free(cfg.listen_host, superlink_port):
         raise ConfigError(f"SuperLink port {superlink_port} is not free on {cfg.listen_host}")
-    superlink = f"{format_host(host)}:{superlink_port}"
-    params: dict[str, Any] = {"superlink": superlink, "min_nodes": len(members)}
+    # The coordinator's SuperLink certificate (made here on first use, valid for the advertised
+    # host): its hash in the request is what every SuperNode pins (node/flower/tls.py).
+    cert = superlink_cert(directory, host)
+    params: dict[str, Any] = {"superlink": f"{format_host(host)}:{superlink_port}",
+                              "superlink_cert": cert.sha256, "min_nodes": len(members)}
     if task == "traceability":
         if len(devices) < 2:
             raise ConfigError("traceability needs at least 2 registered devices on the ledger")

@@ -21,9 +21,12 @@ from consensus.tendermint import TimeoutConfig
 from consensus.validators import ValidatorSet
 from node.errors import CodecError, ConfigError
 from node.ledger.codec import digest
-from node.ledger.transactions import MAX_NAME, MAX_URL
+from node.ledger.transactions import MAX_NAME, MAX_URL, valid_flower_key
 
 ADMISSION_POLICIES = ("votes", "open")
+
+
+GENESIS_MEMBER_FIELDS = {"key", "name", "url", "flower_key"}
 
 
 @dataclass(frozen=True)
@@ -31,12 +34,19 @@ class GenesisMember:
     key: bytes
     name: str
     role: str = "authority"
-    # Where the others dial this member (a federation across machines); "" for none. Only written
-    # when set, so a genesis without URLs keeps the hash it always had.
+    # Where the others dial this member (a federation across machines); "" for none.
     url: str = ""
+    # The member's Flower SuperNode authentication key (OpenSSH public key line); b"": none.
+    flower_key: bytes = b""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "name": self.name, **({"url": self.url} if self.url else {})}
+        # Optional fields only when set, so a genesis without them keeps its encoding and hash.
+        d: dict[str, Any] = {"key": self.key, "name": self.name}
+        if self.url:
+            d["url"] = self.url
+        if self.flower_key:
+            d["flower_key"] = self.flower_key
+        return d
 
 
 # The consensus core's timeout settings are what genesis records: one type, no translation.
@@ -92,6 +102,8 @@ class Genesis:
         for group in ("authorities", "participants"):
             for m in d[group]:
                 m["key"] = m["key"].hex()
+                if "flower_key" in m:
+                    m["flower_key"] = m["flower_key"].decode()
         return json.dumps(d, indent=2, sort_keys=True) + "\n"
 
     @staticmethod
@@ -168,10 +180,16 @@ def _from_dict(d: Any, key_of: Any) -> Genesis:
             raise ConfigError(f"genesis {group} must be a list")
         out = []
         for i, m in enumerate(items):
-            if not isinstance(m, dict) or set(m) not in ({"key", "name"}, {"key", "name", "url"}):
-                raise ConfigError(f"genesis {group}[{i}] must be a map with key, name and optionally url")
+            if not isinstance(m, dict) or not {"key", "name"} <= set(m) <= GENESIS_MEMBER_FIELDS:
+                raise ConfigError(
+                    f"genesis {group}[{i}] must be a map of key, name and optional url and flower_key")
+            fk = m.get("flower_key", b"")
+            if isinstance(fk, str):  # JSON: the OpenSSH line as text
+                fk = fk.encode()
+            if not isinstance(fk, bytes):
+                raise ConfigError(f"genesis {group}[{i}].flower_key must be an OpenSSH public key")
             key = key_of(f"{group}[{i}].key", m["key"])
-            out.append(GenesisMember(key, m["name"], role, m.get("url", "")))
+            out.append(GenesisMember(key, m["name"], role, m.get("url", ""), fk))
         return tuple(out)
 
     timeouts = d.get("timeouts", {})
@@ -227,6 +245,8 @@ def _validate(g: Genesis) -> None:
             raise ConfigError(f"member {m.name!r} url must be ws://HOST:PORT (at most {MAX_URL} characters)")
         if m.key in seen:
             raise ConfigError(f"member key {m.key.hex()} listed twice")
+        if m.flower_key and not valid_flower_key(m.flower_key):
+            raise ConfigError(f"member {m.name}: flower_key is not an OpenSSH EC public key on a NIST curve")
         seen.add(m.key)
     for k, v in dataclasses.asdict(g.timeouts).items():
         if not _is_int(v) or v < 0:

@@ -50,6 +50,7 @@ class JoinRecord:
     url: str
     height: int
     tx_id: bytes
+    flower_key: bytes = b""  # from the join request; kept into the Change that admits the node
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class Change:
     name: str
     decided: int  # height of the block that decided it
     effective: int  # first height at which it holds
+    flower_key: bytes = b""  # an add: the joining node's Flower key (its join request's)
 
 
 @dataclass(frozen=True)
@@ -120,9 +122,9 @@ class Membership:
     def to_dict(self) -> dict[str, Any]:
         return {
             "epochs": [{"from": e.from_height, "keys": list(e.keys)} for e in self.epochs],
-            "requests": [dataclasses.asdict(r) for r in self.requests],
+            "requests": [_without_empty_key(r) for r in self.requests],
             "tallies": [{**dataclasses.asdict(t), "voters": list(t.voters)} for t in self.tallies],
-            "scheduled": [dataclasses.asdict(c) for c in self.scheduled],
+            "scheduled": [_without_empty_key(c) for c in self.scheduled],
         }
 
     def to_bytes(self) -> bytes:
@@ -141,6 +143,30 @@ class Membership:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CodecError(f"stored membership state is corrupt: {exc}") from exc
+
+
+def _without_empty_key(rec: JoinRecord | Change) -> dict[str, Any]:
+    # A record without a Flower key encodes as before the field existed: stored states stay equal.
+    d = dataclasses.asdict(rec)
+    if not d["flower_key"]:
+        del d["flower_key"]
+    return d
+
+
+def member_flower_keys(history: Iterable[Change], members: Iterable[Any], genesis_keys: dict[bytes, bytes],
+                       roles: tuple[str, ...]) -> dict[bytes, bytes]:
+    """The Flower keys of the current members in `roles` (members: records with .key and .role):
+    the key of the change that last admitted the member (`history`: the applied changes, oldest
+    first), else its genesis entry's. A member without a key has none (its SuperNode cannot
+    authenticate)."""
+    admitted = {c.node: c.flower_key for c in history if c.action == "add"}
+    out: dict[bytes, bytes] = {}
+    for m in members:
+        if m.role in roles:
+            key = admitted.get(m.key) or genesis_keys.get(m.key, b"")
+            if key:
+                out[m.key] = key
+    return out
 
 
 def initial_membership(authorities: Iterable[bytes]) -> Membership:
@@ -195,7 +221,7 @@ def check_vote(ms: Membership, view: MemberLookup, body: MemberVote, height: int
 
 
 def record_join(ms: Membership, body: JoinRequest, tx_id: bytes, height: int, admission: str) -> Membership:
-    rec = JoinRecord(body.node, body.role, body.name, body.url, height, tx_id)
+    rec = JoinRecord(body.node, body.role, body.name, body.url, height, tx_id, body.flower_key)
     ms = dataclasses.replace(ms, requests=_sorted_requests([*_without(ms.requests, body.node), rec]))
     if admission == "open" and body.role in OPEN_ROLES:
         ms = _decide(ms, body.node, "add", body.role, height)
@@ -252,7 +278,8 @@ def _decide_if_quorum(ms: Membership, tally: Tally, height: int) -> Membership:
 def _decide(ms: Membership, node: bytes, action: str, role: str, height: int) -> Membership:
     req = ms.request(node)
     name = req.name if req is not None else ""
-    change = Change(node, action, role, name, height, height + EFFECT_DELAY)
+    flower_key = req.flower_key if req is not None and action == "add" else b""
+    change = Change(node, action, role, name, height, height + EFFECT_DELAY, flower_key)
     tallies = tuple(t for t in ms.tallies if t.node != node)
     requests = _without(ms.requests, node) if action == "add" else ms.requests
     epochs = ms.epochs

@@ -20,7 +20,9 @@ from typing import Any, Protocol
 from federated.aggregate import STRATEGIES, Update, aggregate
 from federated.weights import decode_weights, weights_hash
 from node.errors import Reason
+from node.ledger import run_rules
 from node.ledger.provenance import check_update_provenance
+from node.ledger.run_rules import aggregation_params
 from node.ledger.transactions import ModelCommit, ModelUpdate, TrainRequest, parse_tx
 
 TASKS = ("humidity", "traceability")  # federated/tasks.py; repeated so the node never imports Keras code
@@ -40,6 +42,8 @@ PARAM_TYPES: dict[str, tuple[type, ...]] = {
     "krum_f": (int,),
     "fraction_evaluate": (float, int),
     "classes": (str,),
+    "clip_norm": (float, int),
+    "superlink_cert": (str,),  # hex SHA-256 of the SuperLink's TLS certificate (node/flower/tls.py)
 }
 
 
@@ -75,14 +79,6 @@ def run_request(view: RunView, run: bytes) -> TrainRequest | None:
     return body
 
 
-def aggregation_params(req: TrainRequest) -> dict[str, Any]:
-    if req.strategy == "fedtrimmedavg" and "beta" in req.params:
-        return {"beta": float(req.params["beta"])}
-    if req.strategy == "krum" and "krum_f" in req.params:
-        return {"f": int(req.params["krum_f"])}
-    return {}
-
-
 def check_train_request(body: TrainRequest) -> Reason | None:
     if body.task not in TASKS or body.strategy not in STRATEGIES:
         return Reason.MALFORMED
@@ -90,7 +86,7 @@ def check_train_request(body: TrainRequest) -> Reason | None:
         types = PARAM_TYPES.get(key)
         if types is None or isinstance(value, bool) or not isinstance(value, types):
             return Reason.MALFORMED
-    return None
+    return run_rules.check_run_params(body.params)
 
 
 def check_model_update(view: RunView, body: ModelUpdate) -> Reason | None:
@@ -98,10 +94,6 @@ def check_model_update(view: RunView, body: ModelUpdate) -> Reason | None:
     if member is None or member.role not in TRAINING_ROLES:
         return Reason.UNAUTHORIZED
     if hashlib.sha256(body.weights).digest() != body.weights_hash or body.num_examples < 1:
-        return Reason.BAD_WEIGHTS
-    try:
-        decode_weights(body.weights)
-    except ValueError:
         return Reason.BAD_WEIGHTS
     req = run_request(view, body.run)
     if req is None or req.task != body.task:
@@ -120,6 +112,8 @@ def check_model_update(view: RunView, body: ModelUpdate) -> Reason | None:
             return Reason.BASE_MISMATCH
     if view.model_update(body.run, body.round, body.node) is not None:
         return Reason.DUPLICATE_UPDATE
+    if (reason := run_rules.check_update_weights(view, req, body)) is not None:
+        return reason
     # Last: the only rule that reads the node's readings (num_examples and readings_root re-computed).
     return check_update_provenance(view, body)  # type: ignore[arg-type]
 
@@ -145,6 +139,7 @@ def check_model_commit(view: RunView, body: ModelCommit, signer: bytes) -> Reaso
         return Reason.WRONG_ROUND
     updates: list[Update] = []
     hashes: list[bytes] = []
+    nodes: list[bytes] = []
     for uid in ids:
         row = view.tx(uid)
         if row is None or row.kind != ModelUpdate.KIND:
@@ -153,8 +148,13 @@ def check_model_commit(view: RunView, body: ModelCommit, signer: bytes) -> Reaso
         assert isinstance(upd, ModelUpdate)
         if upd.run != body.run or upd.round != body.round:
             return Reason.UNKNOWN_UPDATE
+        # The weight is the ledger's num_examples, never a figure from outside the ledger.
         updates.append(Update(uid, decode_weights(upd.weights), upd.num_examples))
         hashes.append(upd.weights_hash)
+        nodes.append(upd.node)
+    quorum = run_rules.check_quorum(req, body.round, nodes)
+    if quorum is not None:
+        return quorum
     if body.round == 0:
         # The initial model is published, not aggregated.
         if len(updates) != 1:
@@ -162,9 +162,12 @@ def check_model_commit(view: RunView, body: ModelCommit, signer: bytes) -> Reaso
         committed = hashes[0]
     else:
         try:
-            committed = weights_hash(aggregate(body.strategy, updates, **aggregation_params(req)))
+            model = aggregate(body.strategy, updates, **aggregation_params(req))
         except ValueError:
             return Reason.AGGREGATE_MISMATCH
+        committed = weights_hash(model)
+        if committed == body.weights_hash:
+            run_rules.remember(committed, model)  # the next round's updates are checked against it
     if committed != body.weights_hash:
         return Reason.AGGREGATE_MISMATCH
     return None

@@ -17,6 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from node.errors import CodecError, InvalidTransaction, Reason
 from node.ledger.codec import decode, digest, encode, sign_prefix
 from node.ledger.keys import NodeKey, verify, verify_message
@@ -122,6 +125,28 @@ def _id_list(name: str, v: Any) -> tuple[bytes, ...]:
     return tuple(v)
 
 
+MAX_FLOWER_KEY = 256
+
+
+def valid_flower_key(line: bytes) -> bool:
+    """An OpenSSH public key line of an EC key on a NIST curve: what Flower's SuperNode
+    authentication registers (`flwr supernode register`)."""
+    if not isinstance(line, bytes) or not 0 < len(line) <= MAX_FLOWER_KEY:
+        return False
+    try:
+        key = serialization.load_ssh_public_key(line)
+    except Exception:  # cryptography raises ValueError, UnsupportedAlgorithm and others on junk
+        return False
+    return isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in ("secp256r1", "secp384r1",
+                                                                             "secp521r1")
+
+
+def _flower_key(name: str, v: Any) -> bytes:
+    if not valid_flower_key(v):
+        raise _fail(f"{name} must be an OpenSSH EC public key on a NIST curve")
+    return v  # type: ignore[no-any-return]
+
+
 class Body:
     """Base of the body dataclasses. FIELDS maps each wire field to its checker."""
 
@@ -191,11 +216,14 @@ class JoinRequest(Body):
         "role": _str(16, ROLES),
         "name": _str(MAX_NAME),
         "url": _str(MAX_URL),
+        "flower_key": _flower_key,
     }
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"flower_key"})
     node: bytes
     role: str
     name: str
     url: str
+    flower_key: bytes = b""  # the node's Flower SuperNode authentication key (OpenSSH line)
 
 
 @dataclass(frozen=True)
@@ -472,8 +500,11 @@ def make_reading(
     return sign_tx(device, chain_id, "reading", body)
 
 
-def make_join_request(node: NodeKey, chain_id: str, role: str, name: str, url: str) -> dict[str, Any]:
-    body = {"node": node.public, "role": role, "name": name, "url": url}
+def make_join_request(node: NodeKey, chain_id: str, role: str, name: str, url: str,
+                      flower_key: bytes = b"") -> dict[str, Any]:
+    body: dict[str, Any] = {"node": node.public, "role": role, "name": name, "url": url}
+    if flower_key:
+        body["flower_key"] = flower_key
     return sign_tx(node, chain_id, "join_request", body)
 
 

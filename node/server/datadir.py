@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from node.errors import ConfigError, KeyFileError
+from node.flower.auth import supernode_key
+from node.flower.tls import superlink_cert
 from node.ledger.keys import NodeKey
 from node.net.addresses import WILDCARDS, advertise_url, check_host, format_host
 
@@ -165,6 +167,10 @@ def init_node(
         raise ConfigError(f"cannot create {config_path}: {exc.strerror}") from exc
     with os.fdopen(fd, "w") as fh:
         fh.write(json.dumps(config, indent=2) + "\n")
+    # The Flower keys and certificate: SuperNode authentication key (its public half goes into
+    # genesis or the join request) and the SuperLink's TLS certificate, for when it coordinates.
+    supernode_key(d)
+    superlink_cert(d, host if host not in ("", "0.0.0.0", "::") else "127.0.0.1")
     return config
 
 

@@ -136,7 +136,8 @@ class Node:
         # The Flower apps run on this machine: they reach the node where it binds, not where it is
         # advertised (behind NAT the advertised address need not route back to this machine).
         self.training = Training(self.dir, self.key.public, self.store, lambda: self.local_url, self.host,
-                                 lambda: self.role, passphrase)
+                                 lambda: self.role, passphrase,
+                                 genesis_flower_keys={m.key: m.flower_key for m in self.genesis.members()})
         self.api = NodeApi(self)
         self.prometheus = NodeMetrics(self)
         self.net = PeerNetwork(

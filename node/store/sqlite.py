@@ -18,7 +18,8 @@ Schema (also in docs/schema.md; keys, hashes and signatures are raw BLOBs, use h
              temperature_c REAL, humidity_pct REAL, extra BLOB)   -- UNIQUE(device, seq)
     members(key BLOB PRIMARY KEY, role, name, since_height)       -- since_height 0 = genesis
     membership(id = 1, height, raw BLOB)   -- node/membership.py state after block `height`
-    membership_history(seq INTEGER PRIMARY KEY, node, action, role, name, decided, effective)
+    membership_history(seq INTEGER PRIMARY KEY, node, action, role, name, decided, effective,
+                       flower_key)
                                            -- applied changes, appended in the order they took effect
     models(tx_id PRIMARY KEY -> txs, height, kind 'update'|'commit'|'eval', run, round, node,
            weights_hash)        -- one commit per (run, round), one update and one eval per
@@ -52,6 +53,8 @@ from node.store.base import check_commit_args, default_membership
 # 2: model_update carries data_cut, model_eval txs and 'eval' rows in models (issue 12/13). A
 # ledger of version 1 holds updates that no longer parse: it cannot be opened, only re-created.
 SCHEMA_VERSION = "2"
+
+_HISTORY_COLUMNS = "node, action, role, name, decided, effective, flower_key"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -121,7 +124,8 @@ CREATE TABLE IF NOT EXISTS membership_history (
     role TEXT NOT NULL,
     name TEXT NOT NULL,
     decided INTEGER NOT NULL,
-    effective INTEGER NOT NULL
+    effective INTEGER NOT NULL,
+    flower_key BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS models (
     tx_id BLOB PRIMARY KEY REFERENCES txs(id),
@@ -501,27 +505,27 @@ class SqliteStore:
     @staticmethod
     def _append_history(db: sqlite3.Connection, changes: Sequence[Change]) -> None:
         db.executemany(
-            "INSERT INTO membership_history(node, action, role, name, decided, effective)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [(c.node, c.action, c.role, c.name, c.decided, c.effective) for c in changes],
+            "INSERT INTO membership_history(node, action, role, name, decided, effective, flower_key)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(c.node, c.action, c.role, c.name, c.decided, c.effective, c.flower_key) for c in changes],
         )
 
     def membership_history(self, limit: int | None = None) -> list[Change]:
         try:
             if limit is None:
                 rows = self._db.execute(
-                    "SELECT node, action, role, name, decided, effective FROM membership_history ORDER BY seq"
+                    f"SELECT {_HISTORY_COLUMNS} FROM membership_history ORDER BY seq"
                 ).fetchall()
             else:
                 rows = self._db.execute(
-                    "SELECT node, action, role, name, decided, effective FROM membership_history"
-                    " ORDER BY seq DESC LIMIT ?", (max(limit, 0),)
+                    f"SELECT {_HISTORY_COLUMNS} FROM membership_history ORDER BY seq DESC LIMIT ?",
+                    (max(limit, 0),),
                 ).fetchall()[::-1]
         except sqlite3.OperationalError:  # a read-only replica of an older schema
             row = self._one("SELECT raw FROM membership WHERE id = 1")
             old = [] if row is None else legacy_history(bytes(row[0]))
             return old if limit is None else old[len(old) - max(limit, 0):] if limit else []
-        return [Change(bytes(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
+        return [Change(bytes(r[0]), r[1], r[2], r[3], r[4], r[5], bytes(r[6])) for r in rows]
 
     def membership_history_size(self) -> int:
         try:
