@@ -95,7 +95,7 @@ def test_member_urls_in_genesis_keep_old_hashes_and_are_checked() -> None:
             Genesis("c", 1, (GenesisMember(key, "a", url=bad),))
     text = json.loads(with_url.to_json())
     text["authorities"][0]["extra"] = 1
-    with pytest.raises(ConfigError, match="key, name and optionally url"):
+    with pytest.raises(ConfigError, match="key, name and optional url"):
         Genesis.from_json(json.dumps(text))
 
 
