@@ -16,17 +16,23 @@ from typing import Any
 
 from node.errors import ConfigError
 from node.ledger.genesis import ADMISSION_POLICIES, Genesis, GenesisMember
+from node.ledger.transactions import valid_flower_key
 from node.net.addresses import advertise_url
 
 KEY_HEX = 64
 
 
 def member_spec(text: str, role: str) -> GenesisMember:
-    """NAME=PUBLIC_KEY_HEX[@ws://HOST:PORT] as `fedledger init` prints it."""
+    """NAME=PUBLIC_KEY_HEX[@ws://HOST:PORT][#FLOWER_KEY] as `fedledger init` prints it."""
     name, eq, rest = text.partition("=")
     if not eq or not name:
         raise ConfigError(f"--{role} must be NAME=PUBLIC_KEY[@URL] (as `fedledger init` prints it), "
                           f"not {text!r}")
+    rest, hashsign, flower = rest.partition("#")
+    flower_key = flower.replace(":", " ", 1).encode()
+    if hashsign and not valid_flower_key(flower_key):
+        raise ConfigError(f"--{role} {name}: after '#' must come the node's Flower key as `fedledger init` "
+                          "prints it (TYPE:BASE64)")
     key_hex, at, url = rest.partition("@")
     if len(key_hex) != KEY_HEX or any(c not in "0123456789abcdefABCDEF" for c in key_hex):
         raise ConfigError(f"--{role} {name}: the public key must be {KEY_HEX} hex characters")
@@ -38,7 +44,7 @@ def member_spec(text: str, role: str) -> GenesisMember:
             raise ConfigError(f"--{role} {name}: the URL must end in :PORT, not {url!r}")
         url = advertise_url(url, 1, f"--{role} {name}")
     return GenesisMember(bytes.fromhex(key_hex), name, "authority" if role == "authority" else "participant",
-                         url)
+                         url, flower_key if hashsign else b"")
 
 
 def add_parser(sub: Any) -> None:

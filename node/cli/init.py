@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from node.cli.output import port
+from node.flower.auth import supernode_key
 from node.net.addresses import format_host
 from node.server.datadir import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, KEY_FILE, init_node, read_passphrase
 
@@ -36,22 +37,26 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def authority_spec(config: dict[str, Any]) -> str:
-    """This node as `fedledger genesis create --authority` takes it: NAME=PUBLIC_KEY@URL."""
+def authority_spec(config: dict[str, Any], flower_key: bytes = b"") -> str:
+    """This node as `fedledger genesis create --authority` takes it: NAME=PUBLIC_KEY@URL, then
+    #TYPE:BASE64, its Flower SuperNode key (the OpenSSH line, its space as ':', so the spec stays
+    one shell word)."""
     url = config.get("advertise") or f"ws://{format_host(config['listen_host'])}:{config['listen_port']}"
-    return f"{config['name']}={config['public_key']}@{url}"
+    spec = f"{config['name']}={config['public_key']}@{url}"
+    return f"{spec}#{flower_key.decode().replace(' ', ':', 1)}" if flower_key else spec
 
 
 def run(args: argparse.Namespace) -> int:
     passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
     config = init_node(args.dir, args.name, passphrase, args.host, args.port, args.advertise)
+    spec = authority_spec(config, supernode_key(Path(args.dir)).public)
     if args.json:
-        print(json.dumps({"dir": str(args.dir), **config, "authority": authority_spec(config)}))
+        print(json.dumps({"dir": str(args.dir), **config, "authority": spec}))
     else:
         print(f"Created node {config['name']} ({config['node_id']}) in {args.dir}")
         print(f"  public key  {config['public_key']}")
         print(f"  key file    {Path(args.dir) / KEY_FILE} (mode 0600{', encrypted' if passphrase else ''})")
         print(f"  listens on  {format_host(config['listen_host'])}:{config['listen_port']}")
         print(f"  advertises  {config.get('advertise') or 'the listen address'}")
-        print(f"  genesis     --authority {authority_spec(config)}")
+        print(f"  genesis     --authority {spec}")
     return 0
