@@ -14,15 +14,20 @@ from federated.clipping import clip_update, update_norm
 from federated.weights import decode_weights, encode_weights, weights_hash
 from node.errors import InvalidBlock, Reason
 from node.ledger import run_rules
+from node.ledger.provenance import datasets
 from node.ledger.transactions import make_model_commit, make_model_update, make_train_request, tx_id
 from node.store.verify import verify_chain
 from tests.factories import CHAIN_ID, commit_next, participant_key
-from tests.test_model_txs import ROOT, Run, open_run, weights
+from tests.test_model_txs import Run, open_run, weights
 
 
-def update_with(run: Run, key, round: int, blob: bytes, base: bytes | None = None, n: int = 100) -> dict:  # type: ignore[no-untyped-def]
+def update_with(run: Run, key, round: int, blob: bytes, base: bytes | None = None) -> dict:  # type: ignore[no-untyped-def]
+    """An update of `blob` whose figures are the node's training set now, as replicas recompute."""
+    cut = run.ledger.height
+    ds = datasets(run.ledger.store, key.public, cut)
     return make_model_update(key, CHAIN_ID, run.run, "humidity", round,
-                             run.initial_hash if base is None else base, blob, n, {"loss": 0.5}, ROOT)
+                             run.initial_hash if base is None else base, blob, ds.train_examples,
+                             {"loss": 0.5}, ds.train_root, data_cut=cut)
 
 
 def with_nan(w: list[np.ndarray]) -> bytes:
@@ -106,12 +111,12 @@ def test_clip_norm_bounds_the_update_and_clipped_updates_pass_in_every_round() -
     assert run.check(update_with(run, participant_key(0), 1, encode_weights(far))) is Reason.NORM_EXCEEDED
     clipped = [clip_update([w + 0.1 * (i + 1) for w in base], base, 0.5) for i in range(2)]
     assert all(update_norm(c, base) <= 0.5 for c in clipped)
-    ups = [update_with(run, participant_key(i), 1, encode_weights(c), n=100 * (i + 1))
+    ups = [update_with(run, participant_key(i), 1, encode_weights(c))
            for i, c in enumerate(clipped)]
     commit_next(run.ledger, run.keys, ups)
     commit_next(run.ledger, run.keys, [run.commit(1, ups)])
-    round1 = aggregate("fedavg", [Update(tx_id(u), c, 100 * (i + 1)) for i, (u, c) in
-                                  enumerate(zip(ups, clipped, strict=True))])
+    round1 = aggregate("fedavg", [Update(tx_id(u), c, u["body"]["num_examples"])
+                                  for u, c in zip(ups, clipped, strict=True)])
     # Round 2 is bounded around round 1's aggregate, which the replica re-computes (from the
     # ledger, not the cache) when it has not seen it.
     run_rules._MODELS.clear()
@@ -128,7 +133,7 @@ def test_clip_norm_bounds_the_update_and_clipped_updates_pass_in_every_round() -
 def test_the_aggregate_is_weighted_by_the_ledgers_num_examples() -> None:
     """A commit computed with any other weight than the updates' num_examples is refused."""
     run = open_run()
-    ups = [update_with(run, participant_key(i), 1, encode_weights(weights(i)), n=100 * (i + 1))
+    ups = [update_with(run, participant_key(i), 1, encode_weights(weights(i)))
            for i in range(2)]
     commit_next(run.ledger, run.keys, ups)
     replied = aggregate("fedavg", [Update(tx_id(u), weights(i), 10**6 if i else 100)
