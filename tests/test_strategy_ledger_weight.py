@@ -35,8 +35,10 @@ def test_a_reply_with_another_num_examples_aggregates_with_the_ledgers(
     store = SqliteStore(node / DB_FILE)
     run = open_run(store)
     run.ledger.genesis.save(node / GENESIS_FILE)
-    ledger_n = [100, 300]
-    ups = [run.update(participant_key(i), 1, i, n=n) for i, n in enumerate(ledger_n)]
+    # Each participant owns a device with a different number of readings: the verified sizes differ.
+    ups = [run.update(participant_key(i), 1, i) for i in range(2)]
+    ledger_n = [u["body"]["num_examples"] for u in ups]
+    assert ledger_n[0] != ledger_n[1]
     commit_next(run.ledger, run.keys, ups)
 
     committed: list[dict[str, Any]] = []
@@ -66,7 +68,8 @@ def test_a_reply_with_another_num_examples_aggregates_with_the_ledgers(
                                     for u, n in zip(ups, ledger_n, strict=True)])
     got = [np.asarray(a) for a in arrays.to_numpy_ndarrays()]
     assert encode_weights(got) == encode_weights(expected)
-    assert [u.num_examples for u in committed[0]["updates"]] == ledger_n
+    assert ({u.update_id: u.num_examples for u in committed[0]["updates"]}
+            == {tx_id(u): n for u, n in zip(ups, ledger_n, strict=True)})
     commit = make_model_commit(run.coordinator, CHAIN_ID, run.run, "humidity", 1, "fedavg",
                                [u.update_id for u in committed[0]["updates"]], weights_hash(got), {})
     assert run.check(commit) is None
