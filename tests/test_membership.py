@@ -7,7 +7,6 @@ propose, and whose precommits finalise a block.
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +16,6 @@ import pytest
 
 from node.errors import InvalidBlock, Reason
 from node.ledger.chain import Ledger
-from node.ledger.codec import decode, encode
 from node.ledger.keys import NodeKey
 from node.ledger.membership import EFFECT_DELAY, initial_membership
 from node.ledger.transactions import (
@@ -340,27 +338,3 @@ def test_the_stored_membership_value_does_not_grow_with_the_members_it_admitted(
     assert [c.name for c in ledger.store.membership_history(2)] == ["n2-18", "n2-19"]
     assert verify_chain(ledger.store, ledger.genesis).ok
 
-
-def test_history_kept_inside_an_older_replica_moves_to_the_history_table(tmp_path: Path) -> None:
-    keys, genesis = make_genesis(4, admission="open")
-    path = tmp_path / "node.db"
-    ledger = Ledger(SqliteStore(path), genesis)
-    commit(ledger, keys, [join(ALICE)])
-    commit(ledger, keys)
-    commit(ledger, keys)
-    history = ledger.store.membership_history()
-    assert [c.node for c in history] == [ALICE.public]
-    ledger.store.close()
-    # Rewrite the database as an older build left it: the history inside the value, no table rows.
-    db = sqlite3.connect(path)
-    raw = db.execute("SELECT raw FROM membership").fetchone()[0]
-    old = {**decode(raw), "history": [dataclasses.asdict(c) for c in history]}
-    db.execute("UPDATE membership SET raw = ?", (encode(old),))
-    db.execute("DELETE FROM membership_history")
-    db.commit()
-    db.close()
-    reopened = Ledger(SqliteStore(path), genesis)
-    assert reopened.store.membership_history() == history
-    assert "history" not in decode(reopened.store.membership().to_bytes())
-    assert verify_chain(reopened.store, genesis).ok
-    reopened.store.close()

@@ -310,14 +310,6 @@ def _sorted_requests(requests: Iterable[JoinRecord]) -> tuple[JoinRecord, ...]:
 # --- views (API /status, `ledger status`, `member list`) ------------------------------------------
 
 
-def legacy_history(raw: bytes) -> list[Change]:
-    """The applied changes that a stored value written before the history table held."""
-    try:
-        return [Change(**c) for c in decode(raw).get("history", [])]
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise CodecError(f"stored membership state is corrupt: {exc}") from exc
-
-
 def to_json(
     ms: Membership, members: Iterable[Any], height: int, history: Iterable[Change] = ()
 ) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from node.errors import CodecError, InvalidBlock, StorageError
 from node.ledger.blocks import Block, Commit, Header, block_row_bytes
 from node.ledger.codec import decode, encode
 from node.ledger.keys import short_id
-from node.ledger.membership import Change, Membership, legacy_history
+from node.ledger.membership import Change, Membership
 from node.ledger.state import DeviceRecord, MemberRecord, ModelRow, ReadingRow, StateDelta, TxRecord
 from node.store.base import check_commit_args, default_membership
 
@@ -255,19 +255,10 @@ class SqliteStore:
         if current is not None:
             if current[0] != genesis_hash:
                 raise StorageError(f"{self.path} already holds a different genesis ({current[0].hex()[:16]})")
-            row = self._one("SELECT raw FROM membership WHERE id = 1")
-            if row is None:
+            if self._one("SELECT 1 FROM membership") is None:
                 # A database from before membership votes had any effect: its state is genesis'.
                 with self._write() as db:
                     db.execute("INSERT INTO membership(id, height, raw) VALUES (1, 0, ?)", (initial,))
-            elif self._one("SELECT 1 FROM membership_history") is None:
-                # A database from before the history table kept applied changes inside the value.
-                old = legacy_history(bytes(row[0]))
-                if old:
-                    with self._write() as db:
-                        self._append_history(db, old)
-                        db.execute("UPDATE membership SET raw = ? WHERE id = 1",
-                                   (Membership.from_bytes(bytes(row[0])).to_bytes(),))
             return
         with self._write() as db:
             db.execute("INSERT INTO meta(key, value) VALUES ('genesis_hash', ?)", (genesis_hash.hex(),))
@@ -521,17 +512,15 @@ class SqliteStore:
                     f"SELECT {_HISTORY_COLUMNS} FROM membership_history ORDER BY seq DESC LIMIT ?",
                     (max(limit, 0),),
                 ).fetchall()[::-1]
-        except sqlite3.OperationalError:  # a read-only replica of an older schema
-            row = self._one("SELECT raw FROM membership WHERE id = 1")
-            old = [] if row is None else legacy_history(bytes(row[0]))
-            return old if limit is None else old[len(old) - max(limit, 0):] if limit else []
+        except sqlite3.OperationalError:  # a read-only replica from before membership existed
+            return []
         return [Change(bytes(r[0]), r[1], r[2], r[3], r[4], r[5], bytes(r[6])) for r in rows]
 
     def membership_history_size(self) -> int:
         try:
             return int(self._one("SELECT COUNT(*) FROM membership_history")[0])
         except sqlite3.OperationalError:
-            return len(self.membership_history())
+            return 0
 
     def members(self) -> list[MemberRecord]:
         rows = self._db.execute("SELECT key, role, name, since_height FROM members ORDER BY key")
