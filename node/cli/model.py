@@ -221,17 +221,22 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def committed_model(store: Any, args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The model `args` names, its run, and its weights re-computed from the ledger's updates."""
+    model = select_model(store, args)
+    info = find_run(store, run=model.run.hex())
+    try:
+        weights = model_weights(store, model)
+    except ValueError as exc:
+        raise StorageError(str(exc)) from exc
+    return model, info, weights
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_out_path(out, args.force)
     with open_node(args.dir) as node:
-        store = node.store
-        model = select_model(store, args)
-        info = find_run(store, run=model.run.hex())
-        try:
-            weights = model_weights(store, model)
-        except ValueError as exc:
-            raise StorageError(str(exc)) from exc
+        model, info, weights = committed_model(node.store, args)
     n_classes, classes = num_classes(info)
     write_keras(model.task, weights, out, n_classes)
     result: dict[str, Any] = {"path": str(out), "model_hash": model.weights_hash.hex(), "task": model.task,
@@ -281,14 +286,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     csv_path = Path(args.csv)
     rows = load_csv(csv_path)
     with open_node(args.dir) as node:
-        store = node.store
-        model = select_model(store, args)
-        info = find_run(store, run=model.run.hex())
-        try:
-            weights = model_weights(store, model)
-        except ValueError as exc:
-            raise StorageError(str(exc)) from exc
-        train_rows = ledger_training_rows(store, {str(r[0]) for r in rows})
+        model, info, weights = committed_model(node.store, args)
+        train_rows = ledger_training_rows(node.store, {str(r[0]) for r in rows})
     _, classes = num_classes(info)
     if classes:
         unknown = sorted({str(r[0]) for r in rows} - set(classes))
