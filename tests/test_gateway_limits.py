@@ -160,3 +160,15 @@ def test_status_lists_are_capped_with_their_totals(store: SqliteStore) -> None:
     assert capped["members"] == full["members"][-1:]
     assert capped["membership"]["totals"]["members"] == 4
     assert capped["membership"]["totals"]["validator_sets"] == len(full["membership"]["validator_sets"])
+
+
+def test_members_lists_are_capped_by_last_with_their_totals(store: SqliteStore) -> None:
+    api = NodeApi(FakeNode(store))  # type: ignore[arg-type]
+    status, body = api.handle_http("/members", {"last": "1"})
+    assert status == 200 and len(body["members"]) == 1
+    assert body["membership"]["totals"]["members"] == 4
+    status, body = api.handle_http("/members", {})
+    assert status == 200 and len(body["members"]) == 4  # the default covers a small federation
+    for bad in ("0", "1001", "x"):
+        status, _ = api.handle_http("/members", {"last": bad})
+        assert status == 400, bad

@@ -7,7 +7,8 @@ GET /block/H                      one block with its transactions and commit cer
 GET /tx/ID                        one committed transaction (ID in hex)
 GET /peers                        connected peers
 GET /devices                      registered devices and their last sequence numbers
-GET /members                      members with roles; open join requests, votes, scheduled changes
+GET /members?last=N               members with roles; open join requests, votes, scheduled and applied
+                                  changes: each list its latest N (default 200, at most 1000) with totals
 GET /genesis                      the federation's genesis (what `fedledger join` fetches) and its hash
 GET /metrics                      Prometheus metrics, text format (docs/metrics.md)
 GET /finality?last=K              the latest K finality latencies (ms from submission to this node
@@ -37,9 +38,12 @@ MAX_BLOCKS_PER_REQUEST = 200
 MAX_HEIGHT = 2**63 - 1  # SQLite's INTEGER: a larger height is no height, not a server error
 MAX_FINALITY_SAMPLES = 20_000
 # /status is polled by every tool and must stay cheap however big the federation or its history:
-# each list in it shows at most this many entries, with the full count beside it (GET /members and
-# GET /peers list everything).
+# each list in it shows at most this many entries, with the full count beside it.
 MAX_STATUS_LIST = 50
+# GET /members: open admission lets members, requests (up to 1,000 open) and applied changes grow
+# with history, so each list is capped too; 1,000 covers every open join request at once.
+DEFAULT_MEMBERS_LIST = 200
+MAX_MEMBERS_LIST = 1_000
 
 
 def capped(items: list[Any], limit: int | None) -> tuple[list[Any], int]:
@@ -141,7 +145,8 @@ class NodeApi:
                 return 200, {"chain_id": genesis.chain_id, "genesis_hash": genesis.hash.hex(),
                              "genesis": json.loads(genesis.to_json())}
             if parts == ["members"]:
-                return 200, membership_status(store)
+                last = bounded_int(query.get("last", str(DEFAULT_MEMBERS_LIST)), "last", 1, MAX_MEMBERS_LIST)
+                return 200, membership_status(store, last)
             if parts == ["blocks"]:
                 hi = bounded_int(query.get("to", str(store.height())), "to", 0, MAX_HEIGHT)
                 lo = bounded_int(query.get("from", str(max(1, hi - 19))), "from", 0, MAX_HEIGHT)

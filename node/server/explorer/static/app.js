@@ -210,10 +210,13 @@ async function viewDevice(key) {
 
 // --- members -------------------------------------------------------------------------------------
 async function viewMembers() {
-  const m = await api("/members");
+  const m = await api("/members?last=1000");
   const ms = m.membership;
+  // Each list is the latest 1,000 at most; say so when the ledger holds more.
+  const more = (name, shown) => (ms.totals[name] > shown ? h("p", { class: "muted" }, `latest ${shown} of ${ms.totals[name]}`) : null);
   return [
-    h("h1", {}, `Members (${m.members.length})`),
+    h("h1", {}, `Members (${ms.totals.members})`),
+    more("members", m.members.length),
     table(["name", "node", "role", "since height#"], m.members.map((x) => [x.name, mono(x.node_id), x.role, x.since_height])),
     h("h2", {}, "Join requests"),
     table(["node", "name", "role", "url", "height#", "tx"], ms.join_requests.map((r) => [mono(r.node_id), r.name, r.role, r.url, r.height, txLink(r.tx, 12)]), "no open join requests"),
@@ -222,6 +225,7 @@ async function viewMembers() {
     h("h2", {}, "Scheduled changes"),
     table(["action", "node", "name", "role", "decided#", "effective#"], ms.scheduled.map((c) => [c.action, mono(c.node_id), c.name, c.role, c.decided_height, c.effective_height]), "nothing scheduled"),
     h("h2", {}, "Applied changes"),
+    more("history", ms.history.length),
     table(["action", "node", "name", "role", "decided#", "effective#"], ms.history.map((c) => [c.action, mono(c.node_id), c.name, c.role, c.decided_height, c.effective_height]), "none since genesis"),
     h("h2", {}, "Validator sets"),
     table(["from height#", "validators"], ms.validator_sets.map((e) => [e.from_height, mono(e.validators.join(" "))])),
@@ -315,7 +319,7 @@ async function render(initial) {
   try {
     const kids = await view(path.match(re), q);
     if (mine !== generation) return; // the user moved on while this loaded
-    main.replaceChildren(...kids);
+    main.replaceChildren(...kids.filter((k) => k !== null));
     main.dataset.view = nav;
     main.dataset.route = location.hash || "#/";
     main.dataset.loaded = String(Date.now());
