@@ -99,7 +99,8 @@ class FlowerProcess(ManagedProcess):
 
 
 class SuperLinkProcess(FlowerProcess):
-    """``flower-superlink --insecure --port P --disable-runtime-dependency-installation``."""
+    """``flower-superlink --insecure --port P --disable-runtime-dependency-installation``, run as
+    ``python -m federated.flower.fl_superlink`` (Control and Runtime APIs for this host only)."""
 
     name = "superlink"
 
@@ -119,6 +120,7 @@ class SuperLinkProcess(FlowerProcess):
         self.database = database
         self.tls = tls  # (certificate, key) PEM files; None: --insecure
         self.supernode_auth = supernode_auth  # only SuperNodes registered through the Control API
+        self.python = str(self.bin_dir / "python")
 
     @property
     def address(self) -> str:
@@ -133,8 +135,13 @@ class SuperLinkProcess(FlowerProcess):
             cert, key = self.tls
             security = ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
                         "--ssl-ca-certfile", str(cert)]
+        # Flower's SuperLink behind fedledger's guard: the Control and Runtime APIs share the Fleet
+        # API's port, and only the Fleet API may be served off this host (fl_superlink.py).
+        find_command("flower-superlink", self.bin_dir)  # a clear error when Flower is missing
         argv = [
-            find_command("flower-superlink", self.bin_dir),
+            self.python,
+            "-m",
+            "federated.flower.fl_superlink",
             *security,
             "--host",
             self.host,
@@ -157,6 +164,9 @@ class SuperLinkProcess(FlowerProcess):
 
 class SuperNodeProcess(FlowerProcess):
     """``flower-supernode --insecure --superlink ADDR --port Q --node-config '...'``.
+
+    Its own Runtime API (``--host``/``--port``, where its ClientApps pull their messages) is for
+    this host only: keep `host` on loopback.
 
     `node_config` reaches the ClientApp as ``context.node_config``; values are str/int/float/bool
     without spaces. Ready when its own Runtime API port listens (registration with the SuperLink
@@ -184,6 +194,23 @@ class SuperNodeProcess(FlowerProcess):
         self.port = int(port)
         self.node_config = dict(node_config)
         config_arg(self.node_config)  # validate now, not at start
+        self.guard_dir = self.workdir / "guard-bin"
+
+    def prepare(self) -> None:
+        super().prepare()
+        # SuperExec starts `flwr-clientapp` by name for every message: this one, first on PATH,
+        # runs fedledger's installed ClientApp and never code from the app bundle (fl_clientapp.py).
+        self.guard_dir.mkdir(parents=True, exist_ok=True)
+        script = self.guard_dir / "flwr-clientapp"
+        script.write_text(f"#!{self.bin_dir / 'python'}\n"
+                          "import sys\nfrom federated.flower.fl_clientapp import main\nsys.exit(main())\n",
+                          encoding="utf-8")
+        script.chmod(0o755)
+
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        env["PATH"] = os.pathsep.join([str(self.guard_dir), env.get("PATH", "")])
+        return env
 
     def command(self) -> list[str]:
         if self.root_certificates is None:
