@@ -80,6 +80,12 @@ def test_two_rounds_of_humidity_on_two_supernodes(tmp_path: Path) -> None:
         assert status == 0, run.failure()
         assert run.final_status is not None and run.final_status["status"] == "finished:completed"
 
+        # Every ClientApp was fedledger's installed one (fl_clientapp.py): stock flwr-clientapp
+        # unpacks the app bundle into $FLWR_HOME/apps and imports the code it names.
+        for sn in supernodes:
+            unpacked = list((sn.flwr_home / "apps").glob("*")) if (sn.flwr_home / "apps").exists() else []
+            assert not unpacked, f"a SuperNode unpacked the app bundle: {unpacked}"
+
         lines = [json.loads(line) for line in commit_log.read_text().splitlines()]
         assert [rec["round"] for rec in lines] == [1, 2]
         blobs = Path(str(commit_log) + ".blobs")
