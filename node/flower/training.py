@@ -37,7 +37,7 @@ from node.ledger.runs import TRAINING_ROLES
 from node.ledger.storage import Store
 from node.ledger.transactions import ModelCommit, ModelEval, TrainRequest, Transaction
 from node.net.addresses import format_host, local_host
-from node.net.ports import free_port
+from node.net.ports import LOCALHOST, free_port
 
 log = logging.getLogger("fedledger.training")
 
@@ -320,8 +320,10 @@ class Training:
             auth = supernode_key(self.dir)
 
             def make() -> SuperNodeProcess:
-                sn = SuperNodeProcess(flower_dir / "supernode", link, free_port(self.host), node_config,
-                                      host=self.host, root_certificates=pinned, auth_key=auth.private)
+                # The SuperNode dials out to the SuperLink; its own Runtime API, where its
+                # ClientApps pull the round's message and push the reply, is for this host only.
+                sn = SuperNodeProcess(flower_dir / "supernode", link, free_port(LOCALHOST), node_config,
+                                      host=LOCALHOST, root_certificates=pinned, auth_key=auth.private)
                 sn.extra_env = self._env()
                 return sn
 
