@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from node.errors import InvalidBlock, Reason
+from node.flower.auth import supernode_key
 from node.ledger.chain import Ledger
 from node.ledger.keys import NodeKey
-from node.ledger.membership import EFFECT_DELAY, initial_membership
+from node.ledger.membership import EFFECT_DELAY, initial_membership, member_flower_keys
 from node.ledger.transactions import (
     make_join_request,
     make_member_vote,
@@ -338,3 +339,27 @@ def test_the_stored_membership_value_does_not_grow_with_the_members_it_admitted(
     assert [c.name for c in ledger.store.membership_history(2)] == ["n2-18", "n2-19"]
     assert verify_chain(ledger.store, ledger.genesis).ok
 
+
+
+def test_the_flower_keys_to_register_follow_admission_and_removal(store_kind: str, tmp_path: Path) -> None:
+    """What a coordinator registers on its SuperLink (node/flower/training.py `flower_keys`): the
+    key of the join request that admitted a member, and nothing from its removal on."""
+    ledger, keys = new_ledger(store_kind, tmp_path)
+    flower_key = supernode_key(tmp_path / "alice").public
+    roles = ("authority", "participant")
+
+    def keys_now() -> dict[bytes, bytes]:
+        return member_flower_keys(ledger.store.membership_history(), ledger.store.members(), {}, roles)
+
+    commit(ledger, keys, [make_join_request(ALICE, CHAIN_ID, "participant", "alice", "ws://127.0.0.1:9999",
+                                            flower_key)])
+    commit(ledger, keys, [vote(k, ALICE) for k in keys[:3]])
+    assert ALICE.public not in keys_now()  # decided, not yet in force
+    commit(ledger, keys)
+    commit(ledger, keys)
+    assert keys_now()[ALICE.public] == flower_key
+    commit(ledger, keys, [vote(k, ALICE, action="remove") for k in keys[:3]])
+    commit(ledger, keys)
+    commit(ledger, keys)
+    assert ledger.store.member(ALICE.public) is None
+    assert ALICE.public not in keys_now()  # the coordinator unregisters it: its SuperNode is refused
