@@ -420,7 +420,8 @@ def run_plain(args: argparse.Namespace, root: Path, rows_dirs: Sequence[Path], l
         log("plain Flower: starting the SuperLink and the SuperNodes")
         link.start()
         for k, path in enumerate(rows_dirs, 1):
-            sn = SuperNodeProcess(root / f"node{k}", link.address, free_port(), {"rows-dir": str(path)})
+            sn = SuperNodeProcess(root / f"node{k}", link.address, free_port(), {"rows-dir": str(path)},
+                                  stock_clientapp=True)
             supernodes.append(sn)
             sn.start()
         setup_s = time.monotonic() - t0

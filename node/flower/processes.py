@@ -185,9 +185,13 @@ class SuperNodeProcess(FlowerProcess):
         bin_dir: Path = DEFAULT_BIN_DIR,
         root_certificates: Path | None = None,
         auth_key: Path | None = None,
+        stock_clientapp: bool = False,
     ) -> None:
         super().__init__(workdir, bin_dir)
         self.superlink_address = superlink_address
+        # Only scripts/bench_fl.py's plain-Flower baseline runs Flower's own flwr-clientapp, which
+        # unpacks and runs the app bundle's code: that is what a plain deployment does.
+        self.stock_clientapp = stock_clientapp
         self.root_certificates = root_certificates  # verify the SuperLink against it; None: --insecure
         self.auth_key = auth_key  # the SuperNode authentication key (node/flower/auth.py)
         self.host = host
@@ -198,6 +202,8 @@ class SuperNodeProcess(FlowerProcess):
 
     def prepare(self) -> None:
         super().prepare()
+        if self.stock_clientapp:
+            return
         # SuperExec starts `flwr-clientapp` by name for every message: this one, first on PATH,
         # runs fedledger's installed ClientApp and never code from the app bundle (fl_clientapp.py).
         self.guard_dir.mkdir(parents=True, exist_ok=True)
@@ -209,7 +215,8 @@ class SuperNodeProcess(FlowerProcess):
 
     def environment(self) -> dict[str, str]:
         env = super().environment()
-        env["PATH"] = os.pathsep.join([str(self.guard_dir), env.get("PATH", "")])
+        if not self.stock_clientapp:
+            env["PATH"] = os.pathsep.join([str(self.guard_dir), env.get("PATH", "")])
         return env
 
     def command(self) -> list[str]:
