@@ -124,7 +124,7 @@ def test_updates_must_build_on_the_previous_commit_once_per_node_and_round() -> 
     assert run.check(run.update(p0, 1, 1, base=bytes(32))) is Reason.BASE_MISMATCH
     assert run.check(run.update(p0, 2, 1)) is Reason.WRONG_ROUND  # round 1 not committed yet
     assert run.check(run.update(p0, 4, 1)) is Reason.WRONG_ROUND  # the run has 3 rounds
-    assert run.check(run.update(p0, 0, 1)) is Reason.UNAUTHORIZED  # only the coordinator seeds round 0
+    assert run.check(run.update(p0, 0, 1)) is Reason.NOT_COORDINATOR  # only the coordinator seeds round 0
     foreign = make_model_update(p0, CHAIN_ID, bytes(32), "humidity", 1, run.initial_hash,
                                 encode_weights(weights(1)), 10, {}, ROOT)
     assert run.check(foreign) is Reason.UNKNOWN_RUN
@@ -161,7 +161,7 @@ def test_commit_rules_unknown_updates_order_and_who_commits() -> None:
                                 aggregate_hash(ups), {})
     assert run.check(unknown) is Reason.UNKNOWN_UPDATE
     assert run.check(run.commit(2, ups)) is Reason.WRONG_ROUND
-    assert run.check(run.commit(1, ups, key=run.keys[1])) is Reason.UNAUTHORIZED  # not the coordinator
+    assert run.check(run.commit(1, ups, key=run.keys[1])) is Reason.NOT_COORDINATOR  # another authority
     assert run.check(run.commit(1, ups, key=participant_key(0))) is Reason.UNAUTHORIZED
     commit_next(run.ledger, run.keys, [run.commit(1, ups)])
     again = make_model_commit(run.coordinator, CHAIN_ID, run.run, "humidity", 1, "fedavg",

@@ -208,5 +208,5 @@ def test_a_ledger_of_the_previous_schema_is_refused_with_one_clear_error(tmp_pat
     db.commit()
     db.close()
     for read_only in (False, True):
-        with pytest.raises(StorageError, match="schema 1, this one reads 2"):
+        with pytest.raises(StorageError, match="schema 1, this one reads 3"):
             SqliteStore(path, read_only=read_only)

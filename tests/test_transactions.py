@@ -14,6 +14,7 @@ from node.ledger.transactions import (
     make_model_update,
     make_reading,
     make_register_device,
+    make_run_handover,
     make_train_request,
     parse_tx,
     tx_id,
@@ -35,6 +36,7 @@ def all_kinds():
         make_model_update(OWNER, CHAIN_ID, H, "humidity", 0, H, H, 10, {"loss": 0.5}, H),
         make_model_commit(OWNER, CHAIN_ID, H, "humidity", 0, "fedavg", [H], H, {"loss": 0.4}),
         make_model_eval(OWNER, CHAIN_ID, H, "humidity", 0, H, 5, 12, H, {"rmse": 1.5, "baseline_rmse": 2.0}),
+        make_run_handover(OWNER, CHAIN_ID, H, 2, "10.0.0.7:9093", H),
     ]
 
 
@@ -159,3 +161,13 @@ def test_composed_tx_encoding_is_the_canonical_encoding(
     assert tx.id == tx_id(raw)
     assert sign_bytes(tx_sign_kind("reading"), "c", signed_part(raw)).endswith(tx.signed_encoded)
     assert tx.signature_valid("c") and not parse_tx(raw).signature_valid("other-chain")
+
+
+@pytest.mark.parametrize("superlink", ["", "10.0.0.7", "10.0.0.7:", ":9093", "h:0", "h:65536", "h:9 3",
+                                       "h:x", "h\n:1", "a" * 300 + ":1"])
+def test_a_handover_names_a_superlink_as_host_and_port(superlink: str) -> None:
+    body = {"authority": OWNER.public, "run": H, "round": 1, "superlink": superlink, "superlink_cert": H}
+    with pytest.raises(InvalidTransaction, match="superlink"):
+        BODY_TYPES["run_handover"].from_body(body)
+    ok = {**body, "superlink": "[fd00::7]:9093"}
+    assert BODY_TYPES["run_handover"].from_body(ok).superlink == "[fd00::7]:9093"

@@ -14,6 +14,8 @@ DEFAULT_MAX_TXS = 50_000
 # Join requests are free to make (a fresh key each) and the ledger takes few: the mempool keeps at
 # most this many, one per joining node, so a flood of them cannot crowd out readings.
 MAX_PENDING_JOIN_REQUESTS = 256
+# Refusals that a later block may lift: such txs stay pending when a block is built without them.
+WAITING = frozenset({Reason.FUTURE_TIMESTAMP, Reason.UNKNOWN_DEVICE, Reason.HANDOVER_EARLY})
 
 
 class Mempool:
@@ -71,9 +73,10 @@ class Mempool:
             if reason is None:
                 overlay.apply(tx)
                 out.append(tx.raw)
-            elif reason is not Reason.FUTURE_TIMESTAMP and reason is not Reason.UNKNOWN_DEVICE:
-                # A timestamp ahead of the block time, or a device registered in a later block,
-                # can become valid; everything else (replay, duplicate, bad signature) cannot.
+            elif reason not in WAITING:
+                # A timestamp ahead of the block time, a device registered in a later block or a
+                # handover before its signer's turn can become valid; everything else (replay,
+                # duplicate, bad signature) cannot.
                 dead.append(tx_id)
                 self.rejected[reason.value] += 1
         self.remove(dead)

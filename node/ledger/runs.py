@@ -1,8 +1,9 @@
 """Training runs on the ledger: the rules that tie train requests, model updates and commits.
 
 A `train_request` (from an authority) opens a run; its tx id is the run id and its signer is the
-run's coordinator. Round 0 is the initial model: the coordinator publishes it as a
-`model_update` and commits it alone, so every later model has a lineage that ends on the ledger.
+run's coordinator, until a `run_handover` names another (handover.py). Round 0 is the initial
+model: the coordinator publishes it as a `model_update` and commits it alone, so every later model
+has a lineage that ends on the ledger.
 For rounds 1..R every member that trains submits at most one `model_update` whose base is exactly
 the weights committed for the previous round; the coordinator's `model_commit` for the round
 names the updates it aggregated, and every replica re-computes that aggregation before it accepts
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 from federated.aggregate import STRATEGIES, Update, aggregate
 from federated.weights import decode_weights, weights_hash
 from node.errors import Reason
-from node.ledger import run_rules
+from node.ledger import handover, run_rules
 from node.ledger.provenance import check_update_provenance
 from node.ledger.run_rules import aggregation_params
 from node.ledger.transactions import ModelCommit, ModelUpdate, TrainRequest, parse_tx
@@ -44,6 +45,7 @@ PARAM_TYPES: dict[str, tuple[type, ...]] = {
     "classes": (str,),
     "clip_norm": (float, int),
     "superlink_cert": (str,),  # hex SHA-256 of the SuperLink's TLS certificate (node/flower/tls.py)
+    "handover_timeout": (int,),  # seconds; when the authorities take a stalled run over (handover.py)
 }
 
 
@@ -69,6 +71,8 @@ class RunView(Protocol):
 
     def model_update(self, run: bytes, round: int, node: bytes) -> ModelRow | None: ...
 
+    def latest_model_row(self, run: bytes, kind: str) -> ModelRow | None: ...
+
 
 def run_request(view: RunView, run: bytes) -> TrainRequest | None:
     rec = view.tx(run)
@@ -86,7 +90,7 @@ def check_train_request(body: TrainRequest) -> Reason | None:
         types = PARAM_TYPES.get(key)
         if types is None or isinstance(value, bool) or not isinstance(value, types):
             return Reason.MALFORMED
-    return run_rules.check_run_params(body.params)
+    return run_rules.check_run_params(body.params) or handover.check_timeout_param(body.params)
 
 
 def check_model_update(view: RunView, body: ModelUpdate) -> Reason | None:
@@ -98,8 +102,8 @@ def check_model_update(view: RunView, body: ModelUpdate) -> Reason | None:
     req = run_request(view, body.run)
     if req is None or req.task != body.task:
         return Reason.UNKNOWN_RUN
-    if body.round == 0 and body.node != req.authority:
-        return Reason.UNAUTHORIZED  # only the coordinator publishes the initial model
+    if body.round == 0 and body.node != handover.current_coordinator(view, body.run, req):
+        return Reason.NOT_COORDINATOR  # only the coordinator publishes the initial model
     if body.round > req.rounds:
         return Reason.WRONG_ROUND
     if view.model_commit(body.run, body.round) is not None:
@@ -127,8 +131,8 @@ def check_model_commit(view: RunView, body: ModelCommit, signer: bytes) -> Reaso
     req = run_request(view, body.run)
     if req is None or req.task != body.task:
         return Reason.UNKNOWN_RUN
-    if signer != req.authority:
-        return Reason.UNAUTHORIZED
+    if signer != handover.current_coordinator(view, body.run, req):
+        return Reason.NOT_COORDINATOR  # never the request's signer once the run was handed over
     if body.strategy != req.strategy:
         return Reason.MALFORMED
     if body.round > req.rounds:

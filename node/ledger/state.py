@@ -17,6 +17,7 @@ from node.errors import BlockReason, InvalidBlock, InvalidTransaction, Reason
 from node.ledger import membership as ms_rules
 from node.ledger.blocks import Block
 from node.ledger.evaluation import check_model_eval
+from node.ledger.handover import check_run_handover
 from node.ledger.membership import Change, Membership
 from node.ledger.runs import ModelRow, check_model_commit, check_model_update, check_train_request
 from node.ledger.transactions import (
@@ -27,6 +28,7 @@ from node.ledger.transactions import (
     ModelUpdate,
     Reading,
     RegisterDevice,
+    RunHandover,
     TrainRequest,
     Transaction,
     parse_tx,
@@ -140,7 +142,13 @@ class StateView(Protocol):
 
     def model_eval(self, run: bytes, round: int, node: bytes) -> ModelRow | None: ...
 
+    def model_handover(self, run: bytes, round: int, node: bytes) -> ModelRow | None: ...
+
     def block_hash(self, height: int) -> bytes | None: ...
+
+    def block_time(self, height: int) -> int | None: ...
+
+    def latest_model_row(self, run: bytes, kind: str) -> ModelRow | None: ...
 
     def owner_readings(self, owner: bytes, max_height: int) -> list[tuple[bytes, bytes, int, int]]:
         """(tx id, device, seq, timestamp_ms) of the committed readings of `owner`'s devices at
@@ -222,10 +230,23 @@ class OverlayView:
         row = self._models.get(("eval", run, round, node))
         return row if row is not None else self.base.model_eval(run, round, node)
 
+    def model_handover(self, run: bytes, round: int, node: bytes) -> ModelRow | None:
+        row = self._models.get(("handover", run, round, node))
+        return row if row is not None else self.base.model_handover(run, round, node)
+
     # A data cut is at most the committed height under the block (provenance.py), so the block's
     # own readings never count: these read the base.
     def block_hash(self, height: int) -> bytes | None:
         return self.base.block_hash(height)
+
+    def block_time(self, height: int) -> int | None:
+        return self.base.block_time(height)  # the block under check has none yet: check_tx has it
+
+    def latest_model_row(self, run: bytes, kind: str) -> ModelRow | None:
+        for row in reversed(self.delta.models):
+            if row.run == run and row.kind == kind:
+                return row
+        return self.base.latest_model_row(run, kind)
 
     def owner_readings(self, owner: bytes, max_height: int) -> list[tuple[bytes, bytes, int, int]]:
         return self.base.owner_readings(owner, max_height)
@@ -248,6 +269,11 @@ class OverlayView:
             row = ModelRow("eval", tx.id, d.height, body.run, body.round, body.node, body.model_hash)
             d.models.append(row)
             self._models[("eval", body.run, body.round, body.node)] = row
+        elif isinstance(body, RunHandover):
+            row = ModelRow("handover", tx.id, d.height, body.run, body.round, body.authority,
+                           body.superlink_cert)
+            d.models.append(row)
+            self._models[("handover", body.run, body.round, body.authority)] = row
         elif isinstance(body, JoinRequest):
             ms = ms_rules.record_join(self.membership(), body, tx.id, d.height, self.admission)
             self._set_membership(ms)
@@ -339,6 +365,11 @@ def check_tx(
         if m is None or m.role != "authority":
             return Reason.UNAUTHORIZED  # the coordinator is an authority (DESIGN.md section 5)
         return check_model_commit(view, body, tx.signer)
+    elif isinstance(body, RunHandover):
+        m = view.member(tx.signer)
+        if m is None or m.role != "authority":
+            return Reason.UNAUTHORIZED  # only an authority coordinates
+        return check_run_handover(view, body, block_time_ms)
     return None
 
 

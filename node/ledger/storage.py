@@ -43,6 +43,10 @@ class Store(Protocol):
         """The hash recorded for `height` (an index; verify re-derives it from the block)."""
         ...
 
+    def block_time(self, height: int) -> int | None:
+        """The header time (ms) of the block at `height`, or None."""
+        ...
+
     def block_by_hash(self, block_hash: bytes) -> Block | None: ...
 
     def commit(self, height: int) -> Commit | None: ...
@@ -113,6 +117,8 @@ class Store(Protocol):
 
     def model_eval(self, run: bytes, round: int, node: bytes) -> ModelRow | None: ...
 
+    def model_handover(self, run: bytes, round: int, node: bytes) -> ModelRow | None: ...
+
     def owner_readings(self, owner: bytes, max_height: int) -> list[tuple[bytes, bytes, int, int]]:
         """(tx id, device, seq, timestamp_ms) of the committed readings of `owner`'s devices at
         heights <= max_height, in (device, seq) order: what data provenance is computed from."""
@@ -120,6 +126,10 @@ class Store(Protocol):
 
     def model_rows(self, run: bytes | None = None, kind: str | None = None) -> list[ModelRow]:
         """Model update and commit index rows in ledger order, optionally of one run and/or kind."""
+        ...
+
+    def latest_model_row(self, run: bytes, kind: str) -> ModelRow | None:
+        """The run's last index row of `kind` in ledger order (a commit: its highest round)."""
         ...
 
     def put_blob(self, data: bytes) -> bytes: ...

@@ -342,10 +342,46 @@ class ModelCommit(Body):
     metrics: dict[str, float] = field(hash=False)
 
 
+MAX_HOST_PORT = 262  # a host name (253) or a bracketed IPv6 address, a colon and a port
+
+
+def _host_port(name: str, v: Any) -> str:
+    """HOST:PORT where a SuperLink listens (the form a train_request's `superlink` param takes)."""
+    if not isinstance(v, str) or not 0 < len(v) <= MAX_HOST_PORT or not v.isprintable() or " " in v:
+        raise _fail(f"{name} must be HOST:PORT without spaces, at most {MAX_HOST_PORT} characters")
+    host, _, port = v.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise _fail(f"{name} must be HOST:PORT with a port in 1..65535")
+    return v
+
+
+@dataclass(frozen=True)
+class RunHandover(Body):
+    """An authority takes over coordinating a run whose coordinator stopped committing rounds
+    (node/ledger/handover.py says when whose turn it is). It names the run's open round and where
+    the new coordinator's SuperLink listens, with the SHA-256 of its TLS certificate, which every
+    SuperNode pins from then on."""
+
+    KIND: ClassVar[str] = "run_handover"
+    SIGNER_FIELD: ClassVar[str] = "authority"
+    FIELDS: ClassVar[dict[str, Checker]] = {
+        "authority": _key,
+        "run": _hash,
+        "round": _int(0),
+        "superlink": _host_port,
+        "superlink_cert": _hash,
+    }
+    authority: bytes  # the new coordinator
+    run: bytes
+    round: int  # the run's first uncommitted round when the handover is final
+    superlink: str
+    superlink_cert: bytes
+
+
 BODY_TYPES: dict[str, type[Body]] = {
     cls.KIND: cls
     for cls in (RegisterDevice, Reading, JoinRequest, MemberVote, TrainRequest, ModelUpdate, ModelCommit,
-                ModelEval)
+                ModelEval, RunHandover)
 }
 
 
@@ -612,3 +648,10 @@ def make_model_commit(
         "metrics": metrics,
     }
     return sign_tx(coordinator, chain_id, "model_commit", body)
+
+
+def make_run_handover(authority: NodeKey, chain_id: str, run: bytes, round: int, superlink: str,
+                      superlink_cert: bytes) -> dict[str, Any]:
+    body = {"authority": authority.public, "run": run, "round": round, "superlink": superlink,
+            "superlink_cert": superlink_cert}
+    return sign_tx(authority, chain_id, "run_handover", body)

@@ -79,6 +79,10 @@ class MemoryStore:
         b = self.block(height)
         return b.hash if b else None
 
+    def block_time(self, height: int) -> int | None:
+        b = self.block(height)
+        return b.header.time_ms if b else None
+
     def block_by_hash(self, block_hash: bytes) -> Block | None:
         h = self._by_hash.get(block_hash)
         return None if h is None else self.block(h)
@@ -209,6 +213,9 @@ class MemoryStore:
     def model_eval(self, run: bytes, round: int, node: bytes) -> ModelRow | None:
         return self._model_index.get(("eval", run, round, node))
 
+    def model_handover(self, run: bytes, round: int, node: bytes) -> ModelRow | None:
+        return self._model_index.get(("handover", run, round, node))
+
     def owner_readings(self, owner: bytes, max_height: int) -> list[tuple[bytes, bytes, int, int]]:
         mine = {d for d, rec in self._devices.items() if rec.owner == owner}
         out = [(r.tx_id, r.device, r.seq, r.timestamp_ms) for r in self._readings
@@ -217,6 +224,9 @@ class MemoryStore:
 
     def model_rows(self, run: bytes | None = None, kind: str | None = None) -> list[ModelRow]:
         return [m for m in self._models if (run is None or m.run == run) and (kind is None or m.kind == kind)]
+
+    def latest_model_row(self, run: bytes, kind: str) -> ModelRow | None:
+        return next((m for m in reversed(self._models) if m.run == run and m.kind == kind), None)
 
     def put_blob(self, data: bytes) -> bytes:
         h = hashlib.sha256(data).digest()
@@ -237,5 +247,5 @@ class MemoryStore:
 
 
 def _model_key(m: ModelRow) -> tuple[str, bytes, int, bytes | None]:
-    # One commit per (run, round) whoever signs it; one update and one eval per (run, round, node).
+    # One commit per (run, round) whoever signs it; one update, eval and handover per (run, round, node).
     return (m.kind, m.run, m.round, None if m.kind == "commit" else m.node)

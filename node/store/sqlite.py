@@ -21,9 +21,10 @@ Schema (also in docs/schema.md; keys, hashes and signatures are raw BLOBs, use h
     membership_history(seq INTEGER PRIMARY KEY, node, action, role, name, decided, effective,
                        flower_key)
                                            -- applied changes, appended in the order they took effect
-    models(tx_id PRIMARY KEY -> txs, height, kind 'update'|'commit'|'eval', run, round, node,
-           weights_hash)        -- one commit per (run, round), one update and one eval per
-                                -- (run, round, node); an eval's weights_hash is the model it scored
+    models(tx_id PRIMARY KEY -> txs, height, kind 'update'|'commit'|'eval'|'handover', run, round,
+           node, weights_hash)  -- one commit per (run, round), one update, eval and handover per
+                                -- (run, round, node); an eval's weights_hash is the model it scored,
+                                -- a handover's the new coordinator's SuperLink certificate hash
     blobs(hash BLOB PRIMARY KEY, data BLOB)                       -- hash = sha256(data)
     consensus_state(id INTEGER PRIMARY KEY CHECK (id = 1), raw BLOB)
 
@@ -52,9 +53,32 @@ from node.store.base import check_commit_args, default_membership
 
 # 2: model_update carries data_cut, model_eval txs and 'eval' rows in models (issue 12/13). A
 # ledger of version 1 holds updates that no longer parse: it cannot be opened, only re-created.
-SCHEMA_VERSION = "2"
+# 3: run_handover txs and 'handover' rows in models (issue 14). A version-2 ledger holds none and
+# is valid as it is: a writable open widens the models table's kinds and stamps 3; a read-only
+# open reads it unchanged.
+SCHEMA_VERSION = "3"
+READABLE_VERSIONS = ("2", SCHEMA_VERSION)
 
 _HISTORY_COLUMNS = "node, action, role, name, decided, effective, flower_key"
+
+# The index of a run's transactions: updates, commits, evaluations and coordinator handovers.
+MODELS_TABLE = """CREATE TABLE IF NOT EXISTS {name} (
+    tx_id BLOB PRIMARY KEY REFERENCES txs(id),
+    height INTEGER NOT NULL REFERENCES blocks(height),
+    kind TEXT NOT NULL CHECK (kind IN ('update', 'commit', 'eval', 'handover')),
+    run BLOB NOT NULL,
+    round INTEGER NOT NULL,
+    node BLOB NOT NULL,
+    weights_hash BLOB NOT NULL
+);
+"""
+MODELS_INDEXES = """
+CREATE UNIQUE INDEX IF NOT EXISTS models_commit ON models(run, round) WHERE kind = 'commit';
+CREATE UNIQUE INDEX IF NOT EXISTS models_update ON models(run, round, node) WHERE kind = 'update';
+CREATE UNIQUE INDEX IF NOT EXISTS models_eval ON models(run, round, node) WHERE kind = 'eval';
+CREATE UNIQUE INDEX IF NOT EXISTS models_handover ON models(run, round, node) WHERE kind = 'handover';
+CREATE INDEX IF NOT EXISTS models_run ON models(run, kind, height);
+"""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -127,18 +151,7 @@ CREATE TABLE IF NOT EXISTS membership_history (
     effective INTEGER NOT NULL,
     flower_key BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS models (
-    tx_id BLOB PRIMARY KEY REFERENCES txs(id),
-    height INTEGER NOT NULL REFERENCES blocks(height),
-    kind TEXT NOT NULL CHECK (kind IN ('update', 'commit', 'eval')),
-    run BLOB NOT NULL,
-    round INTEGER NOT NULL,
-    node BLOB NOT NULL,
-    weights_hash BLOB NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS models_commit ON models(run, round) WHERE kind = 'commit';
-CREATE UNIQUE INDEX IF NOT EXISTS models_update ON models(run, round, node) WHERE kind = 'update';
-CREATE UNIQUE INDEX IF NOT EXISTS models_eval ON models(run, round, node) WHERE kind = 'eval';
+""" + MODELS_TABLE.format(name="models") + MODELS_INDEXES + """
 CREATE TABLE IF NOT EXISTS blobs (hash BLOB PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS consensus_state (id INTEGER PRIMARY KEY CHECK (id = 1), raw BLOB NOT NULL);
 """
@@ -180,6 +193,9 @@ class SqliteStore:
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
             )
             found = self._one("SELECT value FROM meta WHERE key = 'schema_version'")
+            if found is not None and found[0] == "2":
+                self._migrate_from_2()
+                found = (SCHEMA_VERSION,)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open database {self.path}: {exc}") from exc
         if found is None or found[0] != SCHEMA_VERSION:
@@ -203,10 +219,30 @@ class SqliteStore:
         except sqlite3.Error as exc:
             db.close()
             raise StorageError(f"cannot read {self.path}: {exc}") from exc
-        if found is not None and found[0] != SCHEMA_VERSION:
+        if found is not None and found[0] not in READABLE_VERSIONS:
             db.close()
             raise StorageError(_version_error(self.path, found[0]))
         return db
+
+    def _migrate_from_2(self) -> None:
+        """Version 2 to 3: the models table takes 'handover' rows (SQLite cannot alter a CHECK, so
+        the table is copied), in one transaction."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(MODELS_TABLE.format(name="models_v3"))
+            db.execute("INSERT INTO models_v3 SELECT tx_id, height, kind, run, round, node, weights_hash"
+                       " FROM models")
+            db.execute("DROP TABLE models")
+            db.execute("ALTER TABLE models_v3 RENAME TO models")
+            for statement in MODELS_INDEXES.strip().split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     @contextmanager
     def snapshot(self) -> Iterator[SqliteStore]:
@@ -315,6 +351,10 @@ class SqliteStore:
     def block_hash(self, height: int) -> bytes | None:
         row = self._one("SELECT hash FROM blocks WHERE height = ?", (height,))
         return bytes(row[0]) if row else None
+
+    def block_time(self, height: int) -> int | None:
+        row = self._one("SELECT time_ms FROM blocks WHERE height = ?", (height,))
+        return int(row[0]) if row else None
 
     def block_rows(self, lo: int, hi: int) -> list[dict[str, Any]]:
         """block_summary() of heights lo..hi from the indexed columns, without decoding any txs."""
@@ -599,6 +639,9 @@ class SqliteStore:
     def model_eval(self, run: bytes, round: int, node: bytes) -> ModelRow | None:
         return self._model_row("kind = 'eval' AND run = ? AND round = ? AND node = ?", (run, round, node))
 
+    def model_handover(self, run: bytes, round: int, node: bytes) -> ModelRow | None:
+        return self._model_row("kind = 'handover' AND run = ? AND round = ? AND node = ?", (run, round, node))
+
     def owner_readings(self, owner: bytes, max_height: int) -> list[tuple[bytes, bytes, int, int]]:
         # One range scan of the (device, seq) UNIQUE index per device: a join lets SQLite scan
         # every reading of the ledger instead.
@@ -622,6 +665,12 @@ class SqliteStore:
             args.append(kind)
         sql += " ORDER BY m.height, t.idx"
         return [_model(r) for r in self._db.execute(sql, args)]
+
+    def latest_model_row(self, run: bytes, kind: str) -> ModelRow | None:
+        row = self._one(
+            f"SELECT {self._MODEL_COLS} FROM models m JOIN txs t ON t.id = m.tx_id"
+            " WHERE m.run = ? AND m.kind = ? ORDER BY m.height DESC, t.idx DESC LIMIT 1", (run, kind))
+        return None if row is None else _model(row)
 
     def put_blob(self, data: bytes) -> bytes:
         h = hashlib.sha256(data).digest()

@@ -1,0 +1,252 @@
+"""The ledger's coordinator handover rules (node/ledger/handover.py), through check_tx, the mempool
+and real block commits: a run is taken over only once its open round expired on block times, by
+the successor whose turn it is, for the open round, once per authority and round; from then on
+only the new coordinator commits."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from federated.weights import encode_weights
+from node.errors import InvalidBlock, Reason
+from node.ledger.chain import Ledger
+from node.ledger.handover import DEFAULT_HANDOVER_TIMEOUT_S, START_FACTORS, run_control, successors
+from node.ledger.keys import NodeKey
+from node.ledger.mempool import Mempool
+from node.ledger.state import check_tx
+from node.ledger.transactions import make_model_update, make_run_handover, make_train_request, tx_id
+from node.store.sqlite import SqliteStore
+from node.store.verify import verify_chain
+from tests.factories import CHAIN_ID, commit_next, participant_key
+from tests.test_model_txs import Run, open_run, weights
+
+T = DEFAULT_HANDOVER_TIMEOUT_S * 1000
+
+
+def handover(run: Run, key: NodeKey, round: int, port: int = 9100) -> dict:
+    return make_run_handover(key, CHAIN_ID, run.run, round, f"127.0.0.1:{port}", bytes([port % 251]) * 32)
+
+
+def check_at(run: Run, tx: dict, time_ms: int) -> Reason | None:
+    return check_tx(run.ledger.store, tx, time_ms, run.ledger.params)
+
+
+def progress_ms(run: Run) -> int:
+    ctl = run_control(run.ledger.store, run.run)
+    assert ctl is not None
+    t = run.ledger.store.block_time(ctl.progress_height)
+    assert t is not None
+    return t
+
+
+def commit_round(run: Run, round: int, coordinator: NodeKey, seed: int = 0) -> None:
+    """Two participants' updates of `round` and the coordinator's commit, in two blocks."""
+    base = run.ledger.store.model_commit(run.run, round - 1).weights_hash
+    ups = [run.update(participant_key(i), round, seed + i, base=base) for i in range(2)]
+    commit_next(run.ledger, run.keys, ups)
+    commit_next(run.ledger, run.keys, [run.commit(round, ups, key=coordinator)])
+
+
+def at(run: Run, time_ms: int, txs: list[dict]) -> None:
+    commit_next(run.ledger, run.keys, txs, time_ms=time_ms)
+
+
+def test_the_next_authority_takes_over_once_the_open_round_expired_on_block_times() -> None:
+    run = open_run()  # the request, round 0 published and committed: round 1 open, 1 commit since
+    old, new = run.keys[0], run.keys[1]
+    expiry = progress_ms(run) + START_FACTORS[1] * T
+    tx = handover(run, new, 1)
+    assert check_at(run, tx, expiry - 1) is Reason.HANDOVER_EARLY
+    with pytest.raises(InvalidBlock, match="handover_early"):
+        at(run, expiry - 1, [tx])
+    assert check_at(run, tx, expiry) is None
+    at(run, expiry, [tx])
+    ctl = run_control(run.ledger.store, run.run)
+    assert ctl is not None and ctl.coordinator == new.public and ctl.takeover_round == 1
+    assert ctl.superlink == "127.0.0.1:9100" and ctl.superlink_cert == (bytes([9100 % 251]) * 32).hex()
+    # The old coordinator's commit is refused from then on; the new one's is accepted.
+    ups = [run.update(participant_key(i), 1, i) for i in range(2)]
+    commit_next(run.ledger, run.keys, ups)
+    assert run.check(run.commit(1, ups, key=old)) is Reason.NOT_COORDINATOR
+    with pytest.raises(InvalidBlock, match="not_coordinator"):
+        commit_next(run.ledger, run.keys, [run.commit(1, ups, key=old)])
+    assert run.check(run.commit(1, ups, key=new)) is None
+    commit_next(run.ledger, run.keys, [run.commit(1, ups, key=new)])
+    assert run.ledger.store.model_commit(run.run, 1).node == new.public
+    assert [m.kind for m in run.ledger.store.model_rows(run.run)][-4:] == ["handover", "update", "update",
+                                                                          "commit"]
+
+
+def test_a_later_successor_waits_one_more_timeout_per_place_and_never_the_coordinator_itself() -> None:
+    run = open_run()
+    commit_round(run, 1, run.keys[0])  # round 2 open: the coordinator is past its start-up
+    expiry = progress_ms(run) + T
+    order = successors([k.public for k in run.keys], run.keys[0].public)
+    assert order == [k.public for k in run.keys[1:]]  # keys are sorted: the next ones in key order
+    second, third = run.keys[2], run.keys[3]
+    assert check_at(run, handover(run, second, 2), expiry) is Reason.HANDOVER_EARLY  # the first one's turn
+    assert check_at(run, handover(run, second, 2), expiry + T) is None
+    assert check_at(run, handover(run, third, 2), expiry + T) is Reason.HANDOVER_EARLY
+    assert check_at(run, handover(run, third, 2), expiry + 2 * T) is None
+    assert check_at(run, handover(run, run.keys[0], 2), expiry + 10 * T) is Reason.NOT_SUCCESSOR
+    assert check_at(run, handover(run, participant_key(0), 2), expiry + 10 * T) is Reason.UNAUTHORIZED
+    # The first successor was dead: the second takes the run over at its turn.
+    at(run, expiry + T, [handover(run, second, 2)])
+    assert run_control(run.ledger.store, run.run).coordinator == second.public
+
+
+def test_a_handover_names_the_open_round_and_a_replay_is_refused() -> None:
+    run = open_run()
+    expiry = progress_ms(run) + START_FACTORS[1] * T
+    for wrong in (0, 2, 3):
+        assert check_at(run, handover(run, run.keys[1], wrong), expiry) is Reason.WRONG_ROUND
+    first = handover(run, run.keys[1], 1)
+    at(run, expiry, [first])
+    later = run.ledger.head_time_ms + 100 * T
+    assert check_at(run, first, later) is Reason.DUPLICATE  # the same bytes again
+    # Once the new coordinator committed round 1, a handover of round 1 is stale whoever signs it.
+    commit_round(run, 1, run.keys[1])
+    later = run.ledger.head_time_ms + 100 * T
+    assert check_at(run, handover(run, run.keys[2], 1), later) is Reason.WRONG_ROUND
+    assert check_at(run, handover(run, run.keys[2], 2), later) is None
+
+
+def test_an_authority_takes_a_round_over_once_so_handovers_per_round_are_bounded() -> None:
+    run = open_run()
+    a, b, c = run.keys[0], run.keys[1], run.keys[2]
+    t = progress_ms(run) + START_FACTORS[1] * T
+    at(run, t, [handover(run, b, 1)])
+    # b took over at round 1 and committed nothing: it has the start-up allowance, then c's turn.
+    t = run.ledger.head_time_ms + START_FACTORS[0] * T
+    at(run, t, [handover(run, c, 1)])
+    # b is after c in key order: its turn comes two places later. Taking round 1 again is refused.
+    order = successors([k.public for k in run.keys], c.public)
+    place = order.index(b.public) + 1
+    t = run.ledger.head_time_ms + START_FACTORS[0] * T + (place - 1) * T
+    assert check_at(run, handover(run, b, 1, port=9200), t) is Reason.DUPLICATE_HANDOVER
+    # The original coordinator never took round 1 over: it may, at its turn.
+    place = order.index(a.public) + 1
+    t = run.ledger.head_time_ms + START_FACTORS[0] * T + (place - 1) * T
+    assert check_at(run, handover(run, a, 1), t) is None
+
+
+def test_the_open_round_expires_later_while_a_coordinator_starts_up() -> None:
+    run = open_run(rounds=4, handover_timeout=10)
+    t = 10_000
+    ctl = run_control(run.ledger.store, run.run)
+    assert (ctl.open_round, ctl.takeover_round, ctl.expiry_timeout_ms()) == (1, 0, START_FACTORS[1] * t)
+    commit_round(run, 1, run.keys[0])
+    assert run_control(run.ledger.store, run.run).expiry_timeout_ms() == t
+    at(run, progress_ms(run) + t, [handover(run, run.keys[1], 2)])
+    ctl = run_control(run.ledger.store, run.run)
+    assert (ctl.open_round, ctl.takeover_round, ctl.expiry_timeout_ms()) == (2, 2, START_FACTORS[0] * t)
+    commit_round(run, 2, run.keys[1])
+    assert run_control(run.ledger.store, run.run).expiry_timeout_ms() == START_FACTORS[1] * t
+
+
+def test_a_run_still_at_round_0_is_taken_over_and_the_new_coordinator_publishes_the_initial_model() -> None:
+    run = open_run()
+    req = make_train_request(run.keys[0], CHAIN_ID, "humidity", 2, "fedavg", {"handover_timeout": 5})
+    commit_next(run.ledger, run.keys, [req])
+    fresh = Run(run.ledger, run.keys, tx_id(req), run.initial_hash)
+    t = fresh.ledger.head_time_ms + START_FACTORS[0] * 5000
+    assert check_at(fresh, handover(fresh, run.keys[1], 0), t - 1) is Reason.HANDOVER_EARLY
+    at(fresh, t, [handover(fresh, run.keys[1], 0)])
+
+    def initial(key: NodeKey) -> dict:
+        return make_model_update(key, CHAIN_ID, fresh.run, "humidity", 0, bytes(32),
+                                 encode_weights(weights(99)), 1, {}, bytes(32))
+
+    assert fresh.check(initial(run.keys[0])) is Reason.NOT_COORDINATOR
+    ok = initial(run.keys[1])
+    assert fresh.check(ok) is None
+    commit_next(fresh.ledger, fresh.keys, [ok])
+    assert fresh.check(fresh.commit(0, [ok], key=run.keys[0])) is Reason.NOT_COORDINATOR
+    commit_next(fresh.ledger, fresh.keys, [fresh.commit(0, [ok], key=run.keys[1])])
+    assert fresh.ledger.store.model_commit(fresh.run, 0).node == run.keys[1].public
+
+
+def test_a_complete_run_is_not_handed_over() -> None:
+    run = open_run(rounds=1)
+    commit_round(run, 1, run.keys[0])
+    late = run.ledger.head_time_ms + 100 * T
+    assert check_at(run, handover(run, run.keys[1], 2), late) is Reason.WRONG_ROUND
+    assert check_at(run, handover(run, run.keys[1], 1), late) is Reason.WRONG_ROUND
+
+
+@pytest.mark.parametrize("value", [0, 4, 86_401, "30", True, 1.5])
+def test_the_handover_timeout_is_bounded_in_the_train_request(value: object) -> None:
+    run = open_run()
+    req = make_train_request(run.keys[0], CHAIN_ID, "humidity", 2, "fedavg", {"handover_timeout": value})
+    assert run.check(req) is Reason.MALFORMED
+    ok = make_train_request(run.keys[0], CHAIN_ID, "humidity", 2, "fedavg", {"handover_timeout": 5})
+    assert run.check(ok) is None
+
+
+def test_an_early_handover_waits_in_the_mempool_until_its_turn() -> None:
+    run = open_run()
+    expiry = progress_ms(run) + START_FACTORS[1] * T
+    pool = Mempool(run.ledger.params)
+    tx = handover(run, run.keys[1], 1)
+    store = run.ledger.store
+    assert pool.add(tx, store, expiry)[1] is None  # admitted on the local clock
+    h = run.ledger.height + 1
+    assert pool.reap(store, expiry - 1, h, 100) == []  # a proposer whose clock is behind leaves it
+    assert len(pool) == 1
+    assert pool.reap(store, expiry, h, 100) == [tx]
+
+
+def test_a_chain_with_handovers_verifies_on_disk(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "node.db")
+    run = open_run(store)
+    at(run, progress_ms(run) + START_FACTORS[1] * T, [handover(run, run.keys[1], 1)])
+    commit_round(run, 1, run.keys[1])
+    report = verify_chain(store, run.ledger.genesis)
+    assert report.ok, report.error
+    rows = store.model_rows(run.run, "handover")
+    assert len(rows) == 1 and store.latest_model_row(run.run, "handover") == rows[0]
+    assert store.model_handover(run.run, 1, run.keys[1].public) == rows[0]
+    # A tampered handover row is caught by verify.
+    store.close()
+    db = sqlite3.connect(tmp_path / "node.db")
+    db.execute("UPDATE models SET round = 7 WHERE kind = 'handover'")
+    db.commit()
+    db.close()
+    store = SqliteStore(tmp_path / "node.db", read_only=True)
+    assert not verify_chain(store, run.ledger.genesis).ok
+    store.close()
+
+
+def test_a_version_2_ledger_is_migrated_in_place_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "node.db"
+    store = SqliteStore(path)
+    run = open_run(store)
+    before = store.model_rows()
+    store.close()
+    # Make it what a version-2 node wrote: the models table without 'handover' among its kinds.
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE m2 (tx_id BLOB PRIMARY KEY REFERENCES txs(id), height INTEGER NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('update', 'commit', 'eval')), run BLOB NOT NULL,
+            round INTEGER NOT NULL, node BLOB NOT NULL, weights_hash BLOB NOT NULL);
+        INSERT INTO m2 SELECT * FROM models; DROP TABLE models; ALTER TABLE m2 RENAME TO models;
+        UPDATE meta SET value = '2' WHERE key = 'schema_version';
+    """)
+    db.commit()
+    db.close()
+    ro = SqliteStore(path, read_only=True)  # read as it is
+    assert ro.model_rows() == before
+    ro.close()
+    store = SqliteStore(path)
+    assert store.model_rows() == before
+    version = sqlite3.connect(path).execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    assert version == ("3",)
+    # The migrated table takes handovers.
+    migrated = Run(Ledger(store, run.ledger.genesis), run.keys, run.run, run.initial_hash)
+    at(migrated, progress_ms(migrated) + START_FACTORS[1] * T, [handover(migrated, run.keys[1], 1)])
+    assert len(store.model_rows(run.run, "handover")) == 1
+    assert verify_chain(store, run.ledger.genesis).ok
+    store.close()
