@@ -48,7 +48,7 @@ import numpy as np
 from federated import tasks
 from federated.tasks import TrainResult
 from federated.weights import decode_weights, encode_weights
-from node.proc import rss_bytes
+from node.proc import rss_bytes, watch_parent
 
 MAX_FRAME = 256 * 1024 * 1024
 _LEN = struct.Struct(">I")
@@ -483,6 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = TrainerServer(args.socket, port=args.port or 0, rows_dir=args.rows_dir)
     # SIGTERM from the node: stop serving and remove the socket file.
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server._server.shutdown).start())
+    watch_parent()  # a node killed with SIGKILL cannot send that SIGTERM: it is sent when it is gone
     server.warm(args.warm)
     # The parent waits for this line (or pings) before sending work.
     print(f"ready {server.address}", flush=True)

@@ -60,7 +60,6 @@ class Reason(str, Enum):
     DUPLICATE_EVAL = "duplicate_eval"  # a second model_eval of one node for one round
     # Coordinator handover (node/ledger/handover.py):
     NOT_COORDINATOR = "not_coordinator"  # a commit or round-0 update from a node not coordinating the run now
-    NOT_SUCCESSOR = "not_successor"  # a run_handover signed by the run's current coordinator itself
     HANDOVER_EARLY = "handover_early"  # a run_handover in a block before its signer's turn (not expired)
     DUPLICATE_HANDOVER = "duplicate_handover"  # an authority taking over the same round of a run twice
 

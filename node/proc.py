@@ -3,6 +3,8 @@
 * ``ProcessTree``  -- a child we started (a ``subprocess.Popen``) and every descendant seen so far;
   ``stop()`` asks the child to exit, waits for the whole tree, then kills whatever is left.
 * ``rss_bytes``, ``peak_rss_bytes``, ``cpu_seconds`` -- what the benchmarks and the trainer report.
+* ``watch_parent`` -- in a child a node started (trainer, SuperLink, SuperNode): exit when that
+  node is gone, so a node killed with SIGKILL leaves none of its processes behind.
 
 Used by the Flower process supervision (node/flower/), the local launcher's node processes
 (node/launch/processes.py), the trainer and the benchmarks; it imports nothing of ours.
@@ -16,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +29,9 @@ log = logging.getLogger("fedledger.proc")
 
 POLL_S = 0.1
 KILL_WAIT_S = 5.0  # after SIGKILL: the kernel reaps at once unless a process is stuck in I/O
+PARENT_ENV = "FEDLEDGER_PARENT_PID"  # set by the node for the children it starts (watch_parent)
+PARENT_POLL_S = 1.0
+PARENT_GONE_GRACE_S = 10.0  # after the SIGTERM to itself, before it exits hard
 
 
 def alive(p: psutil.Process) -> bool:
@@ -132,6 +138,39 @@ class ProcessTree:
         if left:
             log.warning("processes still running after SIGKILL (tree of pid %d): %s", self.popen.pid, left)
         return left
+
+
+def child_environment(env: dict[str, str]) -> dict[str, str]:
+    """`env` for a child of this process that watches it (watch_parent)."""
+    return {**env, PARENT_ENV: str(os.getpid())}
+
+
+def watch_parent(poll_s: float = PARENT_POLL_S, parent: int | None = None) -> bool:
+    """In a child started with child_environment() (or whose `parent` pid is given): a daemon
+    thread that notices when the parent is gone (this process was re-parented: the node died
+    without stopping it, e.g. under SIGKILL), then SIGTERMs this process, so it shuts down as if the
+    node had stopped it (Flower's own processes take their children with them), and exits hard if
+    that has not happened within PARENT_GONE_GRACE_S. Returns whether it watches. The variable is
+    removed from this process's environment so that its own children do not inherit it."""
+    raw = os.environ.pop(PARENT_ENV, "")
+    if parent is None:
+        if not raw.isdigit():
+            return False
+        parent = int(raw)
+    if os.getppid() != parent:  # gone before we looked
+        os.kill(os.getpid(), signal.SIGTERM)
+        return True
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        log.warning("parent process %d is gone; stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(PARENT_GONE_GRACE_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+    return True
 
 
 def stop_processes(procs: Iterable[psutil.Process], timeout: float = 3.0) -> list[int]:

@@ -184,6 +184,8 @@ def classify(argv: Sequence[str]) -> str:
         module = argv[argv.index("-m") + 1] if argv.index("-m") + 1 < len(argv) else ""
         if module == "federated.trainer":
             return "trainer"
+        if module in ("federated.flower.fl_superlink", "federated.flower.fl_supernode"):
+            return module.rsplit("_", 1)[1]  # Flower's SuperLink / SuperNode behind fedledger's entry point
         if module == "node":
             return "launch" if "launch" in argv else "node"
     if "fedledger" in names:

@@ -118,6 +118,8 @@ def test_plain_round_seconds_needs_every_round_and_node() -> None:
         (["/v/bin/python3", "/v/bin/flwr-serverapp", "--insecure"], "serverapp"),
         (["/v/bin/python3", "/v/bin/flwr-clientapp", "--insecure"], "clientapp"),
         (["/v/bin/python", "-m", "federated.trainer", "--socket", "x"], "trainer"),
+        (["/v/bin/python", "-m", "federated.flower.fl_superlink", "--port", "1"], "superlink"),
+        (["/v/bin/python", "-m", "federated.flower.fl_supernode", "--port", "1"], "supernode"),
         (["/v/bin/python", "-m", "node", "node", "run", "/d/node1"], "node"),
         (["/v/bin/python", "/v/bin/fedledger", "launch", "--dir", "d"], "launch"),
         (["/v/bin/python", "/v/bin/flwr", "run", "app", "x", "--stream"], "flwr-cli"),

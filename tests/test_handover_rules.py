@@ -80,7 +80,7 @@ def test_the_next_authority_takes_over_once_the_open_round_expired_on_block_time
                                                                           "commit"]
 
 
-def test_a_later_successor_waits_one_more_timeout_per_place_and_never_the_coordinator_itself() -> None:
+def test_a_later_successor_waits_one_more_timeout_per_place() -> None:
     run = open_run()
     commit_round(run, 1, run.keys[0])  # round 2 open: the coordinator is past its start-up
     expiry = progress_ms(run) + T
@@ -91,11 +91,30 @@ def test_a_later_successor_waits_one_more_timeout_per_place_and_never_the_coordi
     assert check_at(run, handover(run, second, 2), expiry + T) is None
     assert check_at(run, handover(run, third, 2), expiry + T) is Reason.HANDOVER_EARLY
     assert check_at(run, handover(run, third, 2), expiry + 2 * T) is None
-    assert check_at(run, handover(run, run.keys[0], 2), expiry + 10 * T) is Reason.NOT_SUCCESSOR
     assert check_at(run, handover(run, participant_key(0), 2), expiry + 10 * T) is Reason.UNAUTHORIZED
     # The first successor was dead: the second takes the run over at its turn.
     at(run, expiry + T, [handover(run, second, 2)])
     assert run_control(run.ledger.store, run.run).coordinator == second.public
+
+
+def test_the_coordinator_moves_its_own_superlink_once_per_round_and_gets_the_start_up_allowance() -> None:
+    run = open_run(rounds=4)
+    commit_round(run, 1, run.keys[0])
+    coordinator = run.keys[0]
+    restarted = handover(run, coordinator, 2, port=9300)
+    assert check_at(run, restarted, progress_ms(run) + 1) is None  # no turn to wait for
+    at(run, progress_ms(run) + 5000, [restarted])
+    ctl = run_control(run.ledger.store, run.run)
+    assert ctl.coordinator == coordinator.public and ctl.superlink == "127.0.0.1:9300"
+    assert (ctl.takeover_round, ctl.expiry_timeout_ms()) == (2, START_FACTORS[0] * T)
+    # Once per round: a second restart in the same round waits for the timeout like everyone.
+    assert check_at(run, handover(run, coordinator, 2, port=9301), progress_ms(run) + 1) is \
+        Reason.DUPLICATE_HANDOVER
+    expiry = progress_ms(run) + START_FACTORS[0] * T
+    assert check_at(run, handover(run, run.keys[1], 2), expiry - 1) is Reason.HANDOVER_EARLY
+    assert check_at(run, handover(run, run.keys[1], 2), expiry) is None
+    commit_round(run, 2, coordinator)
+    assert check_at(run, handover(run, coordinator, 3, port=9302), progress_ms(run) + 1) is None
 
 
 def test_a_handover_names_the_open_round_and_a_replay_is_refused() -> None:

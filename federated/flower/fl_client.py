@@ -103,10 +103,28 @@ def _evaluation(config: ConfigRecord, trainer: Any, weights: Any, loaded: fl_hoo
     }
 
 
+def _reply_with(existing: dict[str, Any], msg: Message) -> Message:
+    """The train reply carrying an update already on the ledger (fl_ledger.existing_update)."""
+    content = RecordDict(
+        {
+            ARRAYS: ArrayRecord(existing["weights"]),
+            METRICS: MetricRecord({NUM_EXAMPLES: int(existing["num-examples"]),
+                                   **finite_metrics(existing["metrics"])}),
+            UPDATE: ConfigRecord(existing["signed"]),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     config = msg.content[CONFIG]
     task = str(config["task"])
+    # A round this node already answered on the ledger (its coordinator stopped after the update
+    # was final): the same update again, never a second one.
+    existing = fl_hooks.existing_update(context.node_config, config)
+    if existing is not None:
+        return _reply_with(existing, msg)
     weights = msg.content[ARRAYS].to_numpy_ndarrays()
     loaded = fl_hooks.load_rows(_rows_config(context))
     server_round = int(config.get("server-round", 0))
@@ -139,7 +157,15 @@ def train(msg: Message, context: Context) -> Message:
     }
     if scored is not None:
         update["evaluation"] = scored
-    signed = fl_hooks.sign_update(context.node_config, update)
+    try:
+        signed = fl_hooks.sign_update(context.node_config, update)
+    except fl_hooks.UpdateExists:
+        # Another ClientApp of this node signed the round first: answer with the update the
+        # ledger kept.
+        existing = fl_hooks.existing_update(context.node_config, config)
+        if existing is None:
+            raise
+        return _reply_with(existing, msg)
     content = RecordDict(
         {
             ARRAYS: ArrayRecord(new_weights),

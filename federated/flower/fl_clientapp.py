@@ -14,10 +14,13 @@ It refuses to start on another Flower minor version: it replaces two of Flower's
 from __future__ import annotations
 
 import io
+import os
 import sys
 import zipfile
 from collections.abc import Callable
 from typing import Any
+
+from node.proc import watch_parent
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -84,6 +87,9 @@ def main() -> int:
     def get_load_client_app_fn(*args: Any, **kwargs: Any) -> Callable[..., Any]:
         return lambda *a, **k: installed_client_app()
 
+    # A ClientApp blocked in training or on the ledger stops when its SuperExec is gone (its node
+    # was killed), rather than after its timeouts.
+    watch_parent(parent=os.getppid())
     runtime.install_from_fab = install_from_fab  # type: ignore[assignment]
     runtime.get_load_client_app_fn = get_load_client_app_fn  # type: ignore[assignment]
     sys.argv[0] = "flwr-clientapp"  # Flower's exit handling keys on the command name

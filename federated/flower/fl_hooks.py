@@ -14,6 +14,8 @@ Each hook runs inside a Flower app process (a fresh ``flwr-clientapp`` per messa
 * ``sign_update(node_config, update) -> dict`` (ClientApp): what travels to the strategy in the
   reply's ``update`` ConfigRecord (ConfigRecord-compatible values; must contain ``weights-hash``).
   In ledger mode the update may carry an ``evaluation`` of its base model, signed with it.
+* ``existing_update(node_config, config) -> dict | None`` (ClientApp): the node's update of the
+  round if it is already final (a run taken over mid-round): the node replies with it.
 * ``sign_eval(node_config, evaluation) -> dict`` (ClientApp): the node's signed score of a
   committed model on its held-out readings (the last round's, from the evaluate step).
 * ``check_update(run_config, round, signed, weights_hash) -> str | int | None`` (ServerApp): why an
@@ -41,6 +43,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from federated.flower.fl_errors import UpdateExists as UpdateExists  # raised by sign_update
 from federated.weights import encode_weights, weights_hash
 
 
@@ -160,6 +163,18 @@ def sign_update(node_config: Mapping[str, Any], update: Mapping[str, Any]) -> di
         "node-dir": str(node_config.get("data-dir", "")),
         "rows-digest": str(update.get("rows-digest", "")),
     }
+
+
+def existing_update(node_config: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Ledger mode: this node's final update of the instruction's run and round (weights,
+    num-examples, metrics and the ``signed`` record), which it replies with instead of training
+    again; None when it has none (and always in file mode)."""
+    if not ledger_mode(config):
+        return None
+    from federated.flower import fl_ledger
+
+    return fl_ledger.existing_update(node_config, str(config["run"]), int(config.get("server-round", 0)),
+                                     str(config.get("base-hash", "")))
 
 
 def sign_eval(node_config: Mapping[str, Any], evaluation: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from federated.flower.fl_errors import UpdateExists
+from federated.weights import decode_weights
 from node.ledger.codec import decode
 from node.ledger.genesis import Genesis
 from node.ledger.keys import NodeKey
@@ -116,6 +118,23 @@ class NodeLink:
             db.close()
         return row is not None
 
+    def own_update(self, run: bytes, round: int) -> tuple[bytes, ModelUpdate] | None:
+        """This node's final model_update of (run, round): its tx id and body."""
+        db = self._db()
+        try:
+            row = db.execute(
+                "SELECT t.id, t.raw FROM models m JOIN txs t ON t.id = m.tx_id"
+                " WHERE m.kind = 'update' AND m.run = ? AND m.round = ? AND m.node = ?",
+                (run, round, self.key.public),
+            ).fetchone()
+        finally:
+            db.close()
+        if row is None:
+            return None
+        body = parse_tx(decode(bytes(row[1]))).body
+        assert isinstance(body, ModelUpdate)
+        return bytes(row[0]), body
+
     def committed_tx(self, txid: bytes) -> tuple[str, dict[str, Any]] | None:
         db = self._db()
         try:
@@ -207,12 +226,70 @@ def sign_update(
     )
     evaluation = update.get("evaluation")
     ev = eval_tx(link, evaluation) if evaluation else None
-    link.submit_and_wait([tx] if ev is None else [ev, tx])
+    run, round = bytes.fromhex(str(update["run"])), int(update["round"])
+    if link.own_update(run, round) is not None:
+        raise UpdateExists(f"this node's update of round {round} is already final")
+    _submit_update(link, tx, ev, run, round)
     return {
         "weights-hash": str(update["weights-hash"]),
         "tx-id": tx_id(tx).hex(),
         "node": link.key.public.hex(),
         "readings-root": readings_root.hex(),
+    }
+
+
+def _submit_update(link: NodeLink, tx: dict[str, Any], ev: dict[str, Any] | None, run: bytes,
+                   round: int, timeout: float = FINALITY_TIMEOUT_S) -> None:
+    """Submit the update (and the evaluation signed with it) and wait until it is final; raise
+    UpdateExists as soon as another update of this node for the round is final instead (two
+    ClientApps of the node raced for the round: the ledger keeps the first)."""
+
+    async def send() -> list[Any]:
+        async with LedgerClient(link.url) as client:
+            return await client.submit_many([tx] if ev is None else [ev, tx])
+
+    results = asyncio.run(send())
+    for sent, result in zip([tx] if ev is None else [ev, tx], results, strict=True):
+        if result.accepted or result.reason == "duplicate":
+            continue
+        if sent is tx and result.reason == "duplicate_update":
+            raise UpdateExists(f"this node's update of round {round} is already final")
+        if sent is not tx and result.reason == "duplicate_eval":
+            continue  # scored by the other ClientApp
+        raise LedgerHookError(f"node refused {sent['kind']}: {result.reason}")
+    txid = tx_id(tx)
+    deadline = time.monotonic() + timeout
+    while link.committed_tx(txid) is None:
+        other = link.own_update(run, round)
+        if other is not None and other[0] != txid:
+            raise UpdateExists(f"this node's update of round {round} is already final")
+        if time.monotonic() >= deadline:
+            raise LedgerHookError(f"tx {txid.hex()[:16]} not final after {timeout:.0f} s")
+        time.sleep(POLL_S)
+
+
+def existing_update(node_config: Mapping[str, Any], run_hex: str, round: int, base_hex: str
+                    ) -> dict[str, Any] | None:
+    """This node's final update of (run, round), as the ClientApp replies with it, or None.
+
+    The rule for a round that was open when its coordinator stopped: a node that already has a
+    final update for it replies with that update instead of training again (the ledger takes one
+    update per node and round). It must build on the base the new coordinator sends, which is the
+    committed model of the round before on every replica."""
+    link = NodeLink(str(node_config["data-dir"]), str(node_config.get("node-url", "")))
+    found = link.own_update(bytes.fromhex(run_hex), round)
+    if found is None:
+        return None
+    txid, body = found
+    if body.base_model_hash.hex() != base_hex:
+        raise LedgerHookError(f"this node's final update of round {round} builds on "
+                              f"{body.base_model_hash.hex()[:16]}, not on the base sent {base_hex[:16]}")
+    return {
+        "weights": decode_weights(body.weights),
+        "num-examples": body.num_examples,
+        "metrics": dict(body.metrics),
+        "signed": {"weights-hash": body.weights_hash.hex(), "tx-id": txid.hex(),
+                   "node": link.key.public.hex(), "readings-root": body.readings_root.hex()},
     }
 
 

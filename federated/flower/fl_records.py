@@ -72,6 +72,9 @@ class RunSettings:
     commit_log: str = ""
     run: str = ""  # the train_request id (hex): ledger mode
     data_dir: str = ""  # the coordinator's node directory (ledger mode)
+    # > 0: a run taken over (or restarted) at this ledger round, from `initial-weights`: the
+    # committed model of the round before (node/flower/takeover.py).
+    resume_round: int = 0
     train_config: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
@@ -96,6 +99,7 @@ class RunSettings:
             commit_log=_get(rc, "commit-log", str, d.commit_log),
             run=_get(rc, "run", str, d.run),
             data_dir=_get(rc, "data-dir", str, d.data_dir),
+            resume_round=_get(rc, "resume-round", int, d.resume_round),
             train_config=tuple((field, rc[key]) for key, field in TRAIN_KEYS.items() if key in rc),
         )
         if s.task not in TASKS:
@@ -110,9 +114,19 @@ class RunSettings:
             raise ValueError("round-timeout and node-wait-timeout must be > 0")
         if s.run and not s.data_dir:
             raise ValueError("a ledger run (run config 'run') needs the coordinator's 'data-dir'")
+        if not 0 <= s.resume_round <= s.num_rounds:
+            raise ValueError("resume-round must be in 0..num-rounds")
+        if s.resume_round > 0 and not s.initial_weights:
+            raise ValueError("a resumed run (resume-round > 0) starts from initial-weights: the model "
+                             "committed for the round before")
         if s.task == "traceability" and len(s.classes) < 2:
             raise ValueError("traceability needs run config classes='dev1,dev2,...' (at least 2)")
         return s
+
+    @property
+    def round_offset(self) -> int:
+        """Rounds committed before this ServerApp started (the first one it runs is offset + 1)."""
+        return max(self.resume_round - 1, 0)
 
     @property
     def num_classes(self) -> int | None:

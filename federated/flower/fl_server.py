@@ -9,6 +9,7 @@ fails) raises, so the run -- and ``flwr run --stream`` -- ends with an error.
 
 from __future__ import annotations
 
+import os
 import time
 from logging import INFO
 from pathlib import Path
@@ -22,6 +23,7 @@ from federated.flower.fl_records import RunSettings
 from federated.flower.fl_strategy import make_strategy
 from federated.trainer import TrainerClient
 from federated.weights import decode_weights, weights_hash
+from node.proc import watch_parent
 
 app = ServerApp()
 
@@ -40,14 +42,22 @@ def initial_weights(settings: RunSettings) -> list:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    # Flower stops an idle ServerApp whose SuperExec is gone, not one blocked in our strategy (on
+    # the ledger, the trainer): a coordinator killed with SIGKILL must not leave it running.
+    watch_parent(parent=os.getppid())
     settings = RunSettings.from_run_config(context.run_config)
     weights = initial_weights(settings)
-    fl_hooks.publish_initial(context.run_config, settings.task, weights)
+    if settings.resume_round == 0:
+        fl_hooks.publish_initial(context.run_config, settings.task, weights)
+    # else: a run taken over or restarted at resume-round, from the model committed for the round
+    # before; rounds resume-round..num-rounds are left (node/flower/takeover.py).
+    first = settings.round_offset + 1
     log(
         INFO,
-        "fedledger run: task=%s strategy=%s rounds=%d initial=%s",
+        "fedledger run: task=%s strategy=%s rounds=%d..%d initial=%s",
         settings.task,
         settings.strategy,
+        first,
         settings.num_rounds,
         weights_hash(weights).hex()[:16],
     )
@@ -58,19 +68,21 @@ def main(grid: Grid, context: Context) -> None:
         min_nodes=settings.min_nodes,
         node_wait_timeout=settings.node_wait_timeout,
         fraction_evaluate=settings.fraction_evaluate,
+        round_offset=settings.round_offset,
     )
     t0 = time.monotonic()
     strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(weights),
-        num_rounds=settings.num_rounds,
+        num_rounds=settings.num_rounds - settings.round_offset,
         timeout=settings.round_timeout,
         train_config=ConfigRecord(settings.instruction_config()),
         evaluate_config=ConfigRecord(settings.instruction_config()),
     )
-    missing = [r for r in range(1, settings.num_rounds + 1) if r not in strategy.commits]
+    missing = [r for r in range(first, settings.num_rounds + 1) if r not in strategy.commits]
     if missing:
         raise RuntimeError(f"rounds not committed: {missing}")
     for r, secs in sorted(strategy.round_seconds.items()):
         log(INFO, "fedledger round %d: train+commit %.2f s", r, secs)
-    log(INFO, "fedledger run finished: %d rounds in %.2f s", settings.num_rounds, time.monotonic() - t0)
+    log(INFO, "fedledger run finished: rounds %d..%d in %.2f s", first, settings.num_rounds,
+        time.monotonic() - t0)

@@ -21,7 +21,6 @@ picks one by name. No TensorFlow here.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Mapping
 from logging import INFO, WARNING
@@ -37,6 +36,7 @@ from federated import aggregate as fl_aggregate
 from federated.flower import fl_hooks
 from federated.flower.fl_hooks import AcceptedUpdate
 from federated.flower.fl_records import ARRAYS, METRICS, NUM_EXAMPLES, UPDATE, finite_metrics, weights_hex
+from federated.round_metrics import deterministic_metrics
 from federated.weights import canonical_array, weights_hash
 
 
@@ -46,25 +46,6 @@ class RoundFailed(RuntimeError):
 
 class NodesUnavailable(TimeoutError):
     """Fewer SuperNodes than required were connected when the deadline passed."""
-
-
-def deterministic_metrics(items: list[tuple[bytes, int, Mapping[str, float]]]) -> dict[str, float]:
-    """Weighted (by num-examples) mean of every metric that all items carry, in update-id order
-    with math.fsum: the same bytes on every machine. ``num-examples`` becomes the total."""
-    items = sorted(items, key=lambda t: t[0])
-    if not items:
-        return {}
-    keys = set(items[0][2])
-    for _, _, m in items[1:]:
-        keys &= set(m)
-    total = sum(n for _, n, _ in items)
-    out: dict[str, float] = {}
-    for k in sorted(keys):
-        if k == NUM_EXAMPLES:
-            continue
-        out[k] = math.fsum(float(n) * float(m[k]) for _, n, m in items) / float(total)
-    out[NUM_EXAMPLES] = float(total)
-    return out
 
 
 class LedgerStrategyMixin:
@@ -80,6 +61,7 @@ class LedgerStrategyMixin:
         min_nodes: int = 2,
         min_updates: int | None = None,
         node_wait_timeout: float = 120.0,
+        round_offset: int = 0,
         **flower_kwargs: Any,
     ) -> None:
         flower_kwargs.setdefault("min_train_nodes", min_nodes)
@@ -91,6 +73,9 @@ class LedgerStrategyMixin:
         self.min_nodes = min_nodes
         self.min_updates = min_nodes if min_updates is None else min_updates
         self.node_wait_timeout = node_wait_timeout
+        # A run resumed by a new coordinator (or after its SuperLink was lost) starts at ledger
+        # round offset + 1: Flower counts its rounds from 1, the messages and the ledger carry ours.
+        self.round_offset = round_offset
         self.current_arrays: ArrayRecord | None = None
         self.current_hash = ""
         self.current_round = 0
@@ -118,6 +103,7 @@ class LedgerStrategyMixin:
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.round_offset
         self.round_started[server_round] = time.monotonic()
         self.current_round = server_round
         self.current_arrays = arrays
@@ -131,6 +117,7 @@ class LedgerStrategyMixin:
     ) -> Iterable[Message]:
         # On the ledger every round's model is scored on held-out readings: rounds 0..R-1 by the
         # next round's train step, the last one here, whatever fraction-evaluate says.
+        server_round += self.round_offset
         rounds = int(self.run_config.get("num-rounds", -1))
         last = fl_hooks.ledger_mode(self.run_config) and server_round == rounds
         fraction = self.fraction_evaluate  # type: ignore[attr-defined]
@@ -208,6 +195,7 @@ class LedgerStrategyMixin:
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         replies = list(replies)  # a generator in Flower: read it once
         accepted: dict[bytes, AcceptedUpdate] = {}
         rejected: list[tuple[int, str]] = []
@@ -248,6 +236,7 @@ class LedgerStrategyMixin:
         return ArrayRecord([np.asarray(a) for a in agg]), MetricRecord(metrics)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        server_round += self.round_offset
         items = []
         for msg in list(replies):
             if msg.has_error() or METRICS not in msg.content.metric_records:
@@ -295,6 +284,7 @@ def make_strategy(
     min_updates: int | None = None,
     node_wait_timeout: float = 120.0,
     fraction_evaluate: float = 1.0,
+    round_offset: int = 0,
 ) -> LedgerStrategyMixin:
     cls = STRATEGY_CLASSES.get(name)
     if cls is None:
@@ -312,5 +302,6 @@ def make_strategy(
         min_nodes=min_nodes,
         min_updates=min_updates,
         node_wait_timeout=node_wait_timeout,
+        round_offset=round_offset,
         **flower_kwargs,
     )

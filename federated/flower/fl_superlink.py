@@ -23,7 +23,14 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from node.proc import watch_parent
+
 FLEET_PREFIX = "/v1/fleet/"
+# A JSON file {"keys": [PUBLIC KEY FILE, ...], "out": FILE}: the SuperNode keys to register as soon
+# as the SuperLink listens, from this process (Flower is imported already: a separate `flwr` CLI
+# process pays tens of seconds of imports on a loaded machine, and no SuperNode can connect before).
+REGISTER_ENV = "FEDLEDGER_REGISTER_KEYS"
+REGISTER_WAIT_S = 120.0
 SUPPORTED_FLWR = "1.41."
 LOOPBACK = ("127.0.0.1", "::1")
 
@@ -93,6 +100,57 @@ def bind_host(argv: list[str]) -> str | None:
     return "127.0.0.1"
 
 
+def option(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def register_when_listening(argv: list[str], spec_file: str) -> None:
+    """Register the keys `spec_file` names once this SuperLink listens; the outcome goes to its
+    "out" file (written whole: {"registered": [{"key", "node-id"}...]} or {"error": ...})."""
+    import os
+    import socket
+    import time
+
+    from flwr.cli.typing import SuperLinkConnection
+
+    from federated.flower.fl_register import register
+
+    with open(spec_file, encoding="utf-8") as fh:
+        spec = json.load(fh)
+    out = str(spec["out"])
+    host = bind_host(argv) or "127.0.0.1"
+    if normalise(host) in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    port = int(option(argv, "--port") or 9091)
+    result: dict[str, Any]
+    try:
+        deadline = time.monotonic() + REGISTER_WAIT_S
+        while True:
+            try:
+                socket.create_connection((host, port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        connection = SuperLinkConnection("fedledger-self", address=address,
+                                         root_certificates=option(argv, "--ssl-ca-certfile"))
+        result = {"registered": register(connection, [str(k) for k in spec["keys"]])}
+    except Exception as exc:  # reported to the node, which registers them itself then
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    tmp = out + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(result, fh)
+    os.replace(tmp, out)
+    log.info("SuperNode keys: %s", "registered" if "registered" in result else result["error"])
+
+
 def main(argv: list[str]) -> int:
     import flwr
     from starlette.middleware import Middleware
@@ -112,6 +170,14 @@ def main(argv: list[str]) -> int:
 
     extensions.get_middleware = get_middleware
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    watch_parent()  # stop when the node that started it is gone (its SuperExec and ServerApp follow)
+    import os
+    import threading
+
+    spec = os.environ.pop(REGISTER_ENV, "")
+    if spec:
+        threading.Thread(target=register_when_listening, args=(argv, spec), daemon=True,
+                         name="register-keys").start()
     log.info("Control and Runtime APIs served to %s only", ", ".join(sorted(local)))
     sys.argv = ["flower-superlink", *argv]
     flower_superlink()

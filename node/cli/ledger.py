@@ -132,11 +132,19 @@ def training_rows(training: Any) -> list[list[Any]]:
         state = mine.get("state", "")
         if mine.get("error"):
             state += f": {str(mine['error'])[:80]}"
+        handovers = r.get("handovers") if isinstance(r.get("handovers"), list) else []
         rows.append([
             "training",
             f"{str(r.get('run', ''))[:12]} {r.get('task')}/{r.get('strategy')}",
-            f"round {r.get('committed_rounds')}/{r.get('rounds')}" + (f" ({state})" if state else ""),
+            f"round {r.get('committed_rounds')}/{r.get('rounds')}" + (f" ({state})" if state else "")
+            + (f", coordinator {r.get('coordinator')}" if r.get("coordinator") else ""),
         ])
+        for h in handovers[-5:]:
+            if not isinstance(h, dict):
+                continue
+            what = ("moved its SuperLink" if h.get("restart") else f"took over from {h.get('from')}")
+            rows.append(["  handover", f"round {h.get('round')} at height {h.get('height')}",
+                         f"{h.get('to')} {what} (SuperLink {h.get('superlink')})"])
     return rows
 
 

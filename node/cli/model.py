@@ -66,9 +66,26 @@ def run_line(r: RunInfo, names: dict[bytes, str]) -> str:
     q = r.request
     state = "complete" if r.complete else "in progress"
     done = f"{max(0, r.last_round)}/{q.rounds} rounds committed" if r.committed else "no model committed yet"
-    who = short_id(r.coordinator) + (f" ({names[r.coordinator]})" if names.get(r.coordinator) else "")
+
+    def who(key: bytes) -> str:
+        return short_id(key) + (f" ({names[key]})" if names.get(key) else "")
+
+    moved = "".join(
+        f"; round {h.round}: {who(h.coordinator)} "
+        + ("moved its SuperLink" if h.previous == h.coordinator else f"took over from {who(h.previous)}")
+        for h in r.handovers)
     return (f"run {short_run(r.run)} {q.task}/{q.strategy}: {done}, {state}; "
-            f"coordinator {who}, height {r.height}")
+            f"coordinator {who(r.coordinator)}, height {r.height}{moved}")
+
+
+def since(handover: dict[str, Any] | None) -> str:
+    """How the round's coordinator came to coordinate it, if by a handover."""
+    if not handover:
+        return ", the run's requester"
+    where = f"round {handover['round']} (handover at height {handover['height']})"
+    if handover["restart"]:
+        return f", since it moved its SuperLink at {where}"
+    return f", since it took the run over from {handover['from']} at {where}"
 
 
 def select_model(store: Any, args: argparse.Namespace) -> ModelInfo:
@@ -155,10 +172,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         names = {m.key: m.name for m in store.members()}
         height = store.height()
     out = {"models": [m.to_json() for m in found], "runs": [r.to_json() for r in chosen]}
-    rows: list[list[Any]] = [["RUN", "TASK", "ROUND", "MODEL", "HEIGHT", "UPDATES", "HELD-OUT (NODES)",
-                              "TRAINING METRICS", "TIME (UTC)"]]
+    rows: list[list[Any]] = [["RUN", "TASK", "ROUND", "MODEL", "HEIGHT", "UPDATES", "COORDINATOR",
+                              "HELD-OUT (NODES)", "TRAINING METRICS", "TIME (UTC)"]]
     rows += [[short_run(m.run), m.task, m.round, m.weights_hash.hex()[:16], m.height, len(m.update_ids),
-              held_out(m), key_metrics(m.metrics) or "-", fmt_time(m.time_ms)] for m in found]
+              short_id(m.coordinator), held_out(m), key_metrics(m.metrics) or "-", fmt_time(m.time_ms)]
+             for m in found]
     human = table(rows) if found else []
     if not found:
         what = f"{args.task} models" if args.task else "models"
@@ -190,7 +208,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         ["hash", lin["model_hash"]],
         ["committed", f"height {model.height} at {fmt_time(model.time_ms)}, tx {lin['commit_tx']}"],
         ["strategy", f"{model.strategy}, {len(lin['updates'])} update(s)"],
-        ["coordinator", who(lin["coordinator"])],
+        ["coordinator", who(lin["coordinator"]) + since(lin.get("coordinator_since"))],
         ["request", f"{req['task']}, {req['rounds']} rounds, {req['strategy']}; {params}"],
         ["base", base],
         ["metrics", all_metrics(model.metrics) or "-"],
@@ -200,6 +218,14 @@ def cmd_show(args: argparse.Namespace) -> int:
                        "from its own readings at the update's data cut" if model.round else
                        "round 0 is the run's initial model (no data)"],
     ])
+    moves = lin["request"].get("handovers") or []
+    if moves:
+        human.append(f"handovers of the run ({len(moves)}):")
+        hrows: list[list[Any]] = [["ROUND", "HEIGHT", "FROM", "TO", "SUPERLINK"]]
+        hrows += [[h["round"], h["height"], who(h["from"]),
+                   who(h["to"]) + (" (moved its SuperLink)" if h["restart"] else ""), h["superlink"]]
+                  for h in moves]
+        human += ["  " + line for line in table(hrows)]
     human.append(f"updates ({len(lin['updates'])}):")
     rows: list[list[Any]] = [["NODE", "NAME", "TX", "HEIGHT", "DATA CUT", "EXAMPLES", "READINGS ROOT",
                               "PROVENANCE", "BASE", "METRICS"]]

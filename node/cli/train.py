@@ -20,6 +20,7 @@ from federated.aggregate import STRATEGIES
 from node.cli.output import port
 from node.errors import ConfigError
 from node.launch.train_request import TUNABLE, TrainingFailed, request_params, run_progress, submit_request
+from node.ledger.handover import DEFAULT_HANDOVER_TIMEOUT_S
 from node.ledger.runs import TASKS
 from node.net.http import get_json, probe_status
 from node.server.datadir import DB_FILE, GENESIS_FILE, NodeConfig, read_passphrase
@@ -47,6 +48,10 @@ def add_parser(sub: Any) -> None:
                         "(default: a free one)")
     p.add_argument("--clip-norm", type=float, help="bound on an update's L2 distance from its base model; "
                    "nodes clip to it and the ledger refuses updates beyond it")
+    p.add_argument("--handover-timeout", type=int, metavar="SECONDS",
+                   help="an open round not committed this long after the last one (longer while a "
+                        "coordinator starts up) lets the next authority take the run over (default "
+                        f"{DEFAULT_HANDOVER_TIMEOUT_S}, 5..86400)")
     p.add_argument("--evaluate", action="store_true", help="also run Flower's federated evaluation step")
     p.add_argument("--passphrase-file", help="file holding the key passphrase, if the key is encrypted")
     p.add_argument("--no-wait", action="store_true", help="return once the request is final")

@@ -26,6 +26,9 @@ from node.flower.supervise import FlowerRuntimeError, ManagedProcess
 from node.net.ports import LOCALHOST, port_open
 
 DEFAULT_BIN_DIR = Path(sys.executable).parent  # the venv's bin (not resolved: keep the venv)
+# The SuperLink registers the SuperNode keys a JSON file names as soon as it listens (read by
+# federated/flower/fl_superlink.py, which repeats the name: the node never imports the Flower App).
+REGISTER_ENV = "FEDLEDGER_REGISTER_KEYS"
 
 
 def toml_value(value: Any) -> str:
@@ -226,8 +229,12 @@ class SuperNodeProcess(FlowerProcess):
             security = ["--root-certificates", str(self.root_certificates)]
         if self.auth_key is not None:
             security += ["--auth-supernode-private-key", str(self.auth_key)]
+        find_command("flower-supernode", self.bin_dir)  # a clear error when Flower is missing
+        # Flower's SuperNode, stopping when this node is gone (federated/flower/fl_supernode.py).
         return [
-            find_command("flower-supernode", self.bin_dir),
+            str(self.bin_dir / "python"),
+            "-m",
+            "federated.flower.fl_supernode",
             *security,
             "--superlink",
             self.superlink_address,

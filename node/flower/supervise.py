@@ -20,7 +20,7 @@ from pathlib import Path
 from node.errors import LocalError
 from node.flower.logs import LOG_BACKUPS, LOG_MAX_BYTES, LogPump, RotatingLog, log_tail
 from node.net.ports import port_free
-from node.proc import ProcessTree
+from node.proc import ProcessTree, child_environment
 
 READY_POLL_S = 0.1
 
@@ -44,7 +44,7 @@ def start_logged(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=cwd,
-            env=env,
+            env=child_environment(env),  # our children exit when the node dies (watch_parent)
             start_new_session=True,  # own process group: stop() can reap Flower's grandchildren
         )
     except OSError:
@@ -71,6 +71,7 @@ class ManagedProcess:
         self.extra_env: dict[str, str] = {}  # added to the child's environment (and its children's)
         self._tree: ProcessTree | None = None
         self._pump: LogPump | None = None
+        self._log_offset = 0
 
     # subclasses
     def command(self) -> list[str]:
@@ -99,6 +100,10 @@ class ManagedProcess:
             if not port_free(host, port):
                 raise FlowerRuntimeError(f"{self.name}: port {host}:{port} is already in use")
         self.prepare()
+        try:
+            self._log_offset = self.log_path.stat().st_size
+        except OSError:
+            self._log_offset = 0
         self.proc, self._pump = start_logged(self.command(), self.log_path, self.workdir, self.environment(),
                                              self.log_max_bytes, self.log_backups)
         self._tree = ProcessTree(self.proc, own_group=True)
@@ -144,8 +149,26 @@ class ManagedProcess:
             self._pump.join()
         return status
 
+    def kill(self) -> None:
+        """SIGKILL the process and every descendant seen (what is left of one that died)."""
+        if self._tree is not None:
+            self._tree.kill()
+        if self._pump is not None:
+            self._pump.join()
+
     def log_tail(self, lines: int = 25) -> str:
         return log_tail(self.log_path, lines)
+
+    def log_since_start(self, limit: int = 1 << 20) -> str:
+        """What the process logged since its latest start (at most `limit` bytes; after a rotation,
+        the current log file)."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                fh.seek(self._log_offset if self._log_offset <= size else 0)
+                return fh.read(limit).decode(errors="replace")
+        except OSError:
+            return ""
 
     def __enter__(self) -> ManagedProcess:
         return self.start()

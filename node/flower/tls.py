@@ -21,6 +21,7 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,17 +127,21 @@ def presented_cert(host: str, port: int, timeout: float = FETCH_TIMEOUT_S) -> by
     return ssl.DER_cert_to_PEM_cert(der).encode()
 
 
-def pin_superlink(host: str, port: int, expected_sha256: str, out: Path, wait_s: float = 300.0) -> Path:
+def pin_superlink(host: str, port: int, expected_sha256: str, out: Path, wait_s: float = 300.0,
+                  cancelled: Callable[[], bool] | None = None) -> Path:
     """Write the SuperLink's certificate to `out` once it is the finalized one; the SuperNode
     verifies the SuperLink against exactly this file. Waits up to `wait_s` for the SuperLink to
-    listen (the coordinator starts it while the nodes start their SuperNodes). Raises
-    FlowerRuntimeError if the certificate differs: the node then never connects."""
+    listen (the coordinator starts it while the nodes start their SuperNodes), unless `cancelled()`
+    says to stop waiting (the run moved to another SuperLink). Raises FlowerRuntimeError if the
+    certificate differs: the node then never connects."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
             pem = presented_cert(host, port)
             break
         except (OSError, ssl.SSLError) as exc:
+            if cancelled is not None and cancelled():
+                raise FlowerRuntimeError(f"stopped waiting for the SuperLink at {host}:{port}") from exc
             if time.monotonic() >= deadline:
                 raise FlowerRuntimeError(
                     f"no TLS SuperLink at {host}:{port} after {wait_s:.0f} s: {exc}"

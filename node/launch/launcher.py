@@ -22,10 +22,13 @@ from node.net.http import explorer_url, get_json
 
 READY_TIMEOUT_S = 60
 DRAIN_TIMEOUT_S = 30
+SETTLE_TIMEOUT_S = 60
 
 
 def statuses(procs: list[NodeProcess]) -> list[dict[str, Any] | None]:
-    return [p.status() if p.alive else None for p in procs]
+    """Each node's /status, or None for a node that does not answer (down; a node restarted by
+    someone else answers again although launch did not start that process)."""
+    return [p.status() for p in procs]
 
 
 def progress_line(
@@ -41,8 +44,10 @@ def progress_line(
     rejected = sum(sum(s["rejected"].values()) for s in live)
     peers = "/".join(str(s["peers"]) if s else "-" for s in st)
     mempool = max(s["mempool"] for s in live)
+    down = [f"node{i + 1}" for i, s in enumerate(st) if s is None]
     return (f"height {height:>5} | finalized {readings:>7} readings ({rate:6.1f}/s) | "
-            f"submitted {feed.submitted:>7} | rejected {rejected} | mempool {mempool} | peers {peers}")
+            f"submitted {feed.submitted:>7} | rejected {rejected} | mempool {mempool} | peers {peers}"
+            + (f" | DOWN: {', '.join(down)}" if down else ""))
 
 
 def run_launch(opts: LaunchOptions) -> int:
@@ -126,6 +131,7 @@ async def _run(
     started = time.monotonic()
     first = (procs[0].status() or {}).get("readings", 0)
     feed_task = asyncio.create_task(feeder.stream(source, opts.rate, stop))
+    shown_events = 0
     train = TrainingWatch(opts, procs) if opts.rounds > 0 else None
     while not (feed_task.done() and (train is None or train.finished or interrupted)):
         st = await asyncio.to_thread(statuses, procs)
@@ -149,11 +155,11 @@ async def _run(
             stop.set()
         if train is not None and train.run is not None and elapsed > opts.train_after + opts.train_timeout:
             train.fail(f"not complete after {opts.train_timeout:.0f} s")
-        if any(not p.alive for p in procs):
-            out.say("a node process exited; stopping the feed")
-            stop.set()
-            if train is not None and not train.finished:
-                train.fail("a node process exited")
+        # A node that dies is an event: the feeder keeps the other nodes' devices streaming and
+        # reconnects its devices when it is back (node/launch/feeder.py); a run fails over.
+        for event in feeder.events[shown_events:]:
+            out.say(event)
+        shown_events = len(feeder.events)
         if feed_task.done():
             await asyncio.sleep(0.5)  # the feed is over but training is not: poll, do not spin
         else:
@@ -161,6 +167,14 @@ async def _run(
                 await asyncio.wait_for(asyncio.shield(feed_task), 0.5)
     stats = feed_task.result()
     out.end_line()
+    # Every signed reading finalized: what waited for a node that came back, and anything a node
+    # that died may have lost, sent again as the same signed bytes.
+    if not interrupted:
+        settled = await feeder.settle(SETTLE_TIMEOUT_S)
+        for event in feeder.events[shown_events:]:
+            out.say(event)
+        if not settled:
+            out.say(f"{feeder.pending()} signed reading(s) not seen committed after {SETTLE_TIMEOUT_S} s")
 
     # Let what was accepted finalize before the summary.
     def drained() -> bool:
@@ -171,6 +185,8 @@ async def _run(
         await asyncio.to_thread(wait_until, drained, DRAIN_TIMEOUT_S, 0.3)
     await asyncio.sleep(1.0)  # the last block reaches every replica
     summary = await asyncio.to_thread(summarize, procs, stats, csv_stats, time.monotonic() - started)
+    summary["devices"] = device_summary(feeder)
+    summary["node_events"] = list(feeder.events)
     if train is not None:
         summary["training"] = await asyncio.to_thread(train.summary)
     loop.remove_signal_handler(signal.SIGINT)
@@ -180,6 +196,16 @@ async def _run(
         print_summary(summary, root, procs, opts.keep_running, out)
     trained = train is None or summary["training"]["complete_on_every_replica"]
     return 0 if summary["agree"] and summary["nodes_alive"] == n and trained else 1
+
+
+def device_summary(feeder: Feeder) -> dict[str, Any]:
+    """Per device: the last sequence number signed and the last committed, and readings still
+    waiting or not seen committed (all zero when every signed reading is final)."""
+    return {
+        d: {"signed": feeder.seq[d], "committed": feeder.committed[d],
+            "unconfirmed": len(feeder.unconfirmed[d]), "node": feeder.owner[d] + 1}
+        for d in sorted(feeder.owner)
+    }
 
 
 def summarize(
@@ -200,14 +226,17 @@ def summarize(
              "node_id": s["node_id"] if s else None,
              "height": s["height"] if s else None, "head_hash": s["head_hash"] if s else None,
              "readings": s["readings"] if s else None, "rejected": s["rejected"] if s else None,
-             "alive": p.alive}
+             "alive": s is not None}
             for p, s in zip(procs, st, strict=True)
         ],
-        "nodes_alive": sum(1 for p in procs if p.alive),
+        "nodes_alive": sum(1 for s in st if s is not None),
         "common_height": common,
         "agree": len(hashes) <= 1 and len(live) == len(procs),
         "submitted": feed.submitted,
         "accepted": feed.accepted,
+        "resent": feed.resent,
+        "resent_already_final": feed.resent_already_final,
+        "dropped_while_down": feed.dropped_while_down,
         "rejected_at_submission": dict(feed.rejected),
         "finalized_readings": readings,
         "seconds": round(elapsed, 1),
@@ -223,6 +252,10 @@ def print_summary(s: dict[str, Any], root: Path, procs: list[NodeProcess], keep:
             f"({s['finalized_per_s']}/s), {s['accepted']} of {s['submitted']} submitted accepted")
     if s["rejected_at_submission"]:
         out.say(f"  rejected at submission: {s['rejected_at_submission']}")
+    if s["resent"] or s["dropped_while_down"]:
+        out.say(f"  a node was down: {s['resent']} signed reading(s) sent again after it came back "
+                f"({s['resent_already_final']} already final), {s['dropped_while_down']} reading(s) dropped "
+                "unsigned while it was down")
     if s["csv_bad_rows"]:
         out.say(f"  unreadable CSV rows skipped: {s['csv_bad_rows']}")
     for node in s["nodes"]:

@@ -14,6 +14,7 @@ from typing import Any
 from node.errors import ConfigError, RemoteError
 from node.flower.tls import superlink_cert
 from node.ledger.genesis import Genesis
+from node.ledger.handover import DEFAULT_HANDOVER_TIMEOUT_S
 from node.ledger.keys import NodeKey
 from node.ledger.runs import TRAINING_ROLES
 from node.ledger.transactions import make_train_request, tx_id
@@ -28,7 +29,7 @@ POLL_S = 0.5
 # The run's params a caller may set (`fedledger train`'s options); the others come from the replica.
 TUNABLE = frozenset(
     {"min_nodes", "epochs", "batch_size", "learning_rate", "seed", "beta", "krum_f", "fraction_evaluate",
-     "clip_norm"}
+     "clip_norm", "handover_timeout"}
 )
 
 
@@ -59,7 +60,8 @@ def request_params(directory: Path, task: str, overrides: Mapping[str, Any] | No
     # host): its hash in the request is what every SuperNode pins (node/flower/tls.py).
     cert = superlink_cert(directory, host)
     params: dict[str, Any] = {"superlink": f"{format_host(host)}:{superlink_port}",
-                              "superlink_cert": cert.sha256, "min_nodes": len(members)}
+                              "superlink_cert": cert.sha256, "min_nodes": len(members),
+                              "handover_timeout": DEFAULT_HANDOVER_TIMEOUT_S}
     if task == "traceability":
         if len(devices) < 2:
             raise ConfigError("traceability needs at least 2 registered devices on the ledger")

@@ -127,7 +127,7 @@ class TrainingWatch:
     def summary(self) -> dict[str, Any]:
         per_node = []
         for p in self.procs:
-            st = p.status() if p.alive else None
+            st = p.status()
             ledger = run_progress(st, self.run)[0] if st is not None and self.run is not None else None
             per_node.append({"dir": str(p.dir),
                              "committed_rounds": ledger["committed_rounds"] if ledger else None,

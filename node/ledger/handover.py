@@ -17,9 +17,13 @@ When a run expires is decided by block times alone, so every replica agrees:
   k-th may hand the run over to itself in a block whose time is at least
   expiry + (k - 1) x T. A dead successor is so skipped after one more T.
 * A handover names the open round (a replay from an earlier round is `wrong_round`), comes from
-  an authority other than the coordinator (`not_successor`), not before its turn
-  (`handover_early`), and each authority takes a given round of a run over at most once
-  (`duplicate_handover`), which bounds the handovers per round by the number of authorities.
+  a successor not before its turn (`handover_early`), and each authority takes a given round of a
+  run over at most once (`duplicate_handover`), which bounds the handovers per round by the
+  number of authorities.
+* The coordinator itself may hand the run to itself, at any time, once per round: it restarted
+  its Flower processes (its SuperLink died, or its node restarted) and moves its SuperLink, which
+  every SuperNode follows. This counts as a takeover (the start-up allowance again), so a
+  coordinator can delay a round by at most that allowance once before its successors' turns.
 
 Pure functions over a read-only view, like the rest of node/ledger.
 """
@@ -34,7 +38,10 @@ from node.ledger.transactions import RunHandover, TrainRequest, parse_tx
 
 DEFAULT_HANDOVER_TIMEOUT_S = 30
 HANDOVER_TIMEOUT_RANGE_S = (5, 86_400)
-START_FACTORS = (4, 2)  # the timeout multiple while the coordinator has committed 0, then 1 round
+# The timeout multiple while the coordinator has committed 0, then 1 round since it took over: its
+# Flower processes start (trainers, SuperLink, keys, SuperNodes, ServerApp: 30-60 s on a loaded
+# 2-core machine), and after a takeover its first round is often committed from the ledger at once.
+START_FACTORS = (4, 3)
 
 
 class ControlView(Protocol):
@@ -166,9 +173,11 @@ def check_run_handover(view: ControlView, body: RunHandover, block_time_ms: int)
         return Reason.WRONG_ROUND
     if view.model_handover(body.run, body.round, body.authority) is not None:
         return Reason.DUPLICATE_HANDOVER
+    if body.authority == ctl.coordinator:
+        return None  # the coordinator moves its own SuperLink (it restarted its Flower processes)
     turn = turn_of(view, ctl, body.authority, view.height() + 1, block_time_ms)
     if turn is None:
-        return Reason.NOT_SUCCESSOR
+        return Reason.UNAUTHORIZED  # not an authority of the validator set that decides the block
     if block_time_ms < turn:
         return Reason.HANDOVER_EARLY
     return None

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from node.errors import NodeUnreachable
 from node.net import wire
@@ -45,7 +46,11 @@ class LedgerClient:
 
     async def _results(self, expected: int) -> list[TxResult]:
         assert self._ws is not None
-        env = wire.decode_frame(await self._ws.recv())  # type: ignore[arg-type]
+        try:
+            frame = await self._ws.recv()
+        except ConnectionClosed as exc:
+            raise NodeUnreachable(f"node at {self.url} closed the connection: {exc}") from exc
+        env = wire.decode_frame(frame)  # type: ignore[arg-type]
         if env.type == wire.TX_RESULTS:
             return [TxResult(p["id"], p["accepted"], p["reason"]) for p in env.payload]
         if env.type == wire.TX_RESULT:
@@ -72,7 +77,10 @@ class LedgerClient:
         results: list[TxResult] = []
         sizes: list[int] = []
         for frame, n in frames:
-            await self._ws.send(frame)
+            try:
+                await self._ws.send(frame)
+            except ConnectionClosed as exc:
+                raise NodeUnreachable(f"node at {self.url} closed the connection: {exc}") from exc
             sizes.append(n)
             if len(sizes) >= window:
                 results.extend(await self._results(sizes.pop(0)))

@@ -27,8 +27,11 @@ def free_port(host: str = LOCALHOST) -> int:
 
 
 def port_free(host: str, port: int) -> bool:
-    """True when `port` can be bound on `host` right now."""
+    """True when a server could listen on `port` on `host` right now. With SO_REUSEADDR, as servers
+    bind (uvicorn, and so Flower's SuperLink): connections of a listener that just died, left in
+    TIME_WAIT, do not count, another listener does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

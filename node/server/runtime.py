@@ -32,7 +32,7 @@ from node.ledger.mempool import Mempool
 from node.ledger.state import StateDelta
 from node.ledger.transactions import Transaction
 from node.net import wire
-from node.net.addresses import check_host, format_host, local_host
+from node.net.addresses import check_host, format_host, local_host, url_host
 from node.net.consensus_wire import (
     decode_signed_state,
     encode_signed_state,
@@ -135,9 +135,11 @@ class Node:
                                        restored=self._restored_state(), counters=self.counters, log=log)
         # The Flower apps run on this machine: they reach the node where it binds, not where it is
         # advertised (behind NAT the advertised address need not route back to this machine).
-        self.training = Training(self.dir, self.key.public, self.store, lambda: self.local_url, self.host,
-                                 lambda: self.role, passphrase,
-                                 genesis_flower_keys={m.key: m.flower_key for m in self.genesis.members()})
+        self.training = Training(
+            self.dir, self.key, self.genesis.chain_id, self.store, lambda: self.local_url, self.host,
+            lambda: self.role, passphrase,
+            genesis_flower_keys={m.key: m.flower_key for m in self.genesis.members()},
+            submit=self._submit_own, superlink_host=local_host(url_host(self.config.url)))
         self.api = NodeApi(self)
         self.prometheus = NodeMetrics(self)
         self.net = PeerNetwork(
@@ -192,6 +194,11 @@ class Node:
     def broadcast(self, message: Message) -> None:
         type_, payload = message_to_wire(message)
         self.net.broadcast(type_, payload)
+
+    def _submit_own(self, txs: list[dict[str, Any]]) -> list[tuple[bytes | None, str | None]]:
+        """Txs this node signs itself (a run handover, a commit of a run it took over), admitted
+        and gossiped as a client's would be."""
+        return self.consensus.accept_txs(txs)
 
     def gossip_txs(self, txs: list[Transaction]) -> None:
         """Client txs new to this node: timed until they commit, and gossiped in batches."""

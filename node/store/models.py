@@ -17,16 +17,50 @@ from node.ledger.holdout import RULE as HOLDOUT_RULE
 from node.ledger.keys import short_id
 from node.ledger.runs import aggregation_params
 from node.ledger.storage import Store
-from node.ledger.transactions import ModelCommit, ModelEval, ModelUpdate, TrainRequest, parse_tx
+from node.ledger.transactions import ModelCommit, ModelEval, ModelUpdate, RunHandover, TrainRequest, parse_tx
+
+
+@dataclass(frozen=True)
+class HandoverInfo:
+    """A run handed to another coordinator (or a coordinator moving its own SuperLink), at a round."""
+
+    round: int  # the run's open round when it was handed over
+    height: int
+    time_ms: int
+    tx: bytes
+    previous: bytes  # the coordinator before
+    coordinator: bytes  # the coordinator from then on
+    superlink: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"round": self.round, "height": self.height, "time_ms": self.time_ms, "tx": self.tx.hex(),
+                "from": short_id(self.previous), "to": short_id(self.coordinator),
+                "superlink": self.superlink, "restart": self.previous == self.coordinator}
+
+
+def handovers(store: Store, run: bytes, first: bytes) -> list[HandoverInfo]:
+    """The run's handovers in ledger order (`first`: the request's signer)."""
+    out: list[HandoverInfo] = []
+    previous = first
+    for row in store.model_rows(run, "handover"):
+        rec = store.tx(row.tx_id)
+        assert rec is not None
+        body = parse_tx(rec.raw).body
+        assert isinstance(body, RunHandover)
+        out.append(HandoverInfo(body.round, row.height, store.block_time(row.height) or 0, row.tx_id,
+                                previous, body.authority, body.superlink))
+        previous = body.authority
+    return out
 
 
 @dataclass(frozen=True)
 class RunInfo:
     run: bytes
     height: int
-    coordinator: bytes
+    coordinator: bytes  # who signed the request (the run's first coordinator)
     request: TrainRequest
     committed: list[int]  # committed rounds, 0 = the initial model
+    handovers: tuple[HandoverInfo, ...] = ()
 
     @property
     def last_round(self) -> int:
@@ -35,6 +69,10 @@ class RunInfo:
     @property
     def complete(self) -> bool:
         return self.last_round >= self.request.rounds
+
+    @property
+    def current_coordinator(self) -> bytes:
+        return self.handovers[-1].coordinator if self.handovers else self.coordinator
 
     def to_json(self) -> dict[str, Any]:
         r = self.request
@@ -45,7 +83,9 @@ class RunInfo:
             "rounds": r.rounds,
             "committed_rounds": max(0, self.last_round),
             "complete": self.complete,
-            "coordinator": short_id(self.coordinator),
+            "coordinator": short_id(self.current_coordinator),
+            "requested_by": short_id(self.coordinator),
+            "handovers": [h.to_json() for h in self.handovers],
             "height": self.height,
             "params": dict(r.params),
         }
@@ -61,11 +101,16 @@ def latest_runs(store: Store, last: int | None) -> tuple[list[RunInfo], int]:
     out = []
     recs = store.txs_of_kind(TrainRequest.KIND)
     for rec in recs if last is None else recs[-last:]:
-        body = parse_tx(rec.raw).body
-        assert isinstance(body, TrainRequest)
-        rounds = [m.round for m in store.model_rows(rec.id, "commit")]
-        out.append(RunInfo(rec.id, rec.height, rec.signer, body, rounds))
+        out.append(run_info(store, rec))
     return out, len(recs)
+
+
+def run_info(store: Store, rec: Any) -> RunInfo:
+    """The run of train_request record `rec`."""
+    body = parse_tx(rec.raw).body
+    assert isinstance(body, TrainRequest)
+    rounds = [m.round for m in store.model_rows(rec.id, "commit")]
+    return RunInfo(rec.id, rec.height, rec.signer, body, rounds, tuple(handovers(store, rec.id, rec.signer)))
 
 
 def find_run(store: Store, task: str | None = None, run: str | None = None) -> RunInfo:
@@ -103,6 +148,7 @@ class ModelInfo:
     # The nodes' signed scores on their held-out readings, aggregated (federated/evaluation.py).
     holdout: dict[str, float] = field(default_factory=dict)
     evaluations: tuple[dict[str, Any], ...] = ()
+    coordinator: bytes = b""  # who committed it: the run's coordinator at that round
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -114,6 +160,7 @@ class ModelInfo:
             "height": self.height,
             "time_ms": self.time_ms,
             "commit_tx": self.commit_id.hex(),
+            "coordinator": short_id(self.coordinator) if self.coordinator else None,
             "updates": len(self.update_ids),
             "metrics": dict(self.metrics),
             "holdout": dict(self.holdout),
@@ -145,14 +192,14 @@ def models(store: Store, run: bytes | None = None) -> list[ModelInfo]:
         assert rec is not None
         body = parse_tx(rec.raw).body
         assert isinstance(body, ModelCommit)
-        block = store.block(row.height)
+        time_ms = store.block_time(row.height)
         scored = evals.get((body.run, body.round), [])
         holdout = evaluation.aggregate(
             body.task, [(bytes.fromhex(e["tx"]), e["num_examples"], e["metrics"]) for e in scored]
         )
         out.append(ModelInfo(body.run, body.task, body.round, body.strategy, body.weights_hash, row.height,
-                             block.header.time_ms if block else 0, row.tx_id, body.update_ids,
-                             dict(body.metrics), holdout, tuple(scored)))
+                             time_ms or 0, row.tx_id, body.update_ids, dict(body.metrics), holdout,
+                             tuple(scored), body.coordinator))
     return out
 
 
@@ -203,9 +250,12 @@ def model_weights(store: Store, model: ModelInfo) -> Weights:
 def lineage(store: Store, model: ModelInfo) -> dict[str, Any]:
     names = {m.key: m.name for m in store.members()}
     info = find_run(store, run=model.run.hex())
+    took_over = [h for h in info.handovers if h.round <= model.round]
     return {
         **model.to_json(),
-        "coordinator": short_id(info.coordinator),
+        "coordinator": short_id(model.coordinator),
+        # How the committer came to coordinate this round: the latest handover at or before it.
+        "coordinator_since": took_over[-1].to_json() if took_over else None,
         "request": info.to_json(),
         "base_model": None if model.round == 0 else _base_hash(store, model),
         "updates": [

@@ -21,7 +21,7 @@ from node.ledger.keys import short_id
 from node.ledger.storage import Store
 from node.ledger.transactions import ModelCommit, TrainRequest, parse_tx
 from node.server.explorer.assets import asset
-from node.store.models import ModelInfo, RunInfo, latest_runs, lineage, model_weights
+from node.store.models import ModelInfo, RunInfo, handovers, latest_runs, lineage, model_weights
 
 MAX_ACTIVITY_BLOCKS = 500
 MAX_DEVICE_READINGS = 500
@@ -156,7 +156,8 @@ def run_view(store: Store, run: bytes, last: int) -> dict[str, Any] | None:
     request = parse_tx(rec.raw).body
     assert isinstance(request, TrainRequest)
     commits = store.model_rows(run, "commit")
-    info = RunInfo(run, rec.height, rec.signer, request, [m.round for m in commits])
+    info = RunInfo(run, rec.height, rec.signer, request, [m.round for m in commits],
+                   tuple(handovers(store, run, rec.signer)))
     rounds = []
     for row in commits[-last:]:
         rec = store.tx(row.tx_id)
@@ -165,7 +166,7 @@ def run_view(store: Store, run: bytes, last: int) -> dict[str, Any] | None:
         assert isinstance(body, ModelCommit)
         rounds.append({"round": body.round, "height": row.height, "commit_tx": row.tx_id.hex(),
                        "model_hash": body.weights_hash.hex(), "updates": len(body.update_ids),
-                       "metrics": dict(body.metrics)})
+                       "coordinator": short_id(body.coordinator), "metrics": dict(body.metrics)})
     return {**info.to_json(), "models": rounds}
 
 
@@ -179,4 +180,5 @@ def model_info(store: Store, run: bytes, round_: int) -> ModelInfo | None:
     assert isinstance(body, ModelCommit)
     block = store.block_rows(row.height, row.height)
     return ModelInfo(body.run, body.task, body.round, body.strategy, body.weights_hash, row.height,
-                     block[0]["time_ms"] if block else 0, row.tx_id, body.update_ids, dict(body.metrics))
+                     block[0]["time_ms"] if block else 0, row.tx_id, body.update_ids, dict(body.metrics),
+                     coordinator=body.coordinator)
