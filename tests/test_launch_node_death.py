@@ -65,6 +65,7 @@ def test_a_node_killed_under_load_is_shown_down_reconnected_and_no_signed_readin
         assert any(e.startswith(f"{VICTIM} (") and "is down" in e for e in events), events
         assert any(e.startswith(f"{VICTIM} is back") for e in events), events
         assert summary["nodes_alive"] == 4 and summary["agree"], summary
+        assert summary["lost"] == 0, summary
         # Launch signed each device's readings 1..signed and saw every one committed.
         devices = summary["devices"]
         assert len(devices) == 8 and all(d["unconfirmed"] == 0 for d in devices.values()), devices

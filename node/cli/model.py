@@ -75,7 +75,7 @@ def run_line(r: RunInfo, names: dict[bytes, str]) -> str:
         + ("moved its SuperLink" if h.previous == h.coordinator else f"took over from {who(h.previous)}")
         for h in r.handovers)
     return (f"run {short_run(r.run)} {q.task}/{q.strategy}: {done}, {state}; "
-            f"coordinator {who(r.coordinator)}, height {r.height}{moved}")
+            f"requested by {who(r.coordinator)} at height {r.height}{moved}")
 
 
 def since(handover: dict[str, Any] | None) -> str:

@@ -34,6 +34,8 @@ RECONNECT_S = 1.0  # a down node is dialled again this often
 CONFIRM_S = 1.0  # how often the committed sequence numbers are read from a live node
 MAX_WAITING = 20_000  # unsigned readings kept per down node; the oldest are dropped beyond that
 MAX_UNCONFIRMED = 20_000  # signed readings per device not yet seen committed; beyond, signing waits
+MAX_DEVICE_READINGS = 500  # what GET /device/KEY?last=N lists at most
+CONFIRM_MARGIN = 200  # readings a device may get committed between two confirmation requests
 ALREADY_FINAL = frozenset({"replayed_sequence", "duplicate"})  # a resent reading the node already has
 
 
@@ -58,6 +60,8 @@ class FeedStats:
     resent: int = 0  # signed readings sent again after their node came back
     resent_already_final: int = 0  # of those, the ones the node already had
     dropped_while_down: int = 0  # readings of a down node's devices dropped unsigned (over MAX_WAITING)
+    lost: int = 0  # signed readings the ledger skipped (a higher one was committed first): none, we hope
+    lost_by_device: Counter[str] = field(default_factory=Counter)
 
     def add(self, results: list[TxResult]) -> None:
         self.submitted += len(results)
@@ -212,10 +216,38 @@ class Feeder:
                 seq = dev.get("last_seq")
                 if name is not None and isinstance(seq, int) and seq > self.committed[name]:
                     self.committed[name] = seq
-                    pending = self.unconfirmed[name]
-                    for s in [s for s in pending if s <= seq]:
-                        del pending[s]
+            for name, pending in self.unconfirmed.items():
+                if pending and min(pending) <= self.committed[name]:
+                    await self._settle_device(lane, name, self.committed[name])
             return
+
+    async def _settle_device(self, lane: Lane, name: str, last: int) -> None:
+        """The device's committed sequence number rose to `last`: its signed readings up to it are
+        committed, or lost (the ledger takes any increasing number, and refuses a lower one for
+        good once a higher one is in). Which, the device's latest readings on the ledger say."""
+        pending = self.unconfirmed[name]
+        covered = sorted(s for s in pending if s <= last)
+        if not covered:
+            return
+        # More than the jump: readings keep being committed between the two requests.
+        window = min(MAX_DEVICE_READINGS, last - covered[0] + 1 + CONFIRM_MARGIN)
+        try:
+            view = await asyncio.to_thread(get_json, lane.target.url,
+                                           f"/device/{self.keys[name].public.hex()}?last={window}")
+            on_ledger = {int(r["seq"]) for r in view.get("readings", [])}
+        except (NodeUnreachable, KeyError, TypeError, ValueError):
+            return  # asked again at the next confirmation
+        lowest = min(on_ledger, default=last + 1)
+        for s in covered:
+            if s in on_ledger:
+                del pending[s]
+            elif s > lowest:
+                self.stats.lost += 1
+                self.stats.lost_by_device[name] += 1
+                del pending[s]
+            elif window >= MAX_DEVICE_READINGS:
+                del pending[s]  # too far behind to tell (more than the API lists): taken as committed
+            # else: below what was listed, newer readings came in between; asked again next time
 
     def pending(self) -> int:
         """Signed readings not yet seen committed."""

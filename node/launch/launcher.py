@@ -203,7 +203,8 @@ def device_summary(feeder: Feeder) -> dict[str, Any]:
     waiting or not seen committed (all zero when every signed reading is final)."""
     return {
         d: {"signed": feeder.seq[d], "committed": feeder.committed[d],
-            "unconfirmed": len(feeder.unconfirmed[d]), "node": feeder.owner[d] + 1}
+            "unconfirmed": len(feeder.unconfirmed[d]), "lost": feeder.stats.lost_by_device[d],
+            "node": feeder.owner[d] + 1}
         for d in sorted(feeder.owner)
     }
 
@@ -237,6 +238,7 @@ def summarize(
         "resent": feed.resent,
         "resent_already_final": feed.resent_already_final,
         "dropped_while_down": feed.dropped_while_down,
+        "lost": feed.lost,
         "rejected_at_submission": dict(feed.rejected),
         "finalized_readings": readings,
         "seconds": round(elapsed, 1),
@@ -252,6 +254,9 @@ def print_summary(s: dict[str, Any], root: Path, procs: list[NodeProcess], keep:
             f"({s['finalized_per_s']}/s), {s['accepted']} of {s['submitted']} submitted accepted")
     if s["rejected_at_submission"]:
         out.say(f"  rejected at submission: {s['rejected_at_submission']}")
+    if s["lost"]:
+        out.say(f"  LOST: {s['lost']} signed reading(s) the ledger skipped (a later one of the device was "
+                "committed first)")
     if s["resent"] or s["dropped_while_down"]:
         out.say(f"  a node was down: {s['resent']} signed reading(s) sent again after it came back "
                 f"({s['resent_already_final']} already final), {s['dropped_while_down']} reading(s) dropped "

@@ -1,5 +1,12 @@
 """Pending transactions: admitted after validation against the committed state, reaped in arrival
-order into blocks, and dropped once committed or no longer valid."""
+order into blocks, and dropped once committed or no longer valid.
+
+A proposer keeps each device's readings in sequence: a reading whose sequence number is more than
+one above its device's last is left out of a block for up to GAP_WAIT_MS after this node admitted
+it, since its predecessors may be on their way. The ledger takes any increasing sequence number,
+so a node that missed some gossip (it restarted, say) would otherwise commit a device's later
+readings first, and the earlier ones that other nodes hold would then be refused for good
+(`replayed_sequence`): signed readings lost. A device that really skipped numbers waits that long."""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ from typing import Any
 
 from node.errors import InvalidTransaction, Reason
 from node.ledger.state import ChainParams, OverlayView, StateView, check_tx
-from node.ledger.transactions import Transaction, parse_tx
+from node.ledger.transactions import Reading, Transaction, parse_tx
 
 DEFAULT_MAX_TXS = 50_000
 # Join requests are free to make (a fresh key each) and the ledger takes few: the mempool keeps at
@@ -16,6 +23,7 @@ DEFAULT_MAX_TXS = 50_000
 MAX_PENDING_JOIN_REQUESTS = 256
 # Refusals that a later block may lift: such txs stay pending when a block is built without them.
 WAITING = frozenset({Reason.FUTURE_TIMESTAMP, Reason.UNKNOWN_DEVICE, Reason.HANDOVER_EARLY})
+GAP_WAIT_MS = 3000  # how long a reading after a gap in its device's sequence waits for the missing ones
 
 
 class Mempool:
@@ -24,6 +32,7 @@ class Mempool:
         self.max_txs = max_txs
         self._txs: dict[bytes, Transaction] = {}  # insertion order = arrival order
         self._joins: dict[bytes, bytes] = {}  # joining node -> id of its pending join_request
+        self._since: dict[bytes, int] = {}  # tx id -> when it was admitted (ms, this node's clock)
         self.rejected: Counter[str] = Counter()
 
     def __len__(self) -> int:
@@ -56,6 +65,7 @@ class Mempool:
             self.rejected[reason.value] += 1
             return tx.id, reason
         self._txs[tx.id] = tx
+        self._since[tx.id] = now_ms
         if tx.kind == "join_request":
             self._joins[tx.signer] = tx.id
         return tx.id, None
@@ -69,6 +79,8 @@ class Mempool:
         for tx_id, tx in self._txs.items():
             if len(out) >= max_txs:
                 break
+            if self._after_gap(overlay, tx, block_time_ms):
+                continue  # its device's earlier readings may still come
             reason = check_tx(overlay, tx, block_time_ms, self.params)
             if reason is None:
                 overlay.apply(tx)
@@ -82,8 +94,20 @@ class Mempool:
         self.remove(dead)
         return out
 
+    def _after_gap(self, view: StateView, tx: Transaction, block_time_ms: int) -> bool:
+        """A reading whose device's previous sequence number is not committed (nor earlier in the
+        block), admitted less than GAP_WAIT_MS ago."""
+        body = tx.body
+        if not isinstance(body, Reading):
+            return False
+        if block_time_ms - self._since.get(tx.id, block_time_ms) >= GAP_WAIT_MS:
+            return False
+        dev = view.device(body.device)
+        return dev is not None and dev.last_seq is not None and body.seq > dev.last_seq + 1
+
     def remove(self, tx_ids: list[bytes] | set[bytes]) -> None:
         for tx_id in tx_ids:
+            self._since.pop(tx_id, None)
             tx = self._txs.pop(tx_id, None)
             if tx is not None and tx.kind == "join_request":
                 self._joins.pop(tx.signer, None)
