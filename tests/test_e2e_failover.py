@@ -22,7 +22,7 @@ import pytest
 
 from node.launch.processes import wait_until
 from node.ledger.genesis import Genesis
-from node.ledger.handover import run_control
+from node.ledger.handover import DEFAULT_HANDOVER_TIMEOUT_S, run_control
 from node.ledger.transactions import ModelUpdate, parse_tx
 from node.server.datadir import DB_FILE, GENESIS_FILE
 from node.store.models import models
@@ -33,7 +33,7 @@ from tests.e2e import LocalFederation
 pytestmark = [pytest.mark.slow, pytest.mark.federated]
 
 ROUNDS = 4
-TIMEOUT_S = 30  # the runs' handover_timeout (the default); rounds take 15-20 s here
+TIMEOUT_S = DEFAULT_HANDOVER_TIMEOUT_S  # the runs' handover_timeout floor; the pace rule adds the rest
 RUN_TIMEOUT_S = 420
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from federated.weights import decode_weights, weights_hash
 from node.flower.takeover import HANDOVER_MARGIN_MS, handover_due, make_handover, plan_start
-from node.ledger.handover import START_FACTORS, run_control
+from node.ledger.handover import run_control
 from node.ledger.run_rules import committed_weights
 from node.ledger.state import check_tx
 from tests.factories import CHAIN_ID, commit_next, participant_key
-from tests.test_handover_rules import T, progress_ms
+from tests.test_handover_rules import T, expiry
 from tests.test_model_txs import open_run
 
 
@@ -20,7 +20,7 @@ def test_the_successor_takes_the_run_over_when_its_turn_comes_on_its_clock() -> 
     store = run.ledger.store
     ctl = run_control(store, run.run)
     assert ctl is not None
-    turn = progress_ms(run) + START_FACTORS[1] * T
+    turn = expiry(run)
     first, second = run.keys[1].public, run.keys[2].public
     assert not handover_due(store, ctl, first, turn)  # a margin for proposers' clocks
     assert handover_due(store, ctl, first, turn + HANDOVER_MARGIN_MS)
@@ -39,7 +39,7 @@ def test_the_open_round_is_committed_from_the_ledger_when_min_nodes_updates_are_
     commit_next(run.ledger, run.keys, ups)
     store = run.ledger.store
     new = run.keys[1]
-    t = progress_ms(run) + START_FACTORS[1] * T
+    t = expiry(run)
     ctl = run_control(store, run.run)
     commit_next(run.ledger, run.keys, [make_handover(new, CHAIN_ID, ctl, "127.0.0.1:9401", "cd" * 32)],
                 time_ms=t)

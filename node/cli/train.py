@@ -49,9 +49,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--clip-norm", type=float, help="bound on an update's L2 distance from its base model; "
                    "nodes clip to it and the ledger refuses updates beyond it")
     p.add_argument("--handover-timeout", type=int, metavar="SECONDS",
-                   help="an open round not committed this long after the last one (longer while a "
-                        "coordinator starts up) lets the next authority take the run over (default "
-                        f"{DEFAULT_HANDOVER_TIMEOUT_S}, 5..86400)")
+                   help="an open round not committed this long after the last one, or twice the last "
+                        "round's time if that is longer (more while a coordinator starts up), lets the "
+                        f"next authority take the run over (default {DEFAULT_HANDOVER_TIMEOUT_S}, 5..86400)")
     p.add_argument("--evaluate", action="store_true", help="also run Flower's federated evaluation step")
     p.add_argument("--passphrase-file", help="file holding the key passphrase, if the key is encrypted")
     p.add_argument("--no-wait", action="store_true", help="return once the request is final")

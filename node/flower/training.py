@@ -260,16 +260,19 @@ class Training:
         log.info("run %s: %s %s at round %d (SuperLink %s)%s", body.run.hex()[:12], short_id(body.authority),
                  what, body.round, body.superlink, " - this node coordinates now" if lr.coordinator else "")
 
-    def tick(self, caught_up: bool) -> None:
-        """Called periodically: start runs once the replica is current, follow handovers, take a
-        stalled run over when it is this node's turn, stop stalled ones."""
+    def tick(self, caught_up: bool, synced: bool | None = None) -> None:
+        """Called periodically: start runs once the replica is current (`caught_up`: within a
+        couple of blocks of the best peer), follow handovers, take a stalled run over when it is
+        this node's turn (only when `synced`: level with the best peer, so that a handover in the
+        last blocks is not missed), stop stalled ones."""
         now = time.monotonic()
         role = self.role()
+        synced = caught_up if synced is None else synced
         for lr in self.runs.values():
             if lr.finish_at is not None and now >= lr.finish_at:
                 lr.finish_at = None
                 self._submit(self._finish, lr)
-            if caught_up and role == "authority" and not self.unavailable:
+            if synced and role == "authority" and not self.unavailable:
                 self._check_handover(lr, now)
             if lr.switch and caught_up:
                 lr.switch = False

@@ -7,15 +7,19 @@ authority; from then on only the new coordinator may commit the run's rounds (an
 When a run expires is decided by block times alone, so every replica agrees:
 
 * The run's *progress* is the block time of its latest train_request, model_commit or
-  run_handover.
-* The *open round* is the first uncommitted one. The coordinator took over at round
-  `takeover` (0 for the request's signer, the handover's round otherwise). A coordinator that is
-  starting its Flower processes gets longer: the open round expires `START_FACTORS[0]` x T after
-  progress when it has committed no round since it took over, `START_FACTORS[1]` x T when it has
-  committed one, and T after that (T: the request's `handover_timeout`, in seconds).
+  run_handover. The *open round* r is the first uncommitted one.
+* Its *base* timeout is the longer of T (the request's `handover_timeout`, in seconds) and twice
+  the duration of the last committed round (the block times of commits r-1 and r-2): a run's
+  own pace, measured on the ledger, so that a loaded machine's slow rounds do not look like a
+  dead coordinator, while a quick run is taken over quickly.
+* The coordinator took over at round `takeover` (0 for the request's signer, the handover's round
+  otherwise). While it has committed no round since, the open round expires the longer of
+  START_FACTORS[0] x base and START_FLOORS_S[0] after the progress; with one round committed
+  since, START_FACTORS[1] x base or START_FLOORS_S[1]; after that, base (a coordinator starting its
+  Flower processes, its trainers, SuperLink and ServerApp, takes 30-60 s on a loaded 2-core machine).
 * The authorities after the coordinator, in the order of their keys (cyclic), take turns: the
   k-th may hand the run over to itself in a block whose time is at least
-  expiry + (k - 1) x T. A dead successor is so skipped after one more T.
+  expiry + (k - 1) x base. A dead successor is so skipped after one more base timeout.
 * A handover names the open round (a replay from an earlier round is `wrong_round`), comes from
   a successor not before its turn (`handover_early`), and each authority takes a given round of a
   run over at most once (`duplicate_handover`), which bounds the handovers per round by the
@@ -36,12 +40,13 @@ from typing import Any, Protocol
 from node.errors import Reason
 from node.ledger.transactions import RunHandover, TrainRequest, parse_tx
 
-DEFAULT_HANDOVER_TIMEOUT_S = 30
+DEFAULT_HANDOVER_TIMEOUT_S = 10
 HANDOVER_TIMEOUT_RANGE_S = (5, 86_400)
-# The timeout multiple while the coordinator has committed 0, then 1 round since it took over: its
-# Flower processes start (trainers, SuperLink, keys, SuperNodes, ServerApp: 30-60 s on a loaded
-# 2-core machine), and after a takeover its first round is often committed from the ledger at once.
+PACE_FACTOR = 2  # the base timeout is at least this many times the last round's duration
+# While the coordinator has committed 0, then 1 round since it took over: it starts its Flower
+# processes, and after a takeover its first round is often committed from the ledger at once.
 START_FACTORS = (4, 3)
+START_FLOORS_S = (120, 60)
 
 
 class ControlView(Protocol):
@@ -50,6 +55,8 @@ class ControlView(Protocol):
     def tx(self, tx_id: bytes) -> Any: ...
 
     def latest_model_row(self, run: bytes, kind: str) -> Any: ...
+
+    def model_commit(self, run: bytes, round: int) -> Any: ...
 
     def model_handover(self, run: bytes, round: int, node: bytes) -> Any: ...
 
@@ -73,6 +80,13 @@ class RunControl:
     since_height: int  # the height of the request or of the handover
     open_round: int  # the first uncommitted round; request.rounds + 1 once the run is complete
     progress_height: int  # the latest of the request, the last commit and the last handover
+    last_round_ms: int | None = None  # the duration of round open_round - 1, if it was measured
+
+    @property
+    def base_ms(self) -> int:
+        """T, or twice the last round's duration if that is longer."""
+        paced = PACE_FACTOR * self.last_round_ms if self.last_round_ms is not None else 0
+        return max(self.timeout_ms, paced)
 
     @property
     def complete(self) -> bool:
@@ -85,12 +99,13 @@ class RunControl:
     def expiry_timeout_ms(self) -> int:
         """How long after the progress the open round may stay uncommitted."""
         committed_since = self.open_round - self.takeover_round
-        factor = START_FACTORS[committed_since] if committed_since < len(START_FACTORS) else 1
-        return factor * self.timeout_ms
+        if committed_since < len(START_FACTORS):
+            return max(START_FACTORS[committed_since] * self.base_ms, START_FLOORS_S[committed_since] * 1000)
+        return self.base_ms
 
     def turn_ms(self, progress_ms: int, position: int) -> int:
         """When the authority at `position` (1 = the next after the coordinator) may take over."""
-        return progress_ms + self.expiry_timeout_ms() + (position - 1) * self.timeout_ms
+        return progress_ms + self.expiry_timeout_ms() + (position - 1) * self.base_ms
 
 
 def handover_timeout_s(req: TrainRequest) -> int:
@@ -126,14 +141,28 @@ def run_control(view: ControlView, run: bytes, request: tuple[TrainRequest, int]
     open_round = 0 if last is None else last.round + 1
     handover = view.latest_model_row(run, "handover")
     progress = max(req_height, last.height if last else 0, handover.height if handover else 0)
+    pace = _last_round_ms(view, run, last)
     if handover is None:
         return RunControl(run, req, req.authority, str(req.params.get("superlink", "")),
-                          str(req.params.get("superlink_cert", "")), 0, req_height, open_round, progress)
+                          str(req.params.get("superlink_cert", "")), 0, req_height, open_round, progress,
+                          pace)
     rec = view.tx(handover.tx_id)
     body = parse_tx(rec.raw).body
     assert isinstance(body, RunHandover)
     return RunControl(run, req, body.authority, body.superlink, body.superlink_cert.hex(), body.round,
-                      handover.height, open_round, progress)
+                      handover.height, open_round, progress, pace)
+
+
+def _last_round_ms(view: ControlView, run: bytes, last: Any) -> int | None:
+    """The block-time gap between the run's last two commits (rounds r-1 and r-2), if both are
+    committed below the block under check."""
+    if last is None or last.round < 1 or last.height > view.height():
+        return None
+    before = view.model_commit(run, last.round - 1)
+    if before is None:
+        return None
+    t1, t0 = view.block_time(last.height), view.block_time(before.height)
+    return None if t1 is None or t0 is None else max(t1 - t0, 0)
 
 
 def successors(authorities: tuple[bytes, ...] | list[bytes], coordinator: bytes) -> list[bytes]:

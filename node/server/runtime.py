@@ -526,7 +526,8 @@ class Node:
             for key in [k for k in self.sync.peer_heights if k not in connected]:
                 self.sync.peer_gone(key)
             best_peer = self.sync.target
-            self.training.tick(caught_up=self.store.height() >= best_peer - SYNC_SLACK)
+            height = self.store.height()
+            self.training.tick(caught_up=height >= best_peer - SYNC_SLACK, synced=height >= best_peer)
             mark = (self.core.height, self.core.round, int(self.core.step_))
             now = time.monotonic()
             if mark != self._progress_mark:
