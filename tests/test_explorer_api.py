@@ -111,6 +111,9 @@ def test_runs_run_and_model_views(replica: Any) -> None:
     assert status == 200 and runs["total"] == 1 and runs["runs"][0]["run"] == run.hex()
     status, r = get(api, f"/run/{run.hex()}")
     assert status == 200 and r["complete"] and [m["round"] for m in r["models"]] == [0, 1, 2]
+    # Who committed each round, and the run's handovers (none here).
+    assert r["handovers"] == [] and r["coordinator"] == r["requested_by"]
+    assert {m["coordinator"] for m in r["models"]} == {r["coordinator"]}
     assert r["models"][2]["metrics"] == {"loss": 0.5, "val_rmse": 2.5} and r["models"][1]["updates"] == 3
     assert [m["round"] for m in get(api, f"/run/{run.hex()}", last="1")[1]["models"]] == [2]
     status, m = get(api, f"/model/{run.hex()}/2")

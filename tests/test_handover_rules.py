@@ -21,10 +21,11 @@ from node.ledger.handover import (
     run_control,
     successors,
 )
-from node.ledger.keys import NodeKey
+from node.ledger.keys import NodeKey, short_id
 from node.ledger.mempool import Mempool
 from node.ledger.state import check_tx
 from node.ledger.transactions import make_model_update, make_run_handover, make_train_request, tx_id
+from node.store.models import lineage, models, runs
 from node.store.sqlite import SqliteStore
 from node.store.verify import verify_chain
 from tests.factories import CHAIN_ID, commit_next, participant_key
@@ -267,6 +268,14 @@ def test_a_chain_with_handovers_verifies_on_disk(tmp_path: Path) -> None:
     commit_round(run, 1, run.keys[1])
     report = verify_chain(store, run.ledger.genesis)
     assert report.ok, report.error
+    # The views name each round's coordinator and the handover (model list/show, /run/RUN).
+    (info,) = runs(store)
+    assert [h.to_json()["round"] for h in info.handovers] == [1]
+    assert info.current_coordinator == run.keys[1].public and info.coordinator == run.keys[0].public
+    assert info.to_json()["handovers"][0]["from"] == short_id(run.keys[0].public)
+    assert [m.coordinator for m in models(store, run.run)] == [run.keys[0].public, run.keys[1].public]
+    shown = lineage(store, models(store, run.run)[1])
+    assert shown["coordinator"] == short_id(run.keys[1].public) and shown["coordinator_since"]["round"] == 1
     rows = store.model_rows(run.run, "handover")
     assert len(rows) == 1 and store.latest_model_row(run.run, "handover") == rows[0]
     assert store.model_handover(run.run, 1, run.keys[1].public) == rows[0]
