@@ -199,7 +199,7 @@ class Training:
                 continue
             lr = self._track(ctl)
             lr.committed = ctl.open_round - 1
-            lr.self_handover = lr.coordinator
+            lr.self_handover = lr.coordinator and self.unavailable is None
             log.info("run %s in progress at round %d (coordinator %s)%s", rec.id.hex()[:12], ctl.open_round,
                      short_id(ctl.coordinator), ": moving its SuperLink" if lr.coordinator else "")
 
