@@ -24,25 +24,24 @@ import concurrent.futures
 import contextlib
 import hashlib
 import importlib.util
-import json
 import logging
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from node.flower.auth import supernode_key
+from node.flower.localrun import LocalRun, Superseded, moved, run_config
 from node.flower.processes import (
-    REGISTER_ENV,
     SuperLinkProcess,
     SuperNodeProcess,
     TrainerProcess,
     find_command,
 )
-from node.flower.run import RunHandle, register_supernodes, run_app, unregister_supernodes, write_connection
+from node.flower.registration import register_at_start, registered_at_start, sync_keys
+from node.flower.run import RunHandle, run_app, write_connection
 from node.flower.supervise import FlowerRuntimeError, ManagedProcess
 from node.flower.takeover import StartPlan, handover_due, make_handover, plan_start
 from node.flower.tls import pin_superlink, superlink_cert
@@ -73,17 +72,8 @@ SUPERNODE_RESTART_S = 10.0  # a SuperNode that exited during a run is started ag
 HANDOVER_CHECK_S = 1.0  # how often an authority checks whether a stalled run is its to take over
 HANDOVER_RESEND_S = 10.0  # a handover not final after this long is submitted again (if still due)
 COMMIT_WAIT_S = 60.0  # how long a new coordinator waits for its commit of the open round
-REGISTER_AT_START_S = 30.0  # how long the coordinator waits for its SuperLink to register the keys
 ADMITTED = "SuperNode ID:"  # what flower-supernode logs once the SuperLink activated it
 MAX_UNIX_PATH = 100  # AF_UNIX paths are limited to 108 bytes
-
-
-class Superseded(FlowerRuntimeError):
-    """A start was overtaken by a handover: the run's processes start again for the new SuperLink."""
-
-
-def _moved(lr: LocalRun, epoch: int | None) -> bool:
-    return epoch is not None and lr.epoch != epoch
 
 
 def admitted(supernode: SuperNodeProcess) -> bool:
@@ -107,45 +97,6 @@ def app_dir() -> Path:
     spec = importlib.util.find_spec("federated")
     assert spec is not None and spec.submodule_search_locations
     return Path(next(iter(spec.submodule_search_locations))) / "flower"
-
-
-@dataclass
-class LocalRun:
-    run: bytes
-    request: TrainRequest
-    coordinator: bool  # this node coordinates the run now (the request's signer, or a handover's)
-    coordinator_key: bytes
-    superlink_address: str  # HOST:PORT of the current coordinator's SuperLink
-    superlink_cert: str  # the hex SHA-256 of its certificate, which SuperNodes pin
-    # pending, waiting (not admitted to train yet), starting, running, done, failed, stalled,
-    # skipped (this node cannot train), left (its membership ended during the run)
-    state: str = "pending"
-    error: str = ""
-    started: float = field(default_factory=time.monotonic)
-    progress_at: float = field(default_factory=time.monotonic)
-    committed: int = -1  # last committed round seen
-    supernode: SuperNodeProcess | None = None
-    superlink: SuperLinkProcess | None = None
-    flwr_run: RunHandle | None = None
-    finish_at: float | None = None  # set at the last commit: when to stop waiting for the final evaluation
-    # coordinator: the members' Flower keys registered on its SuperLink, node -> (key, Flower node id)
-    registered: dict[bytes, tuple[bytes, int]] = field(default_factory=dict)
-    wanted_keys: dict[bytes, bytes] = field(default_factory=dict)  # read on the event loop thread
-    keys_checked: float = 0.0
-    make_supernode: Callable[[], SuperNodeProcess] | None = None
-    restarting: bool = False
-    supernode_restarted: float = 0.0
-    # Handovers (node/ledger/handover.py, node/flower/takeover.py):
-    epoch: int = 0  # handovers applied; a new one restarts this node's Flower processes of the run
-    switch: bool = False  # a handover is final: restart on the current coordinator's SuperLink
-    self_handover: bool = False  # coordinator whose Flower side died: move its SuperLink first
-    handover_sent: dict[int, float] = field(default_factory=dict)  # open round -> when we sent ours
-    handover_checked: float = 0.0
-    plan: StartPlan | None = None  # coordinator: where its ServerApp starts
-
-    @property
-    def active(self) -> bool:
-        return self.state in ("starting", "running")
 
 
 class Training:
@@ -420,73 +371,11 @@ class Training:
                                   self.genesis_flower_keys, TRAINING_ROLES)
 
     def _sync_keys(self, lr: LocalRun) -> None:
-        """Register exactly the current members' keys on the run's SuperLink: a new member's is
-        added, a removed member's is unregistered (its SuperNode is refused from then on)."""
+        """Register exactly the current members' keys on the run's SuperLink (registration.py)."""
         if lr.superlink is None:
             return
         home = self.dir / "flower" / lr.run.hex()[:12] / "flwr-cli"
-        wanted = dict(lr.wanted_keys)
-        registered = dict(lr.registered)
-        gone = [node for node, (key, _) in registered.items() if wanted.get(node) != key]
-        if gone:
-            unregister_supernodes(home, CONNECTION, [registered[node][1] for node in gone])
-            for node in gone:
-                del registered[node]
-            lr.registered = dict(registered)
-            log.info("run %s: unregistered the SuperNode keys of %s", lr.run.hex()[:12],
-                     ", ".join(short_id(n) for n in gone))
-        new = [node for node in wanted if node not in registered]
-        if new:
-            ids = register_supernodes(home, CONNECTION, [wanted[node] for node in new])
-            registered.update({node: (wanted[node], node_id) for node, node_id in zip(new, ids, strict=True)})
-            lr.registered = dict(registered)
-            log.info("run %s: registered the SuperNode keys of %s", lr.run.hex()[:12],
-                     ", ".join(short_id(n) for n in new))
-
-    def _register_at_start(self, lr: LocalRun, superlink: SuperLinkProcess, flower_dir: Path
-                           ) -> tuple[Path, dict[str, bytes]]:
-        """Have the SuperLink register the members' keys itself as soon as it listens (Flower is
-        imported there already; federated/flower/fl_superlink.py)."""
-        keys_dir = flower_dir / "flwr-cli" / "supernode-keys"
-        keys_dir.mkdir(parents=True, exist_ok=True)
-        files: dict[str, bytes] = {}
-        for node, key in lr.wanted_keys.items():
-            path = keys_dir / f"{hashlib.sha256(key).hexdigest()[:16]}.pub"
-            path.write_bytes(key)
-            files[str(path)] = node
-        out = flower_dir / "superlink" / "registered.json"
-        out.unlink(missing_ok=True)
-        spec = flower_dir / "superlink" / "register.json"
-        spec.parent.mkdir(parents=True, exist_ok=True)
-        spec.write_text(json.dumps({"keys": sorted(files), "out": str(out)}), encoding="utf-8")
-        superlink.extra_env[REGISTER_ENV] = str(spec)
-        return out, files
-
-    def _registered_at_start(self, lr: LocalRun, registering: tuple[Path, dict[str, bytes]]) -> None:
-        """The keys the SuperLink registered at its start, into lr.registered (what it missed is
-        registered by _sync_keys next)."""
-        out, files = registering
-        deadline = time.monotonic() + REGISTER_AT_START_S
-        while not out.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        try:
-            result = json.loads(out.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            log.warning("run %s: the SuperLink did not register the members' keys itself (%s); "
-                        "registering them from here", lr.run.hex()[:12], exc)
-            return
-        if "error" in result:
-            log.warning("run %s: the SuperLink could not register the members' keys: %s", lr.run.hex()[:12],
-                        result["error"])
-            return
-        registered = {}
-        for item in result.get("registered", []):
-            node = files.get(str(item.get("key")))
-            if node is not None and node in lr.wanted_keys:
-                registered[node] = (lr.wanted_keys[node], int(item["node-id"]))
-        lr.registered = registered
-        log.info("run %s: registered the SuperNode keys of %s", lr.run.hex()[:12],
-                 ", ".join(short_id(n) for n in registered))
+        lr.registered = sync_keys(home, CONNECTION, dict(lr.wanted_keys), lr.registered, lr.run.hex()[:12])
 
     def _start_supernode(self, lr: LocalRun, make: Callable[[], SuperNodeProcess],
                          epoch: int | None = None) -> SuperNodeProcess:
@@ -502,13 +391,13 @@ class Training:
                 if time.monotonic() >= deadline:
                     raise
             settle = time.monotonic() + SUPERNODE_SETTLE_S
-            while (supernode.alive and time.monotonic() < settle and not _moved(lr, epoch)
+            while (supernode.alive and time.monotonic() < settle and not moved(lr, epoch)
                    and not admitted(supernode)):
                 time.sleep(0.25)
             if supernode.alive:
                 return supernode
             supernode.stop()  # its SuperExec may outlive it
-            if _moved(lr, epoch):
+            if moved(lr, epoch):
                 raise Superseded("the run moved to another SuperLink")
             if time.monotonic() >= deadline:
                 raise FlowerRuntimeError("the SuperLink refused this node's SuperNode key (not registered "
@@ -532,7 +421,7 @@ class Training:
     def _start(self, lr: LocalRun, epoch: int) -> None:
         """Start this node's Flower processes for the run as the ledger has it now (after a handover:
         on the new coordinator's SuperLink; the coordinator: its SuperLink and ServerApp too)."""
-        if _moved(lr, epoch):
+        if moved(lr, epoch):
             return  # a later handover was applied: its own start follows in the queue
         self._stop_flower(lr)  # whatever ran on an earlier coordinator's SuperLink
         req = lr.request
@@ -557,7 +446,7 @@ class Training:
                                              "names for this run")
                 superlink = SuperLinkProcess(flower_dir / "superlink", int(port), host=self.host,
                                              tls=(cert.cert, cert.key), supernode_auth=True)
-                registering = self._register_at_start(lr, superlink, flower_dir)
+                registering = register_at_start(superlink, flower_dir, lr.wanted_keys)
                 superlink.start()
                 lr.superlink, lr.registered = superlink, {}
                 host = local_host(self.host)
@@ -565,10 +454,10 @@ class Training:
             # Connect only to the SuperLink the authorities finalized: its certificate must hash to
             # the ledger's, and the SuperNode and flwr CLI verify the SuperLink against exactly it.
             pinned = pin_superlink(host, int(port), pinned_hash, flower_dir / "superlink-pinned.crt",
-                                   cancelled=lambda: _moved(lr, epoch))
+                                   cancelled=lambda: moved(lr, epoch))
             if lr.coordinator:
                 write_connection(flower_dir / "flwr-cli", CONNECTION, link, pinned)
-                self._registered_at_start(lr, registering)
+                lr.registered = registered_at_start(registering, lr.wanted_keys, lr.run.hex()[:12])
                 self._sync_keys(lr)  # only members' SuperNodes may connect (any the start missed)
             node_config = {"data-dir": str(self.dir), "node-url": self.node_url(), "trainer": trainer.address}
             auth = supernode_key(self.dir)
@@ -585,14 +474,14 @@ class Training:
             lr.supernode = self._start_supernode(lr, make, epoch)
             if lr.coordinator:
                 self._start_server_app(lr, epoch, trainer, link, pinned, flower_dir)
-            if lr.state == "starting" and not _moved(lr, epoch):
+            if lr.state == "starting" and not moved(lr, epoch):
                 lr.state = "running"
             log.info("run %s: Flower processes started (%s, SuperLink %s)", lr.run.hex()[:12],
                      "coordinator" if lr.coordinator else "participant", lr.superlink_address)
         except Superseded:
             log.info("run %s: moved to another SuperLink while starting", lr.run.hex()[:12])
         except (FlowerRuntimeError, OSError, ValueError) as exc:
-            if _moved(lr, epoch):
+            if moved(lr, epoch):
                 return
             lr.state, lr.error = "failed", str(exc)
             log.error("run %s: could not start: %s", lr.run.hex()[:12], exc)
@@ -606,9 +495,9 @@ class Training:
         resume, weights = plan.resume_round, plan.weights
         if plan.commit is not None:
             deadline = time.monotonic() + COMMIT_WAIT_S
-            while lr.committed < resume and time.monotonic() < deadline and not _moved(lr, epoch):
+            while lr.committed < resume and time.monotonic() < deadline and not moved(lr, epoch):
                 time.sleep(0.1)
-            if _moved(lr, epoch):
+            if moved(lr, epoch):
                 raise Superseded("the run moved while its open round was being committed")
             if lr.committed >= resume:
                 if plan.committed is None:
@@ -622,51 +511,18 @@ class Training:
             assert weights is not None
             initial = flower_dir / f"resume-{resume}.flw"
             initial.write_bytes(weights)
-        handle = run_app(app_dir(), link, self._run_config(lr, trainer, resume, initial),
-                         flower_dir / "flwr-cli", name=CONNECTION, root_certificates=pinned,
-                         on_exit=lambda h: self._on_flwr_exit(lr, h, epoch))
+        config = run_config(lr, trainer.address, self.dir, self.node_url(), resume, initial)
+        handle = run_app(app_dir(), link, config, flower_dir / "flwr-cli", name=CONNECTION,
+                         root_certificates=pinned, on_exit=lambda h: self._on_flwr_exit(lr, h, epoch))
         lr.flwr_run = handle
         if resume > 0:
             log.info("run %s: ServerApp resumes at round %d", lr.run.hex()[:12], resume)
-
-    def _run_config(self, lr: LocalRun, trainer: TrainerProcess, resume: int = 0,
-                    initial: Path | None = None) -> dict[str, Any]:
-        req, p = lr.request, lr.request.params
-        rc: dict[str, Any] = {
-            "run": lr.run.hex(),
-            "task": req.task,
-            "strategy": req.strategy,
-            "num-rounds": req.rounds,
-            "min-nodes": int(p.get("min_nodes", 2)),
-            "fraction-evaluate": float(p.get("fraction_evaluate", 0.0)),
-            "trainer": trainer.address,
-            "data-dir": str(self.dir),
-            "node-url": self.node_url(),
-            "seed": int(p.get("seed", 0)),
-        }
-        if resume > 0 and initial is not None:
-            rc["resume-round"] = resume
-            rc["initial-weights"] = str(initial)
-        for key, flower_key in (("epochs", "epochs"), ("batch_size", "batch-size"), ("patience", "patience")):
-            if key in p:
-                rc[flower_key] = int(p[key])
-        if "learning_rate" in p:
-            rc["learning-rate"] = float(p["learning_rate"])
-        if "classes" in p:
-            rc["classes"] = str(p["classes"])
-        if "beta" in p:
-            rc["beta"] = float(p["beta"])
-        if "krum_f" in p:
-            rc["krum-f"] = int(p["krum_f"])
-        if "clip_norm" in p:
-            rc["clip-norm"] = float(p["clip_norm"])
-        return rc
 
     def _on_flwr_exit(self, lr: LocalRun, handle: RunHandle, epoch: int) -> None:
         """`flwr run` exited (called on its watcher thread): its final status (asking the SuperLink
         takes seconds, more when it is gone) is fetched here, not on the worker, which may be
         starting the run's processes again meanwhile."""
-        if handle is not lr.flwr_run or _moved(lr, epoch):
+        if handle is not lr.flwr_run or moved(lr, epoch):
             return  # a run of an earlier SuperLink, stopped on purpose
         try:
             status = handle.wait(timeout=60)
@@ -675,7 +531,7 @@ class Training:
         self._submit(lambda run: self._on_run_exit(run, handle, epoch, status), lr)
 
     def _on_run_exit(self, lr: LocalRun, handle: RunHandle, epoch: int, status: int) -> None:
-        if handle is not lr.flwr_run or _moved(lr, epoch):
+        if handle is not lr.flwr_run or moved(lr, epoch):
             return  # a run of an earlier SuperLink, stopped on purpose
         if status != 0 and lr.active:
             if lr.coordinator and lr.committed < lr.request.rounds:
