@@ -321,7 +321,7 @@ def test_training_pages_and_block_to_model_navigation(browser: Any, fed: LocalFe
     export_s = time.monotonic() - started
     download = info.value
     assert download.suggested_filename == f"humidity-round{ROUNDS}-run{run[:12]}.keras"
-    saved = ARTIFACTS / download.suggested_filename
+    saved = ARTIFACTS / "downloaded-model.keras"  # one name: runs do not pile files up here
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     download.save_as(saved)
     with zipfile.ZipFile(saved) as archive:
