@@ -461,6 +461,63 @@ async def join_flood(ctx: Ctx) -> None:
     await asyncio.gather(*(worker(w) for w in range(4)))
 
 
+async def bad_readings_setup(ctx: Ctx) -> None:
+    """Readings a signature check must refuse: registered devices' keys (public, from /devices) under
+    random signatures, and unregistered devices, encoded as full /client batches."""
+    fed = ctx.fed
+    listed = await asyncio.to_thread(get_json, fed.urls[0], "/devices")
+    devices = [bytes.fromhex(d["device"]) for d in listed["devices"]]
+    n = 5000 if ctx.quick else 20_000
+
+    def make() -> list[bytes]:
+        now = int(time.time() * 1000)
+        txs = []
+        for i in range(n):
+            dev = random.choice(devices) if devices and i % 4 else os.urandom(32)
+            body = {"device": dev, "seq": 10**9 + i, "timestamp_ms": now, "temperature_c": 21.5,
+                    "humidity_pct": 45.0}
+            txs.append({"kind": "reading", "body": body, "signer": dev, "sig": os.urandom(64)})
+        b = wire.MAX_CLIENT_TX_BATCH
+        return [wire.encode_frame(wire.SUBMIT_TXS, txs[k:k + b]) for k in range(0, n, b)]
+
+    ctx.frames = await asyncio.to_thread(make)
+    ctx.stats["prepared"] = n
+    ctx.stats["registered_devices"] = len(devices)
+
+
+async def bad_readings(ctx: Ctx) -> None:
+    """Forged readings (bad signatures for registered devices, unknown devices) over many /client
+    connections from distinct addresses, as fast as they are answered; a connection cut off is
+    replaced by one from a fresh address, as a sybil attacker would."""
+    fed = ctx.fed
+    src = Sources(30)
+
+    async def worker(w: int) -> None:
+        i = w
+        url = http_base(fed.urls[w % NODES]).replace("http://", "ws://") + "/client"
+        while not ctx.stop.is_set():
+            try:
+                async with connect(url, max_size=None, compression=None, proxy=None, open_timeout=5,
+                                   local_addr=(src.next(), 0)) as ws:
+                    ctx.stats["connected"] += 1
+                    while not ctx.stop.is_set():
+                        await ws.send(ctx.frames[i % len(ctx.frames)])
+                        i += 1
+                        reply = wire.decode_frame(await ws.recv())
+                        if reply.type == wire.TX_RESULTS:
+                            for r in reply.payload:
+                                ctx.stats["accepted" if r["accepted"] else f"rejected:{r['reason']}"] += 1
+                        else:
+                            ctx.stats[f"error:{reply.payload.get('reason')}"] += 1
+            except ConnectionClosed as exc:
+                ctx.stats[f"closed:{exc.rcvd.code if exc.rcvd else 1006}"] += 1
+            except (OSError, InvalidHandshake, asyncio.TimeoutError):
+                ctx.stats["connect_failed"] += 1
+            await sleep_or_stop(ctx, 0.05)
+
+    await asyncio.gather(*(worker(w) for w in range(12)))
+
+
 def pad_commit(raw: bytes, mode: str, validators: list[bytes]) -> bytes:
     c = codec.decode(raw)
     pcs = c["precommits"]
@@ -841,6 +898,7 @@ ATTACKS = [
     Attack("forged_proposals", forged_proposals),
     Attack("skew_edge", skew_run, victim=3, setup=skew_setup, teardown=skew_teardown),
     Attack("join_flood", join_flood, setup=join_setup),
+    Attack("bad_readings", bad_readings, setup=bad_readings_setup),
     Attack("certificate_padding", certificate_padding, victim=3, setup=cert_setup, teardown=cert_teardown),
     Attack("fake_status", fake_status),
     Attack("sybil_votes", sybil_votes),

@@ -126,6 +126,26 @@ def test_runs_run_and_model_views(replica: Any) -> None:
     assert get(api, f"/run/{replica[1].store.readings()[0].tx_id.hex()}")[0] == 404
 
 
+def test_a_run_plots_the_held_out_score_of_the_nodes_signed_evaluations(replica: Any) -> None:
+    api, _, _, run = replica
+    status, r = get(api, f"/run/{run.hex()}")
+    assert status == 200 and (r["holdout_metric"], r["baseline_metric"]) == ("rmse", "baseline_rmse")
+    assert r["baseline"] == "device-mean baseline"
+    assert r["models"][0]["holdout"] == {} and r["models"][0]["evaluations"] == 0  # round 0: none signed
+    for m in r["models"][1:]:
+        # Pooled over the nodes, weighted by each node's held-out examples (as `fedledger model list`).
+        evals = get(api, f"/model/{run.hex()}/{m['round']}")[1]["evaluations"]
+        assert m["evaluations"] == len(evals) == 3
+        total = sum(e["num_examples"] for e in evals)
+        mse = sum(e["num_examples"] * e["metrics"]["mse"] for e in evals) / total
+        assert m["holdout"]["rmse"] == pytest.approx(mse ** 0.5) and m["holdout"]["baseline_rmse"] == 2.5
+        assert m["holdout"]["nodes"] == 3 and m["holdout"]["num_examples"] == total
+        assert m["metrics"] == {"loss": 1.0 / m["round"], "val_rmse": 2.5}  # the training metrics stay
+    assert r["models"][1]["holdout"]["rmse"] != r["models"][2]["holdout"]["rmse"]
+    status, m = get(api, f"/model/{run.hex()}/2")
+    assert m["holdout"] == r["models"][2]["holdout"] and m["holdout_metric"] == "rmse"
+
+
 def test_block_answers_name_the_commit_signers(replica: Any) -> None:
     status, b = get(replica[0], "/block/2")
     assert status == 200 and b["validators"] == 4 and len(b["commit_signers"]) >= 3

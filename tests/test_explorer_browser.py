@@ -4,17 +4,23 @@ without reloading, and block -> transaction -> device -> model navigation works.
 each page is saved under tests/artifacts/explorer/ (gitignored), with the page weight and the time
 to first render measured in the same browser (explorer-measurements.json there).
 
-One federation serves every check (module fixture); the training test adds a 2-round run to it.
-Skips, saying why, only when Playwright or a Chromium cannot be had."""
+One federation serves every check (module fixture). A 1-round training run starts on it as soon as
+the empty training page has been seen, and trains while the other pages are checked; the training
+test then checks the held-out learning curve, the model page and the .keras download (written by
+the node through `fedledger model export` in a child process), whose weights must hash to the
+committed model's. Skips, saying why, only when Playwright or a Chromium cannot be had."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
+import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +36,7 @@ from node.net.http import get_json
 from node.server.datadir import KEY_FILE
 from tests.e2e import LocalFederation
 from tests.factories import key_from
+from tests.test_layering import TRAINING_LIBRARIES, mapped_files
 
 pytestmark = pytest.mark.slow
 T = TypeVar("T")
@@ -37,7 +44,8 @@ T = TypeVar("T")
 ARTIFACTS = Path(__file__).parent / "artifacts" / "explorer"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-READINGS = 1600  # enough for every node to train a humidity round on its own readings
+READINGS = 1600  # enough for every node to train a humidity round, and hold some readings out
+ROUNDS = 1  # round 0 (the initial model) and round 1: two points on every learning curve
 
 
 def chromium_path() -> str | None:
@@ -75,7 +83,25 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
         fed.feeder_ = feeder  # type: ignore[attr-defined]
         yield fed
     finally:
+        proc = getattr(fed, "training_", None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
         fed.stop()
+
+
+def start_training(fed: LocalFederation) -> subprocess.Popen[bytes]:
+    """`fedledger train` on node1 (the coordinator), started once per federation; its output goes
+    to train.out and train.err beside the nodes."""
+    proc: subprocess.Popen[bytes] | None = getattr(fed, "training_", None)
+    if proc is None:
+        root = fed.procs[0].dir.parent
+        argv = [sys.executable, "-m", "node", "train", str(fed.procs[0].dir), "--task", "humidity",
+                "--rounds", str(ROUNDS), "--json"]
+        with open(root / "train.out", "wb") as out, open(root / "train.err", "wb") as err:
+            proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        fed.training_ = proc  # type: ignore[attr-defined]
+    return proc
 
 
 def off_loop(fn: Callable[[], T]) -> T:
@@ -149,6 +175,11 @@ def test_pages_load_with_live_charts_and_no_console_errors(browser: Any, fed: Lo
     reasons = sorted(r.reason for r in results)
 
     tab = Page(browser, base)
+    page = tab.open("#/training")
+    assert page.locator("text=no training run on this ledger yet").count() == 1
+    tab.shot("training-empty")
+    start_training(fed)  # trains while the other pages are checked
+
     page = tab.open("#/")
     assert page.locator("h1").inner_text().startswith(f"Federation {chain}")
     assert tab.points("chart-throughput") >= 1
@@ -216,9 +247,6 @@ def test_pages_load_with_live_charts_and_no_console_errors(browser: Any, fed: Lo
     assert votes.count() == 1 and voter.short_id in votes.inner_text()
     assert [c.inner_text() for c in votes.locator("td.num").all()] == ["1", "3"]  # counted, needed
     tab.shot("members")
-
-    page = tab.open("#/training")
-    tab.shot("training-empty")
     assert tab.errors == []
 
 
@@ -248,27 +276,97 @@ def measure(browser: Any, base: str) -> dict[str, Any]:
     return m
 
 
+def keras_weights_hash(path: Path) -> str:
+    """The ledger's hash of the model weights inside a .keras file, read from its weights archive
+    with h5py (importing Keras here would cost the test 5-15 s): the task's model is the nested
+    Sequential between the standardisation and the rescaling layers, its layers' variables in
+    order (dense, dense_1, ... then each layer's vars 0, 1)."""
+    import h5py
+
+    from federated.weights import canonical_array, weights_hash
+
+    def order(name: str) -> tuple[str, int]:
+        base, _, n = name.rpartition("_")
+        return (base, int(n)) if base and n.isdigit() else (name, 0)
+
+    with zipfile.ZipFile(path) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as f:
+        layers = f["layers/sequential/layers"]
+        weights = [canonical_array(layers[name]["vars"][v][()])
+                   for name in sorted(layers, key=order) for v in sorted(layers[name]["vars"], key=int)]
+    return weights_hash(weights).hex()
+
+
 @pytest.mark.federated
 def test_training_pages_and_block_to_model_navigation(browser: Any, fed: LocalFederation) -> None:
     base = base_url(fed)
-    out = subprocess.run([sys.executable, "-m", "node", "train", str(fed.procs[0].dir), "--task", "humidity",
-                          "--rounds", "2", "--json"], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    run = json.loads(out.stdout)["run"]
-
+    training = start_training(fed)
+    try:
+        training.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        training.kill()
+        training.wait()
+    root = fed.procs[0].dir.parent
+    stdout, stderr = (root / "train.out").read_text(), (root / "train.err").read_text()
+    assert training.returncode == 0, stdout[-2000:] + stderr[-2000:]
+    run = json.loads(stdout)["run"]
+    lineage = get_json(base, f"/model/{run}/{ROUNDS}")
     tab = Page(browser, base)
+
+    # The .keras download, first: the node writes it in a child process on the first click (the
+    # page asks until it is ready), while the nodes sign their last evaluations; then it is cached.
+    page = tab.open(f"#/model/{run}/{ROUNDS}")
+    started = time.monotonic()
+    with page.expect_download(timeout=300_000) as info:
+        page.locator("#download-keras").click()
+    export_s = time.monotonic() - started
+    download = info.value
+    assert download.suggested_filename == f"humidity-round{ROUNDS}-run{run[:12]}.keras"
+    saved = ARTIFACTS / "downloaded-model.keras"  # one name: runs do not pile files up here
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    download.save_as(saved)
+    with zipfile.ZipFile(saved) as archive:
+        assert {"config.json", "model.weights.h5", "metadata.json"} <= set(archive.namelist())
+    assert keras_weights_hash(saved) == lineage["model_hash"]  # the committed model's weights
+    page.wait_for_function("() => document.getElementById('download-state').textContent.startsWith('saved')")
+    started = time.monotonic()
+    with page.expect_download(timeout=60_000) as again:
+        page.locator("#download-keras").click()
+    cached_s = time.monotonic() - started
+    assert again.value.suggested_filename == download.suggested_filename
+    counters = get_json(base, "/status")["counters"]
+    assert (counters["keras_export_started"], counters["keras_export_exported"]) == (1, 1)
+    assert counters["keras_export_served"] == 2
+    # Keras ran in the child, never in the node: node1 still maps no TensorFlow library.
+    node1 = fed.procs[0].proc
+    assert node1 is not None
+    assert [p for p in mapped_files(node1.pid) if any(lib in p for lib in TRAINING_LIBRARIES)] == []
+
+    # The last round's model is scored by the nodes' final evaluate step, after its commit.
+    nodes = len(fed.procs)
+    assert wait_until(lambda: all(m["evaluations"] == nodes for m in get_json(base, f"/run/{run}")["models"]),
+                      120), get_json(base, f"/run/{run}")
     page = tab.open("#/training")
     assert page.locator("tbody tr").count() == 1 and page.locator("text=complete").count() == 1
     tab.shot("training")
     tab.click(page.locator(f"a[href='#/run/{run}']").first)
+    # The learning curve: the held-out RMSE of each round's model, pooled over the nodes' signed
+    # evaluations, next to the device-mean baseline; the committed training metrics below it.
+    assert page.locator("h2", has_text="Learning curve: held-out rmse per round").count() == 1
+    holdout = page.locator("#chart-holdout")
+    assert holdout.locator("g.series[data-name='held-out rmse'] circle.pt").count() == ROUNDS + 1
+    assert holdout.locator("g.series[data-name='device-mean baseline'] circle.pt").count() == ROUNDS + 1
+    view = get_json(base, f"/run/{run}")
+    tips = holdout.locator("g.series[data-name='held-out rmse'] title").all_text_contents()
+    shown = [float(t.rsplit(" at ", 1)[0].split(": ", 1)[1]) for t in tips]  # "held-out rmse: V at ROUND"
+    assert shown == pytest.approx([m["holdout"]["rmse"] for m in view["models"]], rel=1e-5)
     curves = page.locator("#learning-curves svg.chart")
     assert curves.count() >= 1
     for i in range(curves.count()):
-        assert curves.nth(i).locator("circle.pt").count() >= 2  # a metric per trained round
+        assert curves.nth(i).locator("circle.pt").count() >= ROUNDS  # a metric per trained round
+    assert f"{nodes} nodes" in page.locator("tbody tr").last.inner_text()
     tab.shot("run")
 
-    # block -> transaction -> device -> model: a reading's device, whose owner's update is in round 2.
-    lineage = get_json(base, f"/model/{run}/2")
+    # block -> transaction -> device -> model: a reading's device, whose owner's update is in round 1.
     page = tab.open(f"#/block/{lineage['updates'][0]['height']}")
     tab.click(page.locator("tbody tr", has_text="model_update").first.locator("a.mono"))
     assert page.locator("h1").inner_text().startswith("Transaction")
@@ -280,15 +378,20 @@ def test_training_pages_and_block_to_model_navigation(browser: Any, fed: LocalFe
     tab.click(page.locator("tbody tr", has_text="reading").first.locator("a.mono"))
     tab.click(page.locator("#tx-links a").first)
     assert page.locator("h1").inner_text().startswith("Device")
-    tab.click(page.locator(f"a[href='#/model/{run}/2']").first)
-    assert page.locator("h1").inner_text() == "Model: humidity round 2"
+    tab.click(page.locator(f"a[href='#/model/{run}/{ROUNDS}']").first)
+    assert page.locator("h1").inner_text() == f"Model: humidity round {ROUNDS}"
     assert page.locator("#recomputed").inner_text() == "verified"
-    assert page.locator("h2:text('Updates (4)')").count() == 1
+    assert page.locator(f"h2:text('Updates ({nodes})')").count() == 1
+    assert page.locator(f"h2:text('Held-out evaluations ({nodes})')").count() == 1
+    assert "device-mean baseline" in page.locator("#holdout").inner_text()
+    assert page.locator("#download-state").inner_text().startswith("ready")  # cached now
     assert "fedledger model export" in page.locator("#export-cmd").inner_text()
     tab.shot("model")
     assert tab.errors == []
 
     numbers = measure(browser, base)
+    numbers["keras_download"] = {"first_s": round(export_s, 2), "cached_s": round(cached_s, 3),
+                                 "bytes": saved.stat().st_size}
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "explorer-measurements.json").write_text(json.dumps(numbers, indent=2))
     print("explorer measurements:", json.dumps(numbers))

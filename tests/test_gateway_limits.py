@@ -15,7 +15,7 @@ from websockets.http11 import Request
 
 from node.ledger.chain import Ledger
 from node.net import wire
-from node.net.gateway import Gateway, HttpLimits
+from node.net.gateway import ClientCaps, Gateway, HttpLimits
 from node.net.peers import ClientLimits, PeerState
 from node.server.api import NodeApi, membership_status
 from node.store.sqlite import SqliteStore
@@ -66,7 +66,8 @@ def test_a_client_past_its_tx_quota_or_batch_cap_is_refused_counted_and_scored()
         assert await gw._on_frame(ws, st, frame(500), quota) is None  # type: ignore[arg-type]
 
     asyncio.run(go())
-    assert handled == [500, 500, 500]  # the oversized frame and the one over quota never reached it
+    # The oversized frame and the one over quota never reached it; the others did, in chunks.
+    assert sum(handled) == 1500 and max(handled) == gw.client_caps.chunk
     reasons = [e.payload["reason"] for e in ws.sent if e.type == wire.ERROR]
     assert reasons == ["batch_too_large", "rate_limited"]
     assert st.counters.rejected == Counter({"client_batch_too_large": 1, "client_quota": 1})
@@ -87,6 +88,60 @@ def test_a_client_that_keeps_flooding_is_cut_off() -> None:
 
     verdict = asyncio.run(go())
     assert verdict is not None and verdict.reason == "misbehaviour" and handled == []
+
+
+def refusing(clock: Clock, handled: list[int], reason: str, **kw: Any) -> Gateway:
+    """A gateway whose node refuses every submitted tx for `reason`."""
+
+    def client(type_: str, payload: Any) -> tuple[str, Any]:
+        handled.append(len(payload))
+        return wire.TX_RESULTS, [{"id": None, "accepted": False, "reason": reason}] * len(payload)
+
+    return Gateway(lambda path, query: (200, {}), client, "/client", wire.DEFAULT_MAX_FRAME,
+                   lambda: PeerState(clock()), clock, Counter(), Counter(), **kw)
+
+
+def test_a_client_submitting_forged_readings_is_cut_off_within_one_chunk() -> None:
+    """scripts/adversary.py's bad_readings: 12 /client connections of forged readings (bad
+    signatures for registered devices) cut honest throughput to 0.22x, none was cut off, and every
+    node checked every signature of every 500-tx batch. Now the refusals cost the client."""
+    clock, handled = Clock(), []
+    gw = refusing(clock, handled, "bad_signature")
+    ws, st, quota = FakeWs(), PeerState(0.0), gw.new_quota()
+    verdict = asyncio.run(gw._on_frame(ws, st, frame(500), quota))  # type: ignore[arg-type]
+    assert verdict is not None and verdict.reason == "misbehaviour"
+    assert sum(handled) == gw.client_caps.chunk  # one chunk checked, not 500 signatures
+    [reply] = ws.sent
+    assert reply.type == wire.TX_RESULTS and len(reply.payload) == 500
+    assert [r["reason"] for r in reply.payload[-475:]] == ["misbehaviour"] * 475
+    assert st.counters.rejected["client_tx:bad_signature"] == 25
+    assert gw._events["client_refused_txs_cutoff"] == 1
+
+
+def test_a_client_resending_readings_the_ledger_already_has_is_not_cut_off() -> None:
+    # A sensor gateway re-sends, after a reconnect, the readings that may not have been finalized.
+    clock, handled = Clock(), []
+    gw = refusing(clock, handled, "replayed_sequence")
+    ws, st, quota = FakeWs(), PeerState(0.0), gw.new_quota()
+    verdict = asyncio.run(gw._on_frame(ws, st, frame(500), quota))  # type: ignore[arg-type]
+    assert verdict is None and sum(handled) == 500
+    assert [r["reason"] for r in ws.sent[0].payload] == ["replayed_sequence"] * 500
+
+
+def test_clients_beyond_the_cap_are_refused() -> None:
+    class Closing(FakeWs):
+        closed: tuple[int, str] | None = None
+
+        async def close(self, code: int, reason: str) -> None:
+            self.closed = (code, reason)
+
+    clock, handled = Clock(), []
+    gw = gateway(clock, handled, client_caps=ClientCaps(max_clients=2))
+    gw.clients.update({object(), object()})  # type: ignore[arg-type]
+    ws = Closing()
+    asyncio.run(gw.serve_client(ws))  # type: ignore[arg-type]
+    assert ws.closed is not None and ws.closed[0] == 4011 and ws.closed[1].startswith("too_many_clients")
+    assert gw._disconnects["too_many_clients"] == 1 and len(gw.clients) == 2
 
 
 def test_http_requests_are_rate_limited_per_address() -> None:

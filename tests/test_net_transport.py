@@ -697,6 +697,29 @@ def test_a_peer_cut_off_for_misbehaviour_is_banned_by_key_and_by_address() -> No
     run(scenario())
 
 
+def test_a_client_cut_off_for_forged_txs_is_banned_by_address() -> None:
+    async def scenario() -> None:
+        def client(type_: str, payload: Any) -> tuple[str, Any]:
+            forged = {"id": None, "accepted": False, "reason": "bad_signature"}
+            return wire.TX_RESULTS, [forged] * len(payload)
+
+        a, _ = await start_node(client_handler=client, ban_base=3600.0, ban_exempt_ips=())
+        try:
+            async with connect(a.url + "/client", proxy=None) as ws:
+                await ws.send(wire.encode_frame(wire.SUBMIT_TXS, [TX] * 100))
+                reply = wire.decode_frame(await ws.recv())
+                assert reply.type == wire.TX_RESULTS and reply.payload[-1]["reason"] == "misbehaviour"
+                assert (await close_code(ws))[0] == 4005
+            async with connect(a.url + "/client", proxy=None) as ws:  # banned: refused at once
+                code, reason = await close_code(ws)
+                assert code == 4010 and "address" in reason
+            assert a.stats()["bans_active"] == 1
+        finally:
+            await a.stop()
+
+    run(scenario())
+
+
 async def blackhole() -> tuple[asyncio.Server, int]:
     """A TCP port that accepts and never answers: dials to it hang until their open timeout."""
 

@@ -4,11 +4,13 @@ with its device key (per-device sequence numbers) and submits it to the node tha
 A node that dies is an event, not an error (issue 14): its lane goes down, the other nodes' devices
 keep streaming, the dead node's devices' readings wait unsigned (bounded; the oldest are dropped
 beyond that, and counted), and the feeder reconnects every second. No signed reading is lost or
-duplicated: every signed reading is kept until the ledger shows its sequence number committed
-(`GET /devices`, `last_seq`), and when a node comes back the ones it may have lost are sent again
-as the same signed bytes (a node that had them finalized refuses them as `replayed_sequence`, or
-`duplicate` if they are pending: both are fine). Sequence numbers stay strictly increasing per
-device, so the committed ones of a device have no gaps beyond what was never signed.
+duplicated: every signed reading is kept until the ledger shows it committed (`GET /devices` for
+`last_seq`, `GET /device/KEY` for the readings themselves: one the ledger skipped is counted as
+lost), and when a node comes back the ones it may have lost are sent again as the same signed
+bytes (a node that had them finalized refuses them as `replayed_sequence`, or `duplicate` if they
+are pending: both are fine, and each costs the connection 0.1 of the 100 misbehaviour points that
+end it, node/net/peers.py). Sequence numbers stay strictly increasing per device, so the committed
+ones of a device have no gaps beyond what was never signed.
 """
 
 from __future__ import annotations
@@ -333,7 +335,9 @@ class Feeder:
         signed reading is seen committed, sending again (same bytes) what a live node may have lost.
         True when nothing signed is left unconfirmed (or waiting) within `timeout`."""
         deadline = time.monotonic() + timeout
-        last_resend = time.monotonic()
+        # Sent again only when nothing got committed for `resend_after` seconds: a node refuses a
+        # reading it already holds as `duplicate` and charges the connection for it (0.1 point).
+        last_progress, progress = time.monotonic(), -1
         try:
             while True:
                 for lane in self.lanes:
@@ -348,8 +352,10 @@ class Feeder:
                     return True
                 if time.monotonic() >= deadline:
                     return False
-                if time.monotonic() - last_resend >= resend_after:
-                    last_resend = time.monotonic()
+                if sum(self.committed.values()) != progress:
+                    progress, last_progress = sum(self.committed.values()), time.monotonic()
+                elif time.monotonic() - last_progress >= resend_after:
+                    last_progress = time.monotonic()
                     for lane in self.lanes:
                         if lane.up:
                             await self._send(lane, self._lost(lane), resend=True)

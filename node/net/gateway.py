@@ -41,6 +41,17 @@ PEER_PATHS = frozenset({"/", "/peer"})
 
 
 @dataclass(frozen=True, slots=True)
+class ClientCaps:
+    """Bounds on /client beyond one connection's tx quota: how many clients at once, and how a
+    submission is cut into chunks so a client whose refused txs put it over its misbehaviour score
+    is stopped within a chunk, not after a whole batch of forged signatures was checked."""
+
+    max_clients: int = 512
+    chunk: int = 25
+    default_tx_penalty: float = 0.5  # a refusal not listed in peers.DEFAULT_PENALTIES
+
+
+@dataclass(frozen=True, slots=True)
 class HttpLimits:
     """HTTP GETs per second from one remote address (each request is its own connection, so the
     address is what persists). Well above what the CLI, the launcher and the benchmarks poll; a
@@ -137,6 +148,8 @@ class Gateway:
         *,
         client_limits: ClientLimits | None = None,
         http_limits: HttpLimits | None = None,
+        client_caps: ClientCaps | None = None,
+        on_client_misbehaviour: Callable[[ServerConnection, Refusal], None] | None = None,
     ) -> None:
         self.http_handler = http_handler
         self.client_handler = client_handler
@@ -148,6 +161,8 @@ class Gateway:
         self._disconnects = disconnects
         self.clients: set[ServerConnection] = set()
         self.client_limits = client_limits or ClientLimits()
+        self.client_caps = client_caps or ClientCaps()
+        self.on_client_misbehaviour = on_client_misbehaviour  # the transport bans the address
         self.http_limits = http_limits or HttpLimits()
         self._http_buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         lim = self.http_limits
@@ -204,6 +219,11 @@ class Gateway:
         return TokenBucket(lim.txs_per_s, lim.txs_burst, self._clock())
 
     async def serve_client(self, ws: ServerConnection) -> None:
+        if len(self.clients) >= self.client_caps.max_clients:
+            self._disconnects["too_many_clients"] += 1
+            with contextlib.suppress(ConnectionClosed):
+                await ws.close(int(CloseCode.TOO_MANY_PEERS), f"too_many_clients: {len(self.clients)}")
+            return
         st = self._new_state()
         quota = self.new_quota()
         self.clients.add(ws)
@@ -213,6 +233,8 @@ class Gateway:
                     verdict = await self._on_frame(ws, st, data, quota)
                     if verdict is not None:
                         self._disconnects[verdict.reason] += 1
+                        if verdict.code is CloseCode.MISBEHAVIOUR and self.on_client_misbehaviour:
+                            self.on_client_misbehaviour(ws, verdict)
                         await ws.close(int(verdict.code), verdict.close_reason())
                         return
         finally:
@@ -241,7 +263,13 @@ class Gateway:
             return misbehaved(st) if st.penalize(offence, self._clock()) else None
         assert self.client_handler is not None  # only client-path connections are routed here
         try:
+            if env.type == wire.SUBMIT_TXS:
+                return await self._submit_in_chunks(ws, st, env.payload)
             reply = await maybe_await(self.client_handler(env.type, env.payload))
+            if env.type == wire.SUBMIT_TX and reply is not None and reply[0] == wire.TX_RESULT:
+                exceeded = self._charge_refusals(st, [reply[1]])
+                await self._reply(ws, st, reply[0], reply[1])
+                return misbehaved(st) if exceeded else None
         except RemoteError as exc:
             # Enum reasons (InvalidTransaction) carry .value; ProtocolViolation carries a str.
             reason = getattr(exc, "reason", "rejected")
@@ -255,6 +283,41 @@ class Gateway:
         if reply is not None:
             await self._reply(ws, st, reply[0], reply[1])
         return None
+
+    async def _submit_in_chunks(self, ws: ServerConnection, st: PeerState, txs: list[Any]) -> Refusal | None:
+        """Admit a batch chunk by chunk, charging each chunk's refusals to the client's score; once
+        it is over the threshold the rest is answered unprocessed and the connection is cut."""
+        assert self.client_handler is not None
+        results: list[Any] = []
+        exceeded = False
+        step = self.client_caps.chunk
+        for k in range(0, len(txs), step):
+            if exceeded:
+                results += [{"id": None, "accepted": False, "reason": "misbehaviour"}] * (len(txs) - k)
+                break
+            reply = await maybe_await(self.client_handler(wire.SUBMIT_TXS, txs[k:k + step]))
+            if reply is None or reply[0] != wire.TX_RESULTS:
+                if reply is not None:
+                    await self._reply(ws, st, reply[0], reply[1])
+                return None
+            results += reply[1]
+            exceeded = self._charge_refusals(st, reply[1])
+        await self._reply(ws, st, wire.TX_RESULTS, results)
+        if exceeded:
+            self._events["client_refused_txs_cutoff"] += 1
+            return misbehaved(st)
+        return None
+
+    def _charge_refusals(self, st: PeerState, results: list[dict[str, Any]]) -> bool:
+        """Score the client for the txs the ledger refused; True when it is over the threshold."""
+        now = self._clock()
+        exceeded = False
+        for r in results:
+            reason = r.get("reason") if isinstance(r, dict) else None
+            if reason:
+                offence = f"client_tx:{reason}"[:64]
+                exceeded = st.penalize(offence, now, self.client_caps.default_tx_penalty) or exceeded
+        return exceeded
 
     def _over_quota(self, env: wire.Envelope, quota: TokenBucket) -> tuple[str, str] | None:
         """Why a submission is refused before any of it is parsed: too many txs in one frame, or

@@ -43,6 +43,20 @@ DEFAULT_PENALTIES: Final[dict[str, float]] = {
     # A client over its tx quota, or with a bigger batch than a client may send.
     "client_quota": 2.0,
     "client_batch_too_large": 20.0,
+    # Txs a client submitted that the ledger refused, by reason (`client_tx:<reason>`, node/net/
+    # gateway.py). A forged signature is never an honest mistake and costs every node a signature
+    # check: ten end the connection. A re-sent reading (a sensor gateway re-submitting after a
+    # reconnect what may not have been finalized) is an honest event and nearly free, but not free:
+    # committed readings are public, and each replay costs a signature check too.
+    "client_tx:bad_signature": 10.0,
+    "client_tx:wrong_chain": 10.0,
+    "client_tx:malformed": 5.0,
+    "client_tx:unknown_device": 1.0,
+    "client_tx:replayed_sequence": 0.1,
+    "client_tx:duplicate": 0.1,
+    "client_tx:rate_limited": 0.0,  # the node-wide join budget: not this client's offence
+    "client_tx:mempool_full": 0.0,
+    "client_tx:halted": 0.0,
     "handler_error": 1.0,
     # A sealed frame that does not open: the link is unusable after it, so it is closed at once.
     "bad_seal": 100.0,
@@ -260,11 +274,11 @@ class PeerState:
         self.penalize("rate_limited", now)
         return False
 
-    def penalize(self, reason: str, now: float) -> bool:
+    def penalize(self, reason: str, now: float, default: float = 10.0) -> bool:
         """Count a rejected frame and score it; True when the peer should be disconnected."""
         for c in (self.counters, self.totals):
             c.rejected[reason] += 1
-        return self.score.add(self.penalties.get(reason, 10.0), reason, now)
+        return self.score.add(self.penalties.get(reason, default), reason, now)
 
     def to_json(self, now: float) -> dict[str, Any]:
         return {**self.counters.to_json(), "score": round(self.score.value(now), 2)}

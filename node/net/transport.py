@@ -213,7 +213,8 @@ class PeerNetwork:
         self._disconnects: Counter[str] = Counter()  # established connections we closed, by reason
         self._events: Counter[str] = Counter()  # dial failures, http requests, ...
         self.gateway = Gateway(http_handler, client_handler, client_path, max_frame, self._new_state,
-                               clock, self._events, self._disconnects)
+                               clock, self._events, self._disconnects,
+                               on_client_misbehaviour=self._ban_client)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -344,6 +345,14 @@ class PeerNetwork:
             self._events["bans"] += 1
             log.warning("banned %s (%s) for %.0fs: %s", conn.info.short_id, ip, seconds, why.reason)
 
+    def _ban_client(self, ws: Any, why: Refusal) -> None:
+        """A client has no node key: a client cut off for misbehaviour is banned by address."""
+        ip = _remote_ip(ws)
+        if ip not in self.ban_exempt_ips and ip != "?":
+            seconds = self.bans.ban([ip], self._clock())
+            self._events["bans"] += 1
+            log.warning("banned client %s for %.0fs: %s", ip, seconds, why.reason)
+
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -353,14 +362,14 @@ class PeerNetwork:
 
     async def _on_connection(self, ws: ServerConnection) -> None:
         path = ws.request.path.partition("?")[0] if ws.request else "/"
-        if self.gateway.is_client_path(path):
-            await self.gateway.serve_client(ws)
-            return
         # Refused before the handshake: a banned address or a full house costs us no signature.
         ip = _remote_ip(ws)
         if ip not in self.ban_exempt_ips and (left := self.bans.banned_for(ip, self._clock())) > 0:
             why = Refusal(CloseCode.BANNED, "banned", f"address banned for {left:.0f}s")
             await self._refuse_early(ws, why)
+            return
+        if self.gateway.is_client_path(path):
+            await self.gateway.serve_client(ws)
             return
         inbound = sum(c.info.direction == "inbound" for c in self._conns.values()) + self._inbound_pending
         if inbound >= self.max_inbound or len(self._conns) + self._inbound_pending >= self.max_peers:

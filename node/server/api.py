@@ -14,7 +14,8 @@ GET /metrics                      Prometheus metrics, text format (docs/metrics.
 GET /finality?last=K              the latest K finality latencies (ms from submission to this node
                                   until its commit), for txs submitted to this node
 GET /                             the explorer page (node/server/explorer/), and the views it reads:
-                                  /activity, /device/KEY, /runs, /run/RUN, /model/RUN/ROUND
+                                  /activity, /device/KEY, /runs, /run/RUN, /model/RUN/ROUND, and a
+                                  model's .keras file, /model/RUN/ROUND/keras
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from node.ledger.storage import Store
 from node.ledger.transactions import tx_id
 from node.net import wire
 from node.net.gateway import HttpBody
+from node.server.explorer.exports import KerasExports
 from node.server.explorer.routes import ExplorerApi
 
 MAX_BLOCKS_PER_REQUEST = 200
@@ -126,9 +128,9 @@ def membership_status(store: Store, limit: int | None = None) -> dict[str, Any]:
 
 
 class NodeApi:
-    def __init__(self, node: NodeView) -> None:
+    def __init__(self, node: NodeView, exports: KerasExports | None = None) -> None:
         self.node = node
-        self.explorer = ExplorerApi(node)
+        self.explorer = ExplorerApi(node, exports)
 
     def handle_http(self, path: str, query: dict[str, str]) -> tuple[int, Any] | None:
         store = self.node.store

@@ -45,6 +45,7 @@ from node.net.sync import SYNC_MODES, Answer, BlockSync, SyncStats, decode_items
 from node.net.transport import PeerInfo, PeerNetwork
 from node.server.api import MAX_STATUS_LIST, NodeApi, capped, membership_status
 from node.server.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
+from node.server.explorer.exports import EXPORTS_DIR, KerasExports, export_command
 from node.server.logs import block_line, committed_rounds, training_round_line
 from node.server.metrics import CONTENT_TYPE, ChainMetrics, NodeMetrics
 from node.store.models import latest_runs
@@ -140,7 +141,10 @@ class Node:
             lambda: self.role, passphrase,
             genesis_flower_keys={m.key: m.flower_key for m in self.genesis.members()},
             submit=self._submit_own, superlink_host=local_host(url_host(self.config.url)))
-        self.api = NodeApi(self)
+        # The explorer's .keras downloads: written by `fedledger model export` in a child process
+        # (this process never loads Keras), one at a time, cached under DIR/exports/.
+        self.exports = KerasExports(self.dir / EXPORTS_DIR, export_command(self.dir), counters=self.counters)
+        self.api = NodeApi(self, self.exports)
         self.prometheus = NodeMetrics(self)
         self.net = PeerNetwork(
             self.key,
@@ -558,6 +562,7 @@ class Node:
             for task in loops:
                 task.cancel()
             await self.net.stop()
+            await self.exports.close()
             await asyncio.to_thread(self.training.close)
             height = self.store.height()
             self.store.close()

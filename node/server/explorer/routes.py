@@ -9,19 +9,28 @@ GET /device/KEY?last=N        a device (KEY: its public key in hex), its latest 
 GET /runs?last=N              the latest N training runs (<= 200)
 GET /run/RUN?last=N           one run (RUN: its id in hex) and its latest N committed rounds (<= 500)
                               with their metrics
-GET /model/RUN/ROUND          a committed model's lineage, and whether this node re-computed it
+GET /model/RUN/ROUND          a committed model's lineage, whether this node re-computed it, and
+                              where its .keras download stands
+GET /model/RUN/ROUND/keras    the model as a .keras file (exports.py: written by `fedledger model
+                              export` in a child process, bounded and cached); 202 while it is
+                              being written, 503 when this node is busy or has no Keras, 429 when
+                              it has exported too much lately
 """
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from typing import Any, Protocol
 
+from federated.evaluation import HEADLINE
 from node.ledger.keys import short_id
 from node.ledger.storage import Store
-from node.ledger.transactions import ModelCommit, TrainRequest, parse_tx
+from node.ledger.transactions import TrainRequest, parse_tx
+from node.net.gateway import HttpBody
 from node.server.explorer.assets import asset
-from node.store.models import ModelInfo, RunInfo, handovers, latest_runs, lineage, model_weights
+from node.server.explorer.exports import Answer, ExportJob, KerasExports, State
+from node.store.models import ModelInfo, RunInfo, handovers, latest_runs, lineage, model_weights, models
 
 MAX_ACTIVITY_BLOCKS = 500
 MAX_DEVICE_READINGS = 500
@@ -30,7 +39,11 @@ MAX_ROUNDS = 500
 OWNER_UPDATES = 20
 OWNER_RUNS = 10
 VERIFIED_CACHE = 256  # a committed model never changes: one re-computation per model is enough
+RUN_CACHE = 16  # runs whose rounds and held-out scores are kept (until the run gets a new tx)
 MAX_ROUND = 10_000  # TrainRequest's bound on rounds
+# What each task's held-out score is compared with, in words (the keys: federated/evaluation.py).
+BASELINE_NAMES = {"humidity": "device-mean baseline", "traceability": "chance"}
+KERAS_TYPE = "application/zip"  # a .keras file is a zip archive (config.json, model.weights.h5, ...)
 
 
 class ExplorerNode(Protocol):
@@ -57,9 +70,11 @@ def hex_key(text: str, what: str) -> bytes:
 
 
 class ExplorerApi:
-    def __init__(self, node: ExplorerNode) -> None:
+    def __init__(self, node: ExplorerNode, exports: KerasExports | None = None) -> None:
         self.node = node
+        self.exports = exports  # None: this node serves no .keras downloads
         self._verified: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
+        self._runs: OrderedDict[bytes, tuple[tuple[int, int], list[ModelInfo]]] = OrderedDict()
 
     def page(self, parts: list[str]) -> tuple[int, Any] | None:
         """GET / (the page) and GET /explorer/NAME (its files)."""
@@ -87,18 +102,60 @@ class ExplorerApi:
             listed, total = latest_runs(store, last_param(query, 50, MAX_RUNS))
             return 200, {"runs": [r.to_json() for r in reversed(listed)], "total": total}
         if len(parts) == 2 and parts[0] == "run":
-            view = run_view(store, hex_key(parts[1], "run id"), last_param(query, MAX_ROUNDS, MAX_ROUNDS))
+            run = hex_key(parts[1], "run id")
+            view = run_view(store, run, self._models(store, run), last_param(query, MAX_ROUNDS, MAX_ROUNDS))
             return (404, {"error": "no training run with that id"}) if view is None else (200, view)
-        if len(parts) == 3 and parts[0] == "model":
+        if len(parts) in (3, 4) and parts[0] == "model" and parts[3:] in ([], ["keras"]):
             run = hex_key(parts[1], "run id")
             round_ = int(parts[2])
             if not 0 <= round_ <= MAX_ROUND:
                 raise ValueError(f"round must be between 0 and {MAX_ROUND}")
-            model = model_info(store, run, round_)
+            model = next((m for m in self._models(store, run) if m.round == round_), None)
             if model is None:
                 return 404, {"error": f"no committed model for round {round_} of that run"}
-            return 200, {**lineage(store, model), "recomputed": self._recomputed(store, model)}
+            job = ExportJob(model.run, model.round, model.task, model.weights_hash)
+            if len(parts) == 4:
+                return self._download(job)
+            return 200, {**lineage(store, model), **scored_by(model.task),
+                         "recomputed": self._recomputed(store, model), "download": self._download_state(job)}
         return None
+
+    def _models(self, store: Store, run: bytes) -> list[ModelInfo]:
+        """The run's committed models with their held-out scores, as `fedledger model list` shows
+        them (node.store.models.models). Committed rows only ever grow, so the counts of the run's
+        commits and evaluations say whether the cached answer is still the ledger's."""
+        mark = (len(store.model_rows(run, "commit")), len(store.model_rows(run, "eval")))
+        cached = self._runs.get(run)
+        if cached is not None and cached[0] == mark:
+            self._runs.move_to_end(run)
+            return cached[1]
+        if not mark[0]:
+            return []  # not cached: ids clients make up must not push real runs out
+        found = models(store, run)
+        self._runs[run] = (mark, found)
+        while len(self._runs) > RUN_CACHE:
+            self._runs.popitem(last=False)
+        return found
+
+    def _download_state(self, job: ExportJob) -> dict[str, Any]:
+        url = f"/model/{job.run.hex()}/{job.round}/keras"
+        if self.exports is None:
+            return {"state": State.UNAVAILABLE.value, "detail": "this node serves no downloads", "url": url,
+                    "filename": job.filename}
+        return {**self.exports.lookup(job).to_json(), "url": url, "filename": job.filename}
+
+    def _download(self, job: ExportJob) -> tuple[int, Any]:
+        if self.exports is None:
+            return json_body(Answer(State.UNAVAILABLE, "this node serves no downloads"))
+        answer = self.exports.request(job)
+        if answer.state is State.READY and answer.path is not None:
+            try:
+                data = answer.path.read_bytes()
+            except OSError:  # evicted between the lookup and the read
+                return json_body(Answer(State.BUSY, "the cached file went away; ask again", retry_after_s=1))
+            return 200, HttpBody(KERAS_TYPE, data, cache_control="private, max-age=86400", headers=(
+                ("Content-Disposition", f'attachment; filename="{job.filename}"'),))
+        return json_body(answer)
 
     def _recomputed(self, store: Store, model: ModelInfo) -> dict[str, Any]:
         """Re-aggregate the named updates here and compare with the committed hash, as every
@@ -149,36 +206,32 @@ def device_view(store: Store, key: bytes, last: int) -> dict[str, Any] | None:
     }
 
 
-def run_view(store: Store, run: bytes, last: int) -> dict[str, Any] | None:
+def json_body(answer: Answer) -> tuple[int, HttpBody]:
+    """A download that is not (yet) a file: JSON, with Retry-After when asking again makes sense."""
+    body = {**answer.to_json(), **({"error": answer.detail} if answer.http_status >= 400 else {})}
+    headers = (("Retry-After", str(answer.retry_after_s)),) if answer.retry_after_s else ()
+    return answer.http_status, HttpBody("application/json", json.dumps(body).encode(), headers=headers)
+
+
+def run_view(store: Store, run: bytes, found: list[ModelInfo], last: int) -> dict[str, Any] | None:
+    """One run and its latest `last` committed rounds: the held-out score aggregated over the
+    nodes' signed model_evals (`holdout`, with the baseline), and the training metrics the commit
+    carries (`metrics`, the averages of the updates' own)."""
     rec = store.tx(run)
     if rec is None or rec.kind != TrainRequest.KIND:
         return None
     request = parse_tx(rec.raw).body
     assert isinstance(request, TrainRequest)
-    commits = store.model_rows(run, "commit")
-    info = RunInfo(run, rec.height, rec.signer, request, [m.round for m in commits],
+    info = RunInfo(run, rec.height, rec.signer, request, [m.round for m in found],
                    tuple(handovers(store, run, rec.signer)))
-    rounds = []
-    for row in commits[-last:]:
-        rec = store.tx(row.tx_id)
-        assert rec is not None  # the index row exists because the tx was committed
-        body = parse_tx(rec.raw).body
-        assert isinstance(body, ModelCommit)
-        rounds.append({"round": body.round, "height": row.height, "commit_tx": row.tx_id.hex(),
-                       "model_hash": body.weights_hash.hex(), "updates": len(body.update_ids),
-                       "coordinator": short_id(body.coordinator), "metrics": dict(body.metrics)})
-    return {**info.to_json(), "models": rounds}
+    rounds = [{"round": m.round, "height": m.height, "commit_tx": m.commit_id.hex(),
+               "model_hash": m.weights_hash.hex(), "updates": len(m.update_ids), "metrics": dict(m.metrics),
+               "holdout": dict(m.holdout), "evaluations": len(m.evaluations),
+               "coordinator": short_id(m.coordinator)} for m in found[-last:]]
+    return {**info.to_json(), **scored_by(request.task), "models": rounds}
 
 
-def model_info(store: Store, run: bytes, round_: int) -> ModelInfo | None:
-    row = store.model_commit(run, round_)
-    if row is None:
-        return None
-    rec = store.tx(row.tx_id)
-    assert rec is not None
-    body = parse_tx(rec.raw).body
-    assert isinstance(body, ModelCommit)
-    block = store.block_rows(row.height, row.height)
-    return ModelInfo(body.run, body.task, body.round, body.strategy, body.weights_hash, row.height,
-                     block[0]["time_ms"] if block else 0, row.tx_id, body.update_ids, dict(body.metrics),
-                     coordinator=body.coordinator)
+def scored_by(task: str) -> dict[str, str]:
+    """Which held-out metric the page plots for `task`, and its baseline's key and name."""
+    key, base = HEADLINE.get(task, ("", ""))
+    return {"holdout_metric": key, "baseline_metric": base, "baseline": BASELINE_NAMES.get(task, "")}

@@ -243,44 +243,112 @@ async function viewTraining() {
   ];
 }
 
+// The held-out score of a round: aggregated over the nodes' signed model_evals, weighted by their
+// held-out examples (the node computes it as `fedledger model list` does).
+function heldOut(holdout, metric, baseline, baseName) {
+  if (!holdout || typeof holdout[metric] !== "number") return "-";
+  let text = `${metric}=${fmtMetric(holdout[metric])}`;
+  if (typeof holdout[baseline] === "number") text += ` (${baseName} ${fmtMetric(holdout[baseline])})`;
+  return `${text}, ${holdout.nodes} node${holdout.nodes === 1 ? "" : "s"}`;
+}
+
 async function viewRun(run) {
   const r = await api(`/run/${run}`);
-  // Held-out (validation) metrics first: they say how the model does; the rest is bookkeeping.
+  const metric = r.holdout_metric, base = r.baseline_metric;
+  const scored = r.models.filter((m) => typeof m.holdout[metric] === "number");
+  const series = [{ name: `held-out ${metric}`, color: "#2563eb", points: scored.map((m) => [m.round, m.holdout[metric]]) }];
+  const baseline = scored.filter((m) => typeof m.holdout[base] === "number").map((m) => [m.round, m.holdout[base]]);
+  if (baseline.length) series.push({ name: r.baseline, color: "#9ca3af", points: baseline });
+  // The training metrics each commit carries (the averages of the nodes' own) come second: they
+  // are measured on the data the nodes trained on or split from it, not on held-out readings.
   const keys = [...new Set(r.models.flatMap((m) => Object.keys(m.metrics)))]
     .sort((a, b) => (b.startsWith("val_") - a.startsWith("val_")) || a.localeCompare(b));
   return [
     h("h1", {}, `Run ${short(r.run, 12)}: ${r.task}`),
     kv([["run", mono(r.run)], ["strategy", r.strategy], ["rounds", `${r.committed_rounds} of ${r.rounds} committed`],
         ["coordinator", mono(r.coordinator)], ["requested at", blockLink(r.height)], ["parameters", mono(JSON.stringify(r.params))]]),
-    h("h2", {}, "Learning curve (committed metrics per round)"),
-    keys.length ? h("div", { class: "charts", id: "learning-curves" }, keys.map((k) => lineChart(
+    h("h2", {}, `Learning curve: held-out ${metric || "score"} per round`),
+    scored.length ? lineChart(series, { id: "chart-holdout", yLabel: metric, xLabel: "round", xPad: 1, integer: true })
+      : h("p", { class: "muted", id: "no-holdout" }, "no held-out evaluation on the ledger yet"),
+    h("p", { class: "muted" }, `Each round's model scored by the nodes on held-out readings that no node trained on (one hour in every five), aggregated over their signed evaluations weighted by held-out examples, next to the ${r.baseline || "baseline"}.`),
+    h("h2", {}, "Training metrics (committed with each round, averaged over the nodes' updates)"),
+    keys.length ? h("div", { class: "charts small", id: "learning-curves" }, keys.map((k) => lineChart(
       [{ name: k, points: r.models.filter((m) => typeof m.metrics[k] === "number").map((m) => [m.round, m.metrics[k]]) }],
       { id: `chart-metric-${k}`, yLabel: k, xLabel: "round", xPad: 1, integer: true }))) : h("p", { class: "muted" }, "no metrics committed yet"),
     h("h2", {}, "Models"),
-    table(["round#", "model", "updates#", "block#", "metrics"], r.models.map((m) => [
+    table(["round#", "model", "updates#", "block#", "held-out", "training metrics"], r.models.map((m) => [
       modelLink(r.run, m.round, String(m.round)), mono(short(m.model_hash)), m.updates, blockLink(m.height),
+      heldOut(m.holdout, metric, base, r.baseline),
       Object.entries(m.metrics).map(([k, v]) => `${k}=${fmtMetric(v)}`).join(" ")]), "no model committed yet"),
   ];
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// The .keras file is written on demand by the node (in a child process, one at a time): ask until
+// it is ready (202 while it is written, 503/429 while the node is busy), then save what came back.
+async function downloadKeras(dl, button, state) {
+  button.disabled = true;
+  state.className = "muted";
+  try {
+    for (let tries = 0; tries < 150; tries++) {
+      const r = await fetch(dl.url, { cache: "no-store" });
+      if (r.status === 200) {
+        const blob = await r.blob();
+        const a = h("a", { href: URL.createObjectURL(blob), download: dl.filename });
+        document.body.appendChild(a);
+        a.click();
+        a.remove();
+        setTimeout(() => URL.revokeObjectURL(a.href), 60000);
+        state.className = "ok";
+        state.textContent = `saved ${dl.filename} (${(blob.size / 1024).toFixed(1)} KB)`;
+        return;
+      }
+      let body = {};
+      try { body = await r.json(); } catch (e) { /* not JSON: reported below */ }
+      const waiting = r.status === 202 || r.status === 429 || (r.status === 503 && body.state === "busy");
+      if (!waiting) throw new Error(body.error || body.detail || `HTTP ${r.status}`);
+      state.textContent = `${body.state === "exporting" ? "exporting" : "waiting"}: ${body.detail || ""}`;
+      await sleep(1000 * Math.min(30, Math.max(1, Number(body.retry_after_s) || 2)));
+    }
+    throw new Error("gave up waiting for the export");
+  } catch (e) {
+    state.className = "bad";
+    state.textContent = `no download: ${e.message || e}`;
+  } finally {
+    button.disabled = false;
+  }
 }
 
 async function viewModel(run, round) {
   const m = await api(`/model/${run}/${round}`);
   const rc = m.recomputed;
+  const dl = m.download;
   const cmd = `fedledger model export DIR --task ${m.task} --round ${m.round} --run ${short(m.run, 12)} --out ${m.task}-round${m.round}.keras`;
+  const button = h("button", { type: "button", id: "download-keras", disabled: dl.state === "unavailable" }, `Download ${dl.filename}`);
+  const state = h("span", { id: "download-state", class: dl.state === "unavailable" ? "bad" : "muted" },
+    dl.state === "ready" ? `ready (${(dl.size / 1024).toFixed(1)} KB)` : dl.detail || dl.state);
+  button.addEventListener("click", () => downloadKeras(dl, button, state));
   return [
     h("h1", {}, `Model: ${m.task} round ${m.round}`),
     kv([["run", runLink(m.run, m.run)], ["model hash", mono(m.model_hash)], ["strategy", m.strategy],
         ["committed", h("span", {}, "block ", blockLink(m.height), ` at ${fmtTime(m.time_ms)}, tx `, txLink(m.commit_tx))],
         ["coordinator", mono(m.coordinator)],
         ["base model", m.base_model ? h("span", {}, mono(short(m.base_model)), " (", modelLink(m.run, m.round - 1), ")") : m.round === 0 ? "none: the initial model" : "-"],
-        ["metrics", Object.entries(m.metrics).map(([k, v]) => `${k}=${fmtMetric(v)}`).join(" ") || "-"],
+        ["held-out", h("span", { id: "holdout" }, m.evaluations.length ? heldOut(m.holdout, m.holdout_metric, m.baseline_metric, m.baseline) : "no evaluation on the ledger yet")],
+        ["training metrics", Object.entries(m.metrics).map(([k, v]) => `${k}=${fmtMetric(v)}`).join(" ") || "-"],
         ["re-computation", h("span", { class: rc.ok ? "ok" : "bad", id: "recomputed" }, rc.ok ? "verified" : "FAILED"), ` ${rc.detail}`]]),
     h("h2", {}, `Updates (${m.updates.length})`),
     table(["node", "name", "update tx", "block#", "examples#", "readings root", "base", "metrics"], m.updates.map((u) => [
       mono(u.node), u.node_name || "-", txLink(u.tx, 12), blockLink(u.height), u.num_examples, mono(short(u.readings_root)),
       mono(short(u.base_model_hash, 12)), Object.entries(u.metrics).map(([k, v]) => `${k}=${fmtMetric(v)}`).join(" ")])),
+    h("h2", {}, `Held-out evaluations (${m.evaluations.length})`),
+    table(["node", "eval tx", "block#", "data cut#", "held-out examples#", "metrics"], m.evaluations.map((e) => [
+      mono(e.node), txLink(e.tx, 12), blockLink(e.height), e.data_cut, e.num_examples,
+      Object.entries(e.metrics).map(([k, v]) => `${k}=${fmtMetric(v)}`).join(" ")]), "none signed yet"),
     h("h2", {}, "Download"),
-    h("p", {}, "A .keras file needs Keras, which the node process never loads. Re-compute and export this model from the ledger with (DIR: a node's data directory):"),
+    h("p", {}, button, " ", state),
+    h("p", { class: "muted" }, "The node re-computes the weights from the updates above and writes the .keras file with `fedledger model export` in a child process (the node itself never loads Keras). The same from a shell, DIR being a node's data directory:"),
     h("code", { class: "cmd", id: "export-cmd" }, cmd),
   ];
 }
