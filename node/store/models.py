@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from federated import evaluation
-from federated.aggregate import Update, aggregate
+from federated.aggregate import Update
 from federated.weights import Weights, decode_weights, weights_hash
 from node.ledger.holdout import RULE as HOLDOUT_RULE
 from node.ledger.keys import short_id
-from node.ledger.runs import aggregation_params
+from node.ledger.run_rules import round_aggregate
 from node.ledger.storage import Store
 from node.ledger.transactions import ModelCommit, ModelEval, ModelUpdate, TrainRequest, parse_tx
 
@@ -190,10 +190,10 @@ def model_weights(store: Store, model: ModelInfo) -> Weights:
         weights = decode_weights(ups[0][2].weights)
     else:
         info = find_run(store, run=model.run.hex())
-        weights = aggregate(
-            model.strategy,
+        weights = round_aggregate(
+            store, info.request, model.run, model.round,
             [Update(uid, decode_weights(b.weights), b.num_examples) for uid, _, b in ups],
-            **aggregation_params(info.request),
+            {uid: b.node for uid, _, b in ups}, model.strategy,
         )
     if weights_hash(weights) != model.weights_hash:
         raise ValueError(f"re-computed round {model.round} weights differ from the commit (damaged replica?)")
