@@ -39,9 +39,9 @@ def model(seed: int, rows: int = 2) -> list[np.ndarray]:
 
 
 class PersonalRun:
-    def __init__(self, rows: int = 2, **params: Any) -> None:
+    def __init__(self, rows: int = 2, store: Any = None, **params: Any) -> None:
         self.keys, genesis = make_genesis(4, n_participants=2)
-        self.ledger = Ledger(MemoryStore(), genesis)
+        self.ledger = Ledger(store or MemoryStore(), genesis)
         give_devices(self.ledger, self.keys, [*self.keys, participant_key(0), participant_key(1)],
                      [40, 55, 70, 85, 100, 130])
         self.req = make_train_request(self.keys[0], CHAIN_ID, "humidity", 3, "fedavg",
