@@ -349,7 +349,7 @@ def train(
         weights = fingerprint.fit(cls, rows, rows if context_rows is None else context_rows, len(rows),
                                   base=model_weights)
         own = [i for i, d in enumerate(cls) if d in {r[0] for r in rows}]
-        hours = float(round(float(np.sum(weights[2][own], dtype=np.float64)) * len(rows)))
+        hours = float(round(float(np.sum(weights[2][own], dtype=np.float64) * len(rows))))
         return TrainResult(weights, len(rows), {"hours": hours, "devices": float(len(own))})
     cls = check_classes(classes, 1)
     x, d, y = prepare(task, rows, cls)
