@@ -147,19 +147,23 @@ def hourly_features(rows: Iterable[Row]) -> dict[Hashable, dict[int, np.ndarray]
 
 
 def relative(feats: Mapping[Hashable, Mapping[int, np.ndarray]], devices: Sequence[Hashable],
-             only: Iterable[Hashable] | None = None) -> dict[Hashable, dict[int, np.ndarray]]:
-    """Each hour's vector minus that hour's mean over `devices` (the context); hours where fewer
-    than two of them have a vector are dropped (alone, a device has nothing to be relative to).
-    `only`: the devices whose relative vectors are wanted (default all)."""
+             targets: Mapping[Hashable, Mapping[int, np.ndarray]] | None = None,
+             ) -> dict[Hashable, dict[int, np.ndarray]]:
+    """Hourly vectors minus that hour's mean over `devices` (the context, from `feats`); hours
+    where fewer than two of them have a vector are dropped (alone, a device has nothing to be
+    relative to). `targets`: the device-hours whose relative vectors are wanted (default: all of
+    `feats`); a target's own vector stands in for its device's in the context."""
+    merged = {d: dict(feats.get(d, {})) for d in devices}
+    for d, hours_of in (targets or {}).items():
+        if d in merged:
+            merged[d].update(hours_of)
     hours: dict[int, list[np.ndarray]] = {}
     for d in devices:
-        for hour, v in feats.get(d, {}).items():
+        for hour, v in merged[d].items():
             hours.setdefault(hour, []).append(v)
     ctx = {hour: np.mean(vs, axis=0) for hour, vs in hours.items() if len(vs) >= 2}
-    out: dict[Hashable, dict[int, np.ndarray]] = {}
-    for d in devices if only is None else only:
-        out[d] = {hour: v - ctx[hour] for hour, v in feats.get(d, {}).items() if hour in ctx}
-    return out
+    want = targets if targets is not None else {d: merged[d] for d in devices}
+    return {d: {hour: v - ctx[hour] for hour, v in hv.items() if hour in ctx} for d, hv in want.items()}
 
 
 # --- fitting ------------------------------------------------------------------------------------
@@ -188,10 +192,10 @@ def fit(devices: Sequence[Hashable], rows: Sequence[Row], context_rows: Sequence
     out = [np.array(w, np.float64) for w in weights]
     out[0][:] = 0.0
     out[1][:] = 0.0
-    own_set = set(own)
-    ctx_feats = hourly_features([r for r in context_rows if r[0] in index and r[0] not in own_set])
-    ctx_feats.update(hourly_features(rows))
-    rel = relative(ctx_feats, list(devices), only=own)
+    # Relative to every listed device's hours (the context), but only the hours this node holds
+    # make its fingerprints: under a spread partition another node holds the device's other hours.
+    ctx_feats = hourly_features([r for r in context_rows if r[0] in index])
+    rel = relative(ctx_feats, list(devices), targets=hourly_features(rows))
     n = float(num_examples)
     for d in own:
         i = index[d]
@@ -304,10 +308,8 @@ def classify(weights: Sequence[np.ndarray], devices: Sequence[Hashable], rows: S
     device of the list in `rows` + `context_rows`."""
     model = Fingerprints.of(weights, devices)
     index = set(devices)
-    mine = {r[0] for r in rows}
-    feats = hourly_features([r for r in context_rows if r[0] in index and r[0] not in mine])
-    feats.update(hourly_features(rows))
-    rel = relative(feats, list(devices), only=[d for d in devices if d in mine])
+    targets = {d: h for d, h in hourly_features(rows).items() if d in index}
+    rel = relative(hourly_features([r for r in context_rows if r[0] in index]), list(devices), targets)
     return windows(model, rel, window_hours, step_hours)
 
 
