@@ -31,7 +31,7 @@ from node.server.offline import open_node
 from node.store.models import ModelInfo, RunInfo, find_model, find_run, lineage, model_weights, models, runs
 
 # Shown by `list`, in this order, when a commit carries them (the averaged metrics of its updates).
-KEY_METRICS = ("loss", "val_loss", "val_rmse", "val_r2", "val_accuracy")
+KEY_METRICS = ("loss", "train_rmse", "train_r2", "hours", "devices", "val_rmse", "val_accuracy")
 INSTALL_HINT = "pip install 'fedledger[federated]' (./scripts/launch sets up a .venv that has it)"
 
 
