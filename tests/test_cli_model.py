@@ -15,7 +15,7 @@ import pytest
 from federated import fingerprint, tasks
 from federated.aggregate import Personal, Update, aggregate
 from federated.data import MAIN_SLICE, read_csv_rows
-from federated.personal import personal_arrays
+from federated.personal import personal_arrays, run_devices
 from federated.weights import Weights, canonical_array, encode_weights, weights_hash
 from node.cli import model as cli_model
 from node.cli.main import main
@@ -111,9 +111,9 @@ def train_run(led: Ledger, keys: list[NodeKey], fed: Fed, task: str, rounds: int
             fed.update_nodes[tx_id(up)] = k.public
             fed.readings_roots[tx_id(up)] = ds.train_root
         commit_next(led, keys, ups)
-        devices = HUMIDITY_DEVICES if task == "humidity" else TRACE_DEVICES
+        devices = run_devices(task, params)  # a run without a device list has no personal rows
         owners = [trainers[int(d.split("-")[1])].public for d in devices]
-        personal = Personal(personal_arrays(task), current, owners, fed.update_nodes)
+        personal = Personal(personal_arrays(task), current, owners, fed.update_nodes) if devices else None
         current = aggregate("fedavg", updates, personal)
         commit = make_model_commit(coord, CHAIN_ID, run, task, rnd, "fedavg", [u.update_id for u in updates],
                                    weights_hash(current), {"loss": 1.0 / rnd, "val_rmse": 2.5})
