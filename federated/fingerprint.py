@@ -236,15 +236,24 @@ class Fingerprints:
         prec = np.zeros((d, F, F))
         logdets = np.zeros(d)
         for i in np.flatnonzero(known):
-            mu = w[3][i] / w[2][i]
-            own = w[4][i] / w[2][i] - np.outer(mu, mu)
-            cov = (1.0 - SHRINK) * own + SHRINK * pooled if pooled_n > 0 else own
-            cov = 0.5 * (cov + cov.T) + RIDGE * np.eye(F)
-            sign, logdet = np.linalg.slogdet(cov)
-            if sign <= 0:
+            # A row is whatever its owner committed (finite, nothing more is checked): one that
+            # does not make a proper Gaussian is no fingerprint, never an error.
+            with np.errstate(all="ignore"):
+                mu = w[3][i] / w[2][i]
+                own = w[4][i] / w[2][i] - np.outer(mu, mu)
+                cov = (1.0 - SHRINK) * own + SHRINK * pooled if pooled_n > 0 else own
+                cov = 0.5 * (cov + cov.T) + RIDGE * np.eye(F)
+            try:
+                if not np.all(np.isfinite(cov)):
+                    raise np.linalg.LinAlgError("not finite")
+                sign, logdet = np.linalg.slogdet(cov)
+                precision = np.linalg.inv(cov)
+                if sign <= 0 or not (np.isfinite(logdet) and np.all(np.isfinite(precision))):
+                    raise np.linalg.LinAlgError("not positive definite")
+            except np.linalg.LinAlgError:
                 known[i] = False
                 continue
-            means[i], prec[i], logdets[i] = mu, np.linalg.inv(cov), logdet
+            means[i], prec[i], logdets[i] = mu, precision, logdet
         return cls(tuple(devices), known, means, prec, logdets, w[2])
 
     def loglik(self, x: np.ndarray) -> np.ndarray:

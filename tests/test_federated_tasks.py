@@ -181,3 +181,19 @@ def test_fingerprints_export_as_json(tmp_path: Path) -> None:
         np.testing.assert_allclose(doc["fingerprints"][d]["mean"], model.means[i], rtol=1e-6)
     with pytest.raises(ValueError, match="json"):
         export_fingerprints(w, DEVICES, tmp_path / "fp.keras")
+
+
+def test_a_hostile_fingerprint_row_is_no_fingerprint_not_a_crash() -> None:
+    """A committed row is whatever its owner signed (only finiteness is checked on the ledger):
+    negative counts, a covariance that is not positive definite or overflows are no fingerprint."""
+    rows = read_csv_rows(MAIN_SLICE, DEVICES)
+    w = tasks.train("traceability", tasks.initial_weights("traceability", 4), rows, classes=DEVICES).weights
+    bad = [np.array(a, np.float32) for a in w]
+    bad[2][0] = -1.0  # a negative count
+    bad[4][1] = -bad[4][1]  # outer products that make no covariance
+    bad[3][2] = 3e38  # a mean whose square overflows
+    model = fingerprint.Fingerprints.of(bad, DEVICES)
+    assert model.known.tolist() == [False, False, False, True]
+    held = read_csv_rows(HOLDOUT_SLICE, DEVICES)
+    m = tasks.evaluate("traceability", bad, held, DEVICES)
+    assert 0.0 <= m["accuracy"] <= 1.0
