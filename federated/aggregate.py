@@ -42,13 +42,22 @@ flwr 1.2x-1.41; read from the adap/flower sources) and how ours relates:
 
 Known intentional differences from Flower therefore are only ordering and rounding; which
 update Krum picks can differ only on (near-)ties, where Flower's choice is arrival-order dependent.
+
+Personalised models (``Personal``): some arrays hold one row per device of the run's device list
+(a device's own regression line, its fingerprint). The strategy aggregates only the other, shared
+arrays; row r of a personal array comes from the update of the node that owns device r (the
+ledger's ``register_device``), or stays as in the base model (the previous round's) when that node
+sent no update. Without owners (experiments without a ledger) row r is the example-weighted mean
+of the updates that changed it, or the base row. Which arrays are personal is the task's
+(``federated/personal.py``).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -66,6 +75,22 @@ UpdateLike = Update | tuple[bytes, Sequence[np.ndarray], int]
 
 STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "krum")
 DEFAULT_BETA = 0.2
+
+
+@dataclass(frozen=True)
+class Personal:
+    """How to aggregate the per-device rows of a personalised model (see the module docstring).
+
+    ``arrays``: indices of the personal arrays (first dimension = the run's devices). ``base``: the
+    model the round's updates started from. ``owners``: per device row, the node that owns it (None:
+    nobody, the row stays), or None for the experiments' rule (rows taken from the updates that
+    changed them). ``nodes``: the node of every update id (needed with owners).
+    """
+
+    arrays: tuple[int, ...]
+    base: Sequence[np.ndarray]
+    owners: Sequence[bytes | None] | None = None
+    nodes: Mapping[bytes, bytes] | None = None
 
 
 def _prepare(updates: Sequence[UpdateLike]) -> list[tuple[bytes, list[np.ndarray], int]]:
@@ -192,12 +217,52 @@ _PARAMS: dict[str, frozenset[str]] = {
 }
 
 
-def aggregate(strategy: str, updates: Sequence[UpdateLike], **params: Any) -> Weights:
+def _personal_rows(ups: list[tuple[bytes, list[np.ndarray], int]],
+                   personal: Personal) -> dict[int, np.ndarray]:
+    base = [canonical_array(w) for w in personal.base]
+    shapes = [w.shape for w in ups[0][1]]
+    if [w.shape for w in base] != shapes:
+        raise ValueError("the base model's shapes differ from the updates'")
+    if len(set(personal.arrays)) != len(personal.arrays) or not all(
+        0 <= i < len(shapes) and len(shapes[i]) >= 1 for i in personal.arrays
+    ):
+        raise ValueError(f"personal arrays {personal.arrays} do not index per-row arrays of the model")
+    rows = {shapes[i][0] for i in personal.arrays}
+    if len(rows) != 1:
+        raise ValueError("personal arrays differ in their number of device rows")
+    n_rows = rows.pop()
+    if personal.owners is not None:
+        if len(personal.owners) != n_rows:
+            raise ValueError(f"{len(personal.owners)} device owners for {n_rows} personal rows")
+        nodes = personal.nodes or {}
+        if any(uid not in nodes for uid, _, _ in ups):
+            raise ValueError("the node of every update is needed to take personal rows from owners")
+    out: dict[int, np.ndarray] = {}
+    for i in personal.arrays:
+        result = base[i].astype(np.float64)
+        for r in range(n_rows):
+            if personal.owners is not None:
+                owner = personal.owners[r]
+                holders = [(w[i][r], n) for uid, w, n in ups if owner is not None and nodes[uid] == owner]
+            else:
+                holders = [(w[i][r], n) for _, w, n in ups if not np.array_equal(w[i][r], base[i][r])]
+            if holders:
+                acc = np.zeros(result[r].shape, np.float64)
+                for row, n in holders:  # update_id order, as everywhere here
+                    acc += row.astype(np.float64) * float(n)
+                result[r] = acc / float(sum(n for _, n in holders))
+        out[i] = result
+    return out
+
+
+def aggregate(strategy: str, updates: Sequence[UpdateLike], personal: Personal | None = None,
+              **params: Any) -> Weights:
     """Aggregate `updates` with `strategy` (one of STRATEGIES). Deterministic and order independent.
 
     Parameters: fedtrimmedavg ``beta`` (default 0.2), krum ``f`` (assumed Byzantine updates,
     default 0). Unknown strategies or parameters raise ValueError: they come from the ledger and
-    a typo must not silently select a default.
+    a typo must not silently select a default. With `personal`, the strategy aggregates the shared
+    arrays and the personal rows follow their owners (see ``Personal``).
     """
     impl = _IMPLS.get(strategy)
     if impl is None:
@@ -205,11 +270,24 @@ def aggregate(strategy: str, updates: Sequence[UpdateLike], **params: Any) -> We
     unknown = set(params) - _PARAMS[strategy]
     if unknown:
         raise ValueError(f"unknown parameter(s) for {strategy}: {', '.join(sorted(unknown))}")
-    return impl(_prepare(updates), **params)
+    ups = _prepare(updates)
+    if personal is None or not personal.arrays:
+        return impl(ups, **params)
+    rows = _personal_rows(ups, personal)
+    shared = [i for i in range(len(ups[0][1])) if i not in rows]
+    if shared:
+        part = impl([(uid, [w[i] for i in shared], n) for uid, w, n in ups], **params)
+    else:
+        impl([(uid, [np.zeros(1, np.float32)], n) for uid, _, n in ups], **params)  # checks params
+        part = []
+    merged = dict(zip(shared, part, strict=True))
+    merged.update({i: np.asarray(r, dtype=np.float32, order="C") for i, r in rows.items()})
+    return [merged[i] for i in range(len(ups[0][1]))]
 
 
 def verify_aggregate(
-    strategy: str, updates: Sequence[UpdateLike], claimed: Sequence[np.ndarray], **params: Any
+    strategy: str, updates: Sequence[UpdateLike], claimed: Sequence[np.ndarray],
+    personal: Personal | None = None, **params: Any
 ) -> bool:
     """True iff recomputing the aggregate gives exactly `claimed` (byte-equal encodings).
 
@@ -217,7 +295,7 @@ def verify_aggregate(
     authority must be able to reject a bad block without crashing.
     """
     try:
-        expected = encode_weights(aggregate(strategy, updates, **params))
+        expected = encode_weights(aggregate(strategy, updates, personal, **params))
         return expected == encode_weights(claimed)
     except (ValueError, TypeError):
         return False

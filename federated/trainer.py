@@ -16,6 +16,10 @@ Requests::
      "config": {...}}
     {"op": "evaluate", "task": ..., "weights": ..., "rows" | "rows_file": ..., "classes": ...}
 
+``classes`` is the run's device list (humidity: the rows of the devices' own lines; traceability:
+the labels); traceability requests may add ``context_rows``, the readings of every listed device
+the fingerprints are relative to (federated/fingerprint.py).
+
 ``rows_file`` names a file holding the msgpack-encoded rows list, which must lie inside the
 server's ``rows_dir`` (so the socket cannot be used to read arbitrary files). Replies are
 ``{"ok": True, ...}`` (train: weights, num_examples, metrics; evaluate: metrics; ping: pid,
@@ -53,6 +57,7 @@ from node.proc import rss_bytes, watch_parent
 MAX_FRAME = 256 * 1024 * 1024
 _LEN = struct.Struct(">I")
 _OPS = ("ping", "init", "train", "evaluate")
+WARM_DEVICES = 8  # the launch's device count: a warm model of that size is cached for its first run
 
 
 class TrainerError(RuntimeError):
@@ -292,18 +297,21 @@ class TrainerServer:
         if classes is not None and not isinstance(classes, list):
             raise ValueError("classes must be a list or absent")
         rows = self._load_rows(request)
+        context = request.get("context_rows")
+        context = None if context is None else _as_rows(context)
         if op == "train":
             config = request.get("config") or {}
             if not isinstance(config, dict):
                 raise ValueError("config must be a map")
-            result = tasks.train(task, weights, rows, config, classes=classes)
+            result = tasks.train(task, weights, rows, config, classes=classes, context_rows=context)
             return {
                 "ok": True,
                 "weights": encode_weights(result.weights),
                 "num_examples": result.num_examples,
                 "metrics": result.metrics,
             }
-        return {"ok": True, "metrics": tasks.evaluate(task, weights, rows, classes=classes)}
+        metrics = tasks.evaluate(task, weights, rows, classes=classes, context_rows=context)
+        return {"ok": True, "metrics": metrics}
 
     # -- lifecycle --
 
@@ -311,8 +319,8 @@ class TrainerServer:
         """Import Keras now (and build/compile the named tasks' models) instead of on first use."""
         tasks._keras()
         for name in task_names:
-            nc = 2 if name == "traceability" else None
-            tasks._compiled(name, nc, tasks.TrainConfig())
+            if name == "humidity":  # traceability is numpy (federated/fingerprint.py): nothing to build
+                tasks._compiled(name, WARM_DEVICES, tasks.TrainConfig())
 
     def serve_forever(self) -> None:
         self._server.serve_forever(poll_interval=0.2)
@@ -386,6 +394,10 @@ class TrainerClient:
         return {"rows": [list(r) for r in rows]}
 
     @staticmethod
+    def _context_field(rows: Sequence[Sequence[Any]] | None) -> dict[str, Any]:
+        return {} if rows is None else {"context_rows": [list(r) for r in rows]}
+
+    @staticmethod
     def _weights_field(weights: Sequence[np.ndarray] | bytes) -> bytes:
         return weights if isinstance(weights, bytes) else encode_weights(weights)
 
@@ -404,6 +416,7 @@ class TrainerClient:
         rows: Sequence[Sequence[Any]] | str | Path,
         config: Mapping[str, Any] | None = None,
         classes: Sequence[Hashable] | None = None,
+        context_rows: Sequence[Sequence[Any]] | None = None,
     ) -> TrainResult:
         """Train on the server; `rows` is a list of rows or a path to a msgpack rows file."""
         reply = self._call(
@@ -414,6 +427,7 @@ class TrainerClient:
                 **self._rows_field(rows),
                 "classes": list(classes) if classes is not None else None,
                 "config": dict(config or {}),
+                **self._context_field(context_rows),
             }
         )
         return TrainResult(
@@ -428,6 +442,7 @@ class TrainerClient:
         weights: Sequence[np.ndarray] | bytes,
         rows: Sequence[Sequence[Any]] | str | Path,
         classes: Sequence[Hashable] | None = None,
+        context_rows: Sequence[Sequence[Any]] | None = None,
     ) -> dict[str, float]:
         reply = self._call(
             {
@@ -436,6 +451,7 @@ class TrainerClient:
                 "weights": self._weights_field(weights),
                 **self._rows_field(rows),
                 "classes": list(classes) if classes is not None else None,
+                **self._context_field(context_rows),
             }
         )
         return {k: float(v) for k, v in reply["metrics"].items()}

@@ -133,7 +133,7 @@ def test_classify(argv: list[str], kind: str) -> None:
 def test_train_defaults_match_both_apps() -> None:
     """The plain App's own defaults equal what the bench sends, which is fedledger's defaults."""
     sent = bench.train_defaults()
-    assert sent == {"local-epochs": 4, "batch-size": 64, "learning-rate": 0.003, "patience": 3, "seed": 0}
+    assert sent == {"local-epochs": 20, "batch-size": 256, "learning-rate": 0.01, "patience": 3, "seed": 0}
     plain = tomli.loads((bench.PLAIN_APP / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     assert {k: plain["config"][k] for k in sent} == sent
     assert plain["config"]["fraction-evaluate"] == 0.0

@@ -1,5 +1,6 @@
-"""`fedledger model list|show|export` on a real SQLite replica holding a humidity run (rounds 0..2,
-real humidity model weights) and a one-round traceability run, built block by block."""
+"""`fedledger model list|show|export|evaluate` on a real SQLite replica holding a humidity run (rounds
+0..2, the personalised humidity model's weights, one device row per trainer) and a one-round
+traceability run (fingerprints fitted on the bundled slice), built block by block."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from federated import tasks
-from federated.aggregate import Update, aggregate
+from federated import fingerprint, tasks
+from federated.aggregate import Personal, Update, aggregate
+from federated.data import MAIN_SLICE, read_csv_rows
+from federated.personal import personal_arrays, run_devices
 from federated.weights import Weights, canonical_array, encode_weights, weights_hash
 from node.cli import model as cli_model
 from node.cli.main import main
@@ -40,6 +43,8 @@ from tests.factories import (
 )
 
 ZERO = bytes(32)
+HUMIDITY_DEVICES = ["dev-0", "dev-1", "dev-2"]  # give_devices: trainer i owns dev-i
+TRACE_DEVICES = ["dev-0", "dev-1"]
 
 
 @dataclass
@@ -68,9 +73,19 @@ def perturbed(weights: Weights, seed: int) -> Weights:
     return [canonical_array(w + rng.normal(scale=0.05, size=w.shape)) for w in weights]
 
 
+def fingerprints_of(devices: list[str], trainer: int, base: Weights, n: int) -> Weights:
+    """Trainer `trainer`'s update: the fingerprint of its device, fitted on a bundled room's minutes
+    (the fixture's own readings are too sparse for hourly features)."""
+    rooms = ["room_510", "room_621"]
+    rows = [(devices[rooms.index(r[0])], *r[1:]) for r in read_csv_rows(MAIN_SLICE, rooms)]
+    mine = [r for r in rows if r[0] == devices[trainer]]
+    return fingerprint.fit(devices, mine, rows, n, base=base)
+
+
 def train_run(led: Ledger, keys: list[NodeKey], fed: Fed, task: str, rounds: int, params: dict[str, Any],
               initial: Weights, trainers: list[NodeKey]) -> bytes:
-    """Open a run, commit round 0 and `rounds` fedavg rounds of updates from `trainers`."""
+    """Open a run, commit round 0 and `rounds` fedavg rounds of updates from `trainers`; personal
+    rows are aggregated as every replica does: from their devices' owners."""
     coord = keys[0]
     req = make_train_request(coord, CHAIN_ID, task, rounds, "fedavg", params)
     run = tx_id(req)
@@ -84,9 +99,10 @@ def train_run(led: Ledger, keys: list[NodeKey], fed: Fed, task: str, rounds: int
     for rnd in range(1, rounds + 1):
         ups, updates = [], []
         for i, k in enumerate(trainers):
-            w = perturbed(current, 100 * rnd + i)
             ds = datasets(led.store, k.public, led.height)  # the training set every replica re-computes
             n = ds.train_examples
+            w = (perturbed(current, 100 * rnd + i) if task == "humidity"
+                 else fingerprints_of(TRACE_DEVICES, i, current, n))
             up = make_model_update(k, CHAIN_ID, run, task, rnd, weights_hash(current), encode_weights(w), n,
                                    {"loss": 1.0 / rnd + i / 10, "val_rmse": 2.0 + i, "epochs": 3.0},
                                    ds.train_root, data_cut=led.height)
@@ -95,7 +111,10 @@ def train_run(led: Ledger, keys: list[NodeKey], fed: Fed, task: str, rounds: int
             fed.update_nodes[tx_id(up)] = k.public
             fed.readings_roots[tx_id(up)] = ds.train_root
         commit_next(led, keys, ups)
-        current = aggregate("fedavg", updates)
+        devices = run_devices(task, params)  # a run without a device list has no personal rows
+        owners = [trainers[int(d.split("-")[1])].public for d in devices]
+        personal = Personal(personal_arrays(task), current, owners, fed.update_nodes) if devices else None
+        current = aggregate("fedavg", updates, personal)
         commit = make_model_commit(coord, CHAIN_ID, run, task, rnd, "fedavg", [u.update_id for u in updates],
                                    weights_hash(current), {"loss": 1.0 / rnd, "val_rmse": 2.5})
         commit_next(led, keys, [commit])
@@ -129,9 +148,10 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Fed:
     trainers = [keys[1], participant_key(0), participant_key(1)]
     # heights 4..5: "dev-0".."dev-2", one per trainer, 7 minutes apart over 8-12 hours
     give_devices(led, keys, trainers, [70, 85, 100])
-    out.humidity_run = train_run(led, keys, out, "humidity", 2, {"epochs": 2, "min_nodes": 3},
-                                 tasks.initial_weights("humidity"), trainers)
-    out.trace_run = train_run(led, keys, out, "traceability", 1, {"classes": "device-0,device-1"},
+    out.humidity_run = train_run(led, keys, out, "humidity", 2,
+                                 {"epochs": 2, "min_nodes": 3, "devices": ",".join(HUMIDITY_DEVICES)},
+                                 tasks.initial_weights("humidity", 3), trainers)
+    out.trace_run = train_run(led, keys, out, "traceability", 1, {"classes": ",".join(TRACE_DEVICES)},
                               tasks.initial_weights("traceability", 2), trainers[:2])
     store.close()
     return out
@@ -167,7 +187,7 @@ def test_list_shows_every_committed_model_and_run(fed: Fed, capsys: Any) -> None
     assert hum[0]["height"] < hum[1]["height"] < hum[2]["height"]
     runs = {r["task"]: r for r in got["runs"]}
     assert runs["humidity"]["complete"] and runs["humidity"]["committed_rounds"] == 2
-    assert runs["traceability"]["params"] == {"classes": "device-0,device-1"}
+    assert runs["traceability"]["params"] == {"classes": "dev-0,dev-1"}
 
     only = run_json(capsys, "list", str(fed.dir), "--task", "traceability")
     assert [m["round"] for m in only["models"]] == [0, 1] and len(only["runs"]) == 1
@@ -198,7 +218,7 @@ def test_show_gives_the_lineage_of_the_latest_round_by_default(fed: Fed, capsys:
     assert (lin["run"], lin["round"], lin["strategy"]) == (fed.humidity_run.hex(), 2, "fedavg")
     assert lin["model_hash"] == weights_hash(fed.weights[2]).hex()
     assert lin["base_model"] == weights_hash(fed.weights[1]).hex()
-    assert lin["request"]["params"] == {"epochs": 2, "min_nodes": 3}
+    assert lin["request"]["params"] == {"epochs": 2, "min_nodes": 3, "devices": "dev-0,dev-1,dev-2"}
     assert [u["tx"] for u in lin["updates"]] == [u.hex() for u in fed.update_ids[2]]
     names = {short_id(participant_key(0).public): "participant-0", short_id(participant_key(1).public):
              "participant-1"}
@@ -221,6 +241,27 @@ def test_show_gives_the_lineage_of_the_latest_round_by_default(fed: Fed, capsys:
     assert rc == 0
     assert "participant-1" in out and fed.update_ids[1][0].hex()[:16] in out
     assert f"{weights_hash(fed.weights[0]).hex()} (round 0)" in out and "epochs=2 min_nodes=3" in out
+    assert "devices=dev-0,dev-1,dev-2" in out
+
+
+def test_each_device_row_of_a_committed_model_is_its_owners(fed: Fed) -> None:
+    """Every row of a committed round is its device owner's update's row; the ledger accepted
+    these commits (commit_next raises on a refused one), and refuses a plain FedAvg of the rows."""
+    round2 = fed.weights[2]
+    ups = {fed.update_nodes[u]: u for u in fed.update_ids[2]}
+    store = SqliteStore(fed.dir / DB_FILE, read_only=True)
+    try:
+        owner = {d.name: d.owner for d in store.devices()}
+        for i, name in enumerate(HUMIDITY_DEVICES):
+            rec = store.tx(ups[owner[name]])
+            assert rec is not None
+            from federated.weights import decode_weights
+            from node.ledger.transactions import parse_tx
+
+            row = decode_weights(parse_tx(rec.raw).body.weights)[2][i]  # type: ignore[union-attr]
+            assert np.array_equal(round2[2][i], row)
+    finally:
+        store.close()
 
 
 def test_held_out_scores_on_the_ledger_are_aggregated_per_round(fed: Fed, capsys: Any) -> None:
@@ -261,9 +302,8 @@ def test_evaluate_scores_a_committed_model_on_a_csv(fed: Fed, tmp_path: Path, ca
     write_csv(csv, rows)
     got = run_json(capsys, "evaluate", str(fed.dir), "--task", "humidity", "--round", "1", "--csv", str(csv))
     # Independently: the round-1 model's predictions, and each device's mean training humidity on the ledger.
-    temps = np.array([[r[2]] for r in rows], dtype=np.float32)
     hum = np.array([r[3] for r in rows])
-    pred = humidity_predict(fed.weights[1], temps)[:, 0]
+    pred = humidity_predict(fed.weights[1], rows)
     store = SqliteStore(fed.dir / DB_FILE, read_only=True)
     means = {}
     for dev in store.devices():
@@ -285,36 +325,54 @@ def test_evaluate_scores_a_committed_model_on_a_csv(fed: Fed, tmp_path: Path, ca
     bad.write_text("a,b\n1,2\n")
     rc, stdout, err = run_cli(capsys, "evaluate", str(fed.dir), "--task", "humidity", "--csv", str(bad))
     assert (rc, stdout) == (1, "") and "is not a readings CSV" in err and err.count("\n") == 1
-    rc, _, err = run_cli(capsys, "evaluate", str(fed.dir), "--task", "traceability", "--csv", str(csv))
-    assert rc == 1 and "devices the model does not know: dev-0, dev-1" in err
+    assert m["personal_share"] == 1.0  # both devices are in the run's list: their own lines
+    other = tmp_path / "other.csv"
+    write_csv(other, [("dev-9", 1_377_820_800 + 60 * i, 22.0, 50.0) for i in range(5)])
+    got = run_json(capsys, "evaluate", str(fed.dir), "--task", "humidity", "--csv", str(other))
+    assert got["metrics"]["personal_share"] == 0.0  # a device the model has no row for: the shared line
+    rc, _, err = run_cli(capsys, "evaluate", str(fed.dir), "--task", "traceability", "--csv", str(other))
+    assert rc == 1 and "devices the model does not know: dev-9" in err
 
 
 # --- export ------------------------------------------------------------------------------------
 
 
-def humidity_predict(weights: Weights, temps: np.ndarray) -> np.ndarray:
-    core = tasks.build_model("humidity")
-    core.set_weights(weights)
-    z = np.asarray(core((temps - tasks.TEMP_MEAN) / tasks.TEMP_STD, training=False))
-    return z * tasks.HUM_STD + tasks.HUM_MEAN
+def humidity_predict(weights: Weights, rows: list[tuple[str, int, float, float]],
+                     line: str | None = None) -> np.ndarray:
+    """%RH the Keras model predicts for CSV rows (device, epoch_s, temperature, humidity): by each
+    row's device's own line (`line` None), by device `line`'s own line, or by the shared line
+    (`line` "shared")."""
+    model = tasks.build_model("humidity", len(HUMIDITY_DEVICES))
+    tasks._set_weights(model, weights)
+    t = np.array([[(r[2] - tasks.TEMP_MEAN) / tasks.TEMP_STD] for r in rows])
+    x = np.concatenate([t, tasks.hour_features(np.array([r[1] * 1000 for r in rows]))], axis=1)
+    names = [r[0] if line is None else line for r in rows]
+    idx = np.array([[HUMIDITY_DEVICES.index(n) if n in HUMIDITY_DEVICES else 0] for n in names], np.int32)
+    own, shared = (np.asarray(o)[:, 0] for o in model([x.astype(np.float32), idx]))
+    return (shared if line == "shared" else own) * tasks.HUM_STD + tasks.HUM_MEAN
 
 
 def test_export_writes_a_keras_file_with_the_recomputed_weights(fed: Fed, tmp_path: Path,
                                                                  capsys: Any) -> None:
     keras = pytest.importorskip("keras", reason="needs the federated extra (pip install -e '.[federated]')")
-    out = tmp_path / "sub" / "humidity.keras"
-    got = run_json(capsys, "export", str(fed.dir), "--task", "humidity", "--round", "1", "--out", str(out))
-    assert got == {"path": str(out), "model_hash": weights_hash(fed.weights[1]).hex(), "task": "humidity",
-                   "round": 1, "run": fed.humidity_run.hex()}
-    assert [p.name for p in out.parent.iterdir()] == ["humidity.keras"]  # no temporary left over
-    temps = np.array([[18.0], [21.5], [23.4], [26.0], [30.0]], dtype=np.float32)
-    loaded = keras.models.load_model(out)
-    pred = np.asarray(loaded.predict(temps, verbose=0))
-    expected = humidity_predict(fed.weights[1], temps)
-    np.testing.assert_allclose(pred, expected, rtol=1e-5, atol=1e-4)
-    assert not np.allclose(pred, humidity_predict(fed.weights[2], temps), atol=1e-3)  # another round differs
+    from federated.export import features
 
-    # An existing file is kept unless --force; then the default (latest) round replaces it.
+    out = tmp_path / "sub" / "humidity.keras"
+    got = run_json(capsys, "export", str(fed.dir), "--task", "humidity", "--round", "1", "--out", str(out),
+                   "--device", "dev-1")
+    assert got == {"path": str(out), "model_hash": weights_hash(fed.weights[1]).hex(), "task": "humidity",
+                   "round": 1, "run": fed.humidity_run.hex(), "devices": HUMIDITY_DEVICES,
+                   "device": "dev-1", "part": "personal"}
+    assert [p.name for p in out.parent.iterdir()] == ["humidity.keras"]  # no temporary left over
+    rows = [("dev-1", 1_377_820_800 + 3600 * i, t, 0.0) for i, t in enumerate([18.0, 21.5, 23.4, 26.0, 30.0])]
+    x = features([r[2] for r in rows], [r[1] * 1000 for r in rows])
+    loaded = keras.models.load_model(out)
+    pred = np.asarray(loaded.predict(x, verbose=0))[:, 0]
+    np.testing.assert_allclose(pred, humidity_predict(fed.weights[1], rows, "dev-1"), rtol=1e-5, atol=1e-4)
+    assert not np.allclose(pred, humidity_predict(fed.weights[1], rows, "dev-0"), atol=1e-3)  # another device
+    assert not np.allclose(pred, humidity_predict(fed.weights[2], rows, "dev-1"), atol=1e-3)  # another round
+
+    # An existing file is kept unless --force; then the default (latest) round's shared line replaces it.
     before = out.read_bytes()
     rc, stdout, err = run_cli(capsys, "export", str(fed.dir), "--task", "humidity", "--out", str(out))
     assert rc == 1 and stdout == "" and "already exists" in err and "--force" in err
@@ -323,24 +381,23 @@ def test_export_writes_a_keras_file_with_the_recomputed_weights(fed: Fed, tmp_pa
                               "--force")
     assert rc == 0, err
     assert f"wrote {out}: humidity round 2" in stdout and weights_hash(fed.weights[2]).hex() in stdout
-    np.testing.assert_allclose(np.asarray(keras.models.load_model(out).predict(temps, verbose=0)),
-                               humidity_predict(fed.weights[2], temps), rtol=1e-5, atol=1e-4)
+    assert "the shared line" in stdout
+    np.testing.assert_allclose(np.asarray(keras.models.load_model(out).predict(x, verbose=0))[:, 0],
+                               humidity_predict(fed.weights[2], rows, "shared"), rtol=1e-5, atol=1e-4)
 
 
-def test_export_of_a_traceability_model_has_one_output_per_class(fed: Fed, tmp_path: Path,
-                                                                  capsys: Any) -> None:
-    keras = pytest.importorskip("keras", reason="needs the federated extra (pip install -e '.[federated]')")
-    out = tmp_path / "trace.keras"
+def test_export_of_the_fingerprints_is_json(fed: Fed, tmp_path: Path, capsys: Any) -> None:
+    out = tmp_path / "fingerprints.json"
     got = run_json(capsys, "export", str(fed.dir), "--task", "traceability", "--out", str(out))
-    assert got["round"] == 1 and got["classes"] == ["device-0", "device-1"]
-    x = np.array([[20.0, 45.0], [24.0, 55.0], [26.0, 60.0]], dtype=np.float32)
-    pred = np.asarray(keras.models.load_model(out).predict(x, verbose=0))
-    core = tasks.build_model("traceability", 2)
-    core.set_weights(fed.trace_weights)
-    std = (x - [tasks.TEMP_MEAN, tasks.HUM_MEAN]) / [tasks.TEMP_STD, tasks.HUM_STD]
-    expected = np.asarray(core(std.astype(np.float32), training=False))
-    assert pred.shape == (3, 2)
-    np.testing.assert_allclose(pred, expected, rtol=1e-4, atol=1e-5)
+    assert got["round"] == 1 and got["devices"] == TRACE_DEVICES
+    doc = json.loads(out.read_text())
+    model = fingerprint.Fingerprints.of(fed.trace_weights, TRACE_DEVICES)
+    assert doc["devices"] == TRACE_DEVICES and doc["features"] == list(fingerprint.FEATURES)
+    for i, name in enumerate(TRACE_DEVICES):
+        np.testing.assert_allclose(doc["fingerprints"][name]["mean"], model.means[i], rtol=1e-6)
+    rc, _, err = run_cli(capsys, "export", str(fed.dir), "--task", "traceability", "--out",
+                         str(tmp_path / "f.keras"))
+    assert rc == 1 and "must end in .json" in err
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -360,6 +417,7 @@ def test_errors_are_one_line_and_exit_1(fed: Fed, tmp_path: Path, capsys: Any,
         (["show", str(tmp_path), "--task", "humidity"], "is not a node directory"),
         (["export", d, "--task", "humidity", "--out", str(tmp_path / "m.h5")], "must end in .keras"),
         (["export", d, "--task", "humidity", "--out", str(tmp_path)], "must end in .keras"),
+        (["export", d, "--task", "humidity", "--device", "dev-7", "--out", out], "is not in run"),
     ]
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -42,6 +42,11 @@ def test_launch_trains_two_rounds_committed_and_verified_on_every_replica(tmp_pa
     # ledger, aggregated by launch), next to the device-mean baseline.
     last = training["rounds"][-1]["holdout"]
     assert last["nodes"] == 4 and last["num_examples"] > 0 and last["rmse"] > 0 and last["baseline_rmse"] > 0
+    assert last["personal_share"] == 1.0  # every device is predicted by its own line
+    # Every round also scored on one held-out set (the final cut's), for a comparable curve.
+    common = training["common_holdout"]
+    assert [p["round"] for p in common["rounds"]] == [0, 1, 2] and common["holdout_readings"] > 0
+    assert common["rounds"][2]["metrics"]["rmse"] < common["rounds"][0]["metrics"]["rmse"]
 
     replicas = []
     for node_dir in sorted(root.glob("node*")):

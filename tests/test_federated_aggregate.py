@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from federated.aggregate import STRATEGIES, Update, aggregate, krum_scores, verify_aggregate
+from federated.aggregate import STRATEGIES, Personal, Update, aggregate, krum_scores, verify_aggregate
 from federated.weights import encode_weights
 
 
@@ -140,3 +140,52 @@ def test_light_modules_do_not_import_tensorflow() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# --- personal rows (federated/aggregate.py Personal) --------------------------------------------
+
+
+def _pm(uid: int, shared: float, rows: list[float], n: int = 1) -> Update:
+    """A model of one shared array (2,) and one personal array of 3 device rows (3, 2)."""
+    personal = np.array([[v, v] for v in rows], np.float32)
+    return Update(bytes([uid]), [np.full(2, shared, np.float32), personal], n)
+
+
+BASE = [np.zeros(2, np.float32), np.full((3, 2), -1.0, np.float32)]
+
+
+def test_personal_rows_come_from_their_owners_and_the_rest_from_the_strategy() -> None:
+    ups = [_pm(1, 1.0, [5, 6, 7], 1), _pm(2, 3.0, [8, 9, 10], 3)]
+    nodes = {bytes([1]): b"A", bytes([2]): b"B"}
+    # Row 0 is A's device, row 1 B's, row 2 belongs to C, who sent no update: it keeps the base.
+    personal = Personal((1,), BASE, [b"A", b"B", b"C"], nodes)
+    agg = aggregate("fedavg", ups, personal)
+    assert np.array_equal(agg[0], np.full(2, 2.5, np.float32))  # (1*1 + 3*3) / 4
+    assert np.array_equal(agg[1], np.array([[5, 5], [9, 9], [-1, -1]], np.float32))
+    assert verify_aggregate("fedavg", ups, agg, personal)
+    # B rewriting A's row changes nothing: only the owner's row counts.
+    forged = [ups[0], _pm(2, 3.0, [999, 9, 999], 3)]
+    assert np.array_equal(aggregate("fedavg", forged, personal)[1], agg[1])
+    # Robust strategies see only the shared arrays.
+    assert np.array_equal(aggregate("fedmedian", ups, personal)[1], agg[1])
+    assert np.array_equal(aggregate("krum", ups, personal, f=0)[1], agg[1])
+
+
+def test_personal_rows_without_owners_average_the_updates_that_changed_them() -> None:
+    a = _pm(1, 0.0, [5, -1, -1], 1)
+    b = _pm(2, 0.0, [7, 9, -1], 3)
+    agg = aggregate("fedavg", [a, b], Personal((1,), BASE))
+    assert np.array_equal(agg[1], np.array([[6.5, 6.5], [9, 9], [-1, -1]], np.float32))
+
+
+def test_personal_rows_refuse_what_cannot_be_aggregated() -> None:
+    ups = [_pm(1, 1.0, [5, 6, 7])]
+    with pytest.raises(ValueError, match="owners"):
+        aggregate("fedavg", ups, Personal((1,), BASE, [b"A", b"B"], {bytes([1]): b"A"}))
+    with pytest.raises(ValueError, match="node of every update"):
+        aggregate("fedavg", ups, Personal((1,), BASE, [b"A", b"B", b"C"], {}))
+    with pytest.raises(ValueError, match="base"):
+        aggregate("fedavg", ups, Personal((1,), [BASE[0]], None))
+    with pytest.raises(ValueError, match="personal arrays"):
+        aggregate("fedavg", ups, Personal((0, 5), BASE))
+    assert not verify_aggregate("fedavg", ups, ups[0].weights, Personal((1,), BASE, [b"A"], {}))

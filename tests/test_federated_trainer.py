@@ -16,7 +16,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from federated.aggregate import aggregate
+from federated.aggregate import Personal, aggregate
 from federated.data import HOLDOUT_SLICE, MAIN_SLICE, read_csv_rows
 from federated.trainer import TrainerClient, TrainerError, parse_address, read_frame, write_frame
 from federated.weights import decode_weights
@@ -54,21 +54,23 @@ def test_ping_and_round_trip(trainer: tuple[str, Path]) -> None:
     with TrainerClient(address, timeout=120) as client:
         pong = client.ping()
         assert pong["ok"] and pong["keras"] and pong["rss_mb"] > 0
-        w0 = client.initial_weights("humidity", seed=0)
+        w0 = client.initial_weights("humidity", num_classes=2, seed=0)
         rows_a = read_csv_rows(MAIN_SLICE, DEVICES[:1], every=12)
         rows_b = read_csv_rows(MAIN_SLICE, DEVICES[1:], every=12)
         cfg = {"epochs": 2, "batch_size": 32}
-        ra = client.train("humidity", w0, rows_a, cfg)
-        rb = client.train("humidity", w0, rows_b, cfg)
+        ra = client.train("humidity", w0, rows_a, cfg, classes=DEVICES)
+        rb = client.train("humidity", w0, rows_b, cfg, classes=DEVICES)
         for r in (ra, rb):
-            assert r.num_examples == 192
+            assert r.num_examples == 240
             assert [w.shape for w in r.weights] == [w.shape for w in w0]
             assert all(math.isfinite(v) for v in r.metrics.values())
-        agg = aggregate("fedavg", [(b"a", ra.weights, ra.num_examples), (b"b", rb.weights, rb.num_examples)])
-        m = client.evaluate("humidity", agg, read_csv_rows(HOLDOUT_SLICE, DEVICES, every=12))
-        assert math.isfinite(m["rmse"]) and m["num_examples"] == 240
+        ups = [(b"a", ra.weights, ra.num_examples), (b"b", rb.weights, rb.num_examples)]
+        agg = aggregate("fedavg", ups, Personal((2, 3), w0, [b"A", b"B"], {b"a": b"A", b"b": b"B"}))
+        m = client.evaluate("humidity", agg, read_csv_rows(HOLDOUT_SLICE, DEVICES, every=12), classes=DEVICES)
+        assert math.isfinite(m["rmse"]) and m["num_examples"] == 240 and m["personal_share"] == 1.0
         # Same request twice on the warm, cached model: the same result (state is reset per call).
-        assert np.array_equal(client.train("humidity", w0, rows_a, cfg).weights[0], ra.weights[0])
+        again = client.train("humidity", w0, rows_a, cfg, classes=DEVICES)
+        assert np.array_equal(again.weights[0], ra.weights[0])
         assert client.ping()["cached_models"] >= 1
     # The client side never loaded TensorFlow (unless another test in this process did).
     if "keras" not in sys.modules:
@@ -78,16 +80,17 @@ def test_ping_and_round_trip(trainer: tuple[str, Path]) -> None:
 @pytest.mark.federated
 def test_traceability_and_rows_file(trainer: tuple[str, Path]) -> None:
     address, d = trainer
-    rows = read_csv_rows(MAIN_SLICE, DEVICES, every=24)
+    rows = read_csv_rows(MAIN_SLICE, DEVICES[:1])  # one node's device; the fingerprints need minutes
+    context = read_csv_rows(MAIN_SLICE, DEVICES)
     path = d / "rows.msgpack"
     path.write_bytes(msgpack.packb([list(r) for r in rows]))
     with TrainerClient(address, timeout=120) as client:
         w0 = client.initial_weights("traceability", num_classes=2)
-        res = client.train("traceability", w0, path, {"epochs": 2}, classes=DEVICES)
-        assert res.num_examples == round(0.8 * len(rows))
-        assert 0.0 <= res.metrics["val_accuracy"] <= 1.0
-        m = client.evaluate("traceability", res.weights, rows, classes=DEVICES)
-        assert set(m) == {"accuracy", "loss", "num_examples"}
+        res = client.train("traceability", w0, path, {}, classes=DEVICES, context_rows=context)
+        assert res.num_examples == len(rows) and res.metrics["devices"] == 1 and res.metrics["hours"] > 40
+        assert not np.any(res.weights[2][1:])  # the other device's fingerprint is not this node's
+        m = client.evaluate("traceability", res.weights, rows, classes=DEVICES, context_rows=context)
+        assert set(m) == {"accuracy", "windows", "window_hours", "num_examples"}
         # Files outside the trainer's rows directory are refused.
         with pytest.raises(TrainerError, match="must be inside"):
             client.train("traceability", w0, "/etc/hostname", classes=DEVICES)
@@ -98,7 +101,7 @@ def test_bad_requests_get_errors_and_server_survives(trainer: tuple[str, Path]) 
     address, _ = trainer
     rows = read_csv_rows(MAIN_SLICE, DEVICES, every=200)
     with TrainerClient(address, timeout=60) as client:
-        w0 = client.initial_weights("humidity")
+        w0 = client.initial_weights("humidity", 2)
         cases = [
             ({"op": "fly"}, "unknown op"),
             ({"op": "train", "task": "humidity", "weights": b"junk", "rows": rows}, "bad magic"),
@@ -111,13 +114,15 @@ def test_bad_requests_get_errors_and_server_survives(trainer: tuple[str, Path]) 
             with pytest.raises(TrainerError, match=match):
                 client._call(request)  # type: ignore[arg-type]
         with pytest.raises(TrainerError, match="do not fit"):
-            client.train("humidity", w0[:2], rows)
+            client.train("humidity", w0[:2], rows, classes=DEVICES)
+        with pytest.raises(TrainerError, match="not in the run's device list"):
+            client.train("humidity", w0, rows, classes=["a", "b"])
         with pytest.raises(TrainerError, match="not in classes"):
             client.evaluate("traceability", client.initial_weights("traceability", 2), rows, ["a", "b"])
         with pytest.raises(TrainerError, match="unknown training config"):
-            client.train("humidity", w0, rows, {"epoch": 1})
+            client.train("humidity", w0, rows, {"epoch": 1}, classes=DEVICES)
         with pytest.raises(TrainerError, match="row"):
-            client.train("humidity", w0, [[1, 2, 3]])
+            client.train("humidity", w0, [[1, 2, 3]], classes=DEVICES)
         assert client.ping()["ok"]
 
     # Raw socket: garbage msgpack keeps the connection; an oversized frame closes it.
@@ -136,7 +141,8 @@ def test_bad_requests_get_errors_and_server_survives(trainer: tuple[str, Path]) 
         assert read_frame(s) is None
     with TrainerClient(address) as client:
         assert client.ping()["ok"]
-        assert decode_weights(client._call({"op": "init", "task": "humidity", "seed": 1})["weights"])
+        init = {"op": "init", "task": "humidity", "num_classes": 2, "seed": 1}
+        assert decode_weights(client._call(init)["weights"])
 
 
 def test_client_reports_unreachable_trainer(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from federated.aggregate import aggregate, verify_aggregate
+from federated import tasks
+from federated.aggregate import Personal, aggregate, verify_aggregate
 from federated.data import MAIN_SLICE
 from federated.weights import decode_weights, encode_weights, weights_hash
 from node.flower.processes import SuperLinkProcess, SuperNodeProcess, TrainerProcess
@@ -27,6 +28,7 @@ from node.proc import alive
 
 APP_DIR = Path(__file__).resolve().parent.parent / "federated" / "flower"
 NODE_DEVICES = ["room_510,room_621", "room_644,room_734"]
+DEVICES = "room_510,room_621,room_644,room_734"  # the run's device list: a line per device
 
 
 @pytest.mark.slow
@@ -63,6 +65,7 @@ def test_two_rounds_of_humidity_on_two_supernodes(tmp_path: Path) -> None:
             superlink.address,
             {
                 "task": "humidity",
+                "devices": DEVICES,
                 "strategy": "fedavg",
                 "num-rounds": 2,
                 "min-nodes": 2,
@@ -90,6 +93,8 @@ def test_two_rounds_of_humidity_on_two_supernodes(tmp_path: Path) -> None:
         assert [rec["round"] for rec in lines] == [1, 2]
         blobs = Path(str(commit_log) + ".blobs")
         base = None
+        # The round-0 model the ServerApp got from the trainer (seeded, the same in every process).
+        model = tasks.initial_weights("humidity", 4, seed=0)
         for rec in lines:
             assert rec["strategy"] == "fedavg" and rec["task"] == "humidity"
             assert len(rec["updates"]) == 2
@@ -105,8 +110,14 @@ def test_two_rounds_of_humidity_on_two_supernodes(tmp_path: Path) -> None:
                 assert all(math.isfinite(v) for v in u["metrics"].values())
                 updates.append((bytes.fromhex(u["update_id"]), w, u["num_examples"]))
             agg = decode_weights((blobs / f"{rec['aggregate_hash']}.flw").read_bytes())
-            assert encode_weights(agg) == encode_weights(aggregate("fedavg", updates))
-            assert verify_aggregate("fedavg", updates, agg)
+            # Without a ledger, a device's row comes from the node whose update changed it.
+            personal = Personal((2, 3), model, None)
+            assert encode_weights(agg) == encode_weights(aggregate("fedavg", updates, personal))
+            assert verify_aggregate("fedavg", updates, agg, personal)
+            for _, w, _ in updates:
+                own = [r for r in range(4) if not (w[2][r] == model[2][r]).all()]
+                assert len(own) == 2, own  # each node trained its own two devices' rows, nothing else
+            model = agg
             assert rec["metrics"]["num-examples"] == sum(n for _, _, n in updates)
             assert all(math.isfinite(v) for v in rec["metrics"].values())
             assert rec["aggregate_hash"] != base  # the model moved

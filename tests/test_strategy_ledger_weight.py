@@ -85,3 +85,43 @@ def test_a_reply_with_another_num_examples_aggregates_with_the_ledgers(
     assert "not on the ledger" in str(strategy2.check_train_reply(fake))
     assert run.check(run.commit(1, ups)) is Reason.ROUND_COMMITTED
     store.close()
+
+
+def test_the_strategy_takes_personal_rows_from_owners_as_the_ledger_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In ledger mode the strategy reads the devices' owners from the coordinator's replica, and its
+    aggregate of a personalised model is exactly what the ledger accepts."""
+    from tests.test_personal_rows import PersonalRun
+
+    node = tmp_path / "coordinator"
+    init_node(node, name="coordinator", port=1)
+    run = PersonalRun(store=SqliteStore(node / DB_FILE))
+    run.start()
+    run.ledger.genesis.save(node / GENESIS_FILE)
+    # Both owners and a third node that owns none of the listed devices but writes every row.
+    ups = [run.update(participant_key(0), 1, 1), run.update(participant_key(1), 1, 2),
+           run.update(run.keys[1], 1, 3)]
+    commit_next(run.ledger, run.keys, ups)
+    monkeypatch.setattr(fl_hooks, "commit_round", lambda *args: {})  # the node's /client is not running
+    strategy = make_strategy("fedavg", node_wait_timeout=1.0, min_nodes=2, run_config={
+        "run": run.run.hex(), "data-dir": str(node), "task": "humidity", "devices": "dev-4,dev-5"})
+    list(strategy.configure_train(1, ArrayRecord(run.weights[0]), ConfigRecord({"task": "humidity"}),
+                                  FakeGrid(3)))
+
+    def reply(i: int) -> Message:
+        w = decode_weights(ups[i]["body"]["weights"])
+        content = RecordDict({
+            "arrays": ArrayRecord(w),
+            "metrics": MetricRecord({"num-examples": ups[i]["body"]["num_examples"]}),
+            "update": ConfigRecord({"weights-hash": weights_hash(w).hex(), "tx-id": tx_id(ups[i]).hex()}),
+        })
+        return Message(content, reply_to=instruction(10 + i, run.weights[0]))
+
+    arrays, _ = strategy.aggregate_train(1, [reply(0), reply(1), reply(2)])
+    got = [np.asarray(a) for a in arrays.to_numpy_ndarrays()]
+    assert np.array_equal(got[2][0], decode_weights(ups[0]["body"]["weights"])[2][0])
+    assert np.array_equal(got[2][1], decode_weights(ups[1]["body"]["weights"])[2][1])
+    commit = run.commit(1, ups, got)
+    assert run.check(commit) is None
+    commit_next(run.ledger, run.keys, [commit])

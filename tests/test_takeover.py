@@ -73,3 +73,24 @@ def test_a_fresh_run_publishes_round_0() -> None:
     commit_next(run.ledger, run.keys, [req])
     plan = plan_start(run.ledger.store, run.keys[0], CHAIN_ID, run_control(run.ledger.store, tx_id(req)))
     assert (plan.resume_round, plan.weights, plan.commit) == (0, None, None)
+
+
+def test_a_personalised_round_is_committed_from_the_ledger_with_its_owners_rows() -> None:
+    """A run that names its devices: the takeover's commit takes each device's row from its owner's
+    update (run_rules.round_aggregate), as every replica re-computes it; a plain strategy average
+    of the whole model would be refused with aggregate_mismatch."""
+    from tests.test_personal_rows import PersonalRun
+
+    run = PersonalRun()
+    run.start()
+    store = run.ledger.store
+    ups = [run.update(participant_key(0), 1, 1), run.update(participant_key(1), 1, 2)]
+    commit_next(run.ledger, run.keys, ups)
+    t = expiry(run)  # type: ignore[arg-type]
+    new = run.keys[1]
+    ctl = run_control(store, run.run)
+    commit_next(run.ledger, run.keys, [make_handover(new, CHAIN_ID, ctl, "127.0.0.1:9402", "ef" * 32)],
+                time_ms=t)
+    plan = plan_start(store, new, CHAIN_ID, run_control(store, run.run))
+    assert plan.commit is not None
+    assert check_tx(store, plan.commit, t + 1000, run.ledger.params) is None

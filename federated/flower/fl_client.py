@@ -3,18 +3,22 @@
 It never imports TensorFlow: it loads the node's rows through ``fl_hooks.load_rows``, hands the
 global weights and the rows to the node's long-lived trainer (``node_config["trainer"]``, a
 TrainerClient address) and replies with the new weights, the metrics, and the ``fl_hooks.sign_update``
-result. Node config keys: ``data-dir`` (the node's directory), ``node-url``, ``trainer``, and in
+result. Traceability's fingerprints are numpy (federated/fingerprint.py): the ClientApp fits and
+scores them itself, relative to every listed device's rows at the same data cut.
+
+Node config keys: ``data-dir`` (the node's directory), ``node-url``, ``trainer``, and in
 file mode what load_rows needs (rows-file, or rows-csv + devices/every/limit-per-device).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from federated import evaluation
+from federated import evaluation, tasks
 from federated.clipping import clip_update
 from federated.flower import fl_hooks
 from federated.flower.fl_records import (
@@ -48,18 +52,21 @@ class InProcessTrainer:
     def __exit__(self, *exc: object) -> None:
         pass
 
-    def train(self, task: str, weights: Any, rows: Any, config: Any, classes: Any) -> Any:
-        from federated import tasks
+    def train(self, task: str, weights: Any, rows: Any, config: Any, classes: Any,
+              context_rows: Any = None) -> Any:
+        return tasks.train(task, weights, rows, config, classes, context_rows)
 
-        return tasks.train(task, weights, rows, config, classes)
-
-    def evaluate(self, task: str, weights: Any, rows: Any, classes: Any) -> dict[str, float]:
-        from federated import tasks
-
-        return tasks.evaluate(task, weights, rows, classes)
+    def evaluate(self, task: str, weights: Any, rows: Any, classes: Any,
+                 context_rows: Any = None) -> dict[str, float]:
+        return tasks.evaluate(task, weights, rows, classes, context_rows)
 
 
-def _trainer(context: Context) -> TrainerClient | InProcessTrainer:
+NUMPY_TASKS = ("traceability",)  # fitted and scored in this process: no trainer, no Keras
+
+
+def _trainer(context: Context, task: str = "") -> TrainerClient | InProcessTrainer:
+    if task in NUMPY_TASKS:
+        return InProcessTrainer()
     address = context.node_config.get("trainer")
     if not address:
         if "partition-id" in context.node_config:  # Simulation Engine
@@ -79,8 +86,14 @@ def _rows_config(context: Context) -> dict[str, Any]:
 
 
 def _classes(config: ConfigRecord) -> list[str] | None:
+    """The run's device list (fl_records: sent as `classes` for both tasks)."""
     value = config.get("classes")
     return [str(c) for c in value] if value else None
+
+
+def _context_names(task: str, classes: list[str] | None) -> list[str]:
+    """Traceability's fingerprints are relative to every listed device: load their rows too."""
+    return list(classes or []) if task in NUMPY_TASKS else []
 
 
 def _evaluation(config: ConfigRecord, trainer: Any, weights: Any, loaded: fl_hooks.LoadedRows,
@@ -90,7 +103,11 @@ def _evaluation(config: ConfigRecord, trainer: Any, weights: Any, loaded: fl_hoo
     if not config.get("run") or not loaded.holdout or not loaded.rows or round < 0:
         return None
     task = str(config["task"])
-    metrics = evaluation.score(task, trainer.evaluate, weights, loaded.rows, loaded.holdout, _classes(config))
+
+    def evaluate_fn(task: str, weights: Any, rows: Any, classes: Any) -> Any:
+        return trainer.evaluate(task, weights, rows, classes, loaded.holdout_context or None)
+
+    metrics = evaluation.score(task, evaluate_fn, weights, loaded.rows, loaded.holdout, _classes(config))
     return {
         "run": str(config["run"]),
         "task": task,
@@ -126,14 +143,19 @@ def train(msg: Message, context: Context) -> Message:
     if existing is not None:
         return _reply_with(existing, msg)
     weights = msg.content[ARRAYS].to_numpy_ndarrays()
-    loaded = fl_hooks.load_rows(_rows_config(context))
+    classes = _classes(config)
+    loaded = fl_hooks.load_rows(_rows_config(context), _context_names(task, classes))
     server_round = int(config.get("server-round", 0))
-    with _trainer(context) as trainer:
+    local = asdict(tasks.round_config(train_config_from(config), server_round))
+    with _trainer(context, task) as trainer:
         # The base is the committed model of the previous round: score it on data nobody trained
         # on before training from it, and sign that score with the update.
         base_hash = str(config.get("base-hash", ""))
         scored = _evaluation(config, trainer, weights, loaded, server_round - 1, base_hash)
-        result = trainer.train(task, weights, loaded.rows, train_config_from(config), _classes(config))
+        if task in NUMPY_TASKS:
+            result = trainer.train(task, weights, loaded.rows, local, classes, loaded.context or None)
+        else:
+            result = trainer.train(task, weights, loaded.rows, local, classes)
     new_weights = result.weights
     bound = float(config.get("clip-norm", 0.0))
     if bound > 0:
@@ -182,9 +204,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     signed onto the ledger as a model_eval (the strategy asks for this after the last round; the
     earlier rounds are scored by the next round's train step)."""
     config = msg.content[CONFIG]
+    task = str(config["task"])
     weights = msg.content[ARRAYS].to_numpy_ndarrays()
-    loaded = fl_hooks.load_rows(_rows_config(context))
-    with _trainer(context) as trainer:
+    classes = _classes(config)
+    loaded = fl_hooks.load_rows(_rows_config(context), _context_names(task, classes))
+    with _trainer(context, task) as trainer:
         if config.get("run"):
             scored = _evaluation(config, trainer, weights, loaded, int(config.get("server-round", 0)),
                                  weights_hex(weights))
@@ -193,7 +217,10 @@ def evaluate(msg: Message, context: Context) -> Message:
             fl_hooks.sign_eval(context.node_config, scored)
             metrics, n = dict(scored["metrics"]), int(scored["num-examples"])
         else:
-            metrics = trainer.evaluate(str(config["task"]), weights, loaded.rows, _classes(config))
+            if task in NUMPY_TASKS:
+                metrics = trainer.evaluate(task, weights, loaded.rows, classes, loaded.context or None)
+            else:
+                metrics = trainer.evaluate(task, weights, loaded.rows, classes)
             n = len(loaded.rows)
     metrics = {k: v for k, v in finite_metrics(metrics).items() if k != "num_examples"}
     content = RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: n, **metrics})})

@@ -9,8 +9,9 @@ Each hook runs inside a Flower app process (a fresh ``flwr-clientapp`` per messa
 * file mode, for experiments without a ledger (the deployment test, plain Flower use): rows from
   files named in the node config, commits appended to a JSON-lines ``commit-log``.
 
-* ``load_rows(node_config) -> LoadedRows`` (ClientApp): the node's validated, committed readings
-  ``(device, seq, timestamp_ms, temperature_c, humidity_pct)`` and the root over their ids.
+* ``load_rows(node_config, context_names=()) -> LoadedRows`` (ClientApp): the node's validated,
+  committed readings ``(device, seq, timestamp_ms, temperature_c, humidity_pct)`` and the root over
+  their ids; with `context_names`, also those devices' rows (the fingerprints' context).
 * ``sign_update(node_config, update) -> dict`` (ClientApp): what travels to the strategy in the
   reply's ``update`` ConfigRecord (ConfigRecord-compatible values; must contain ``weights-hash``).
   In ledger mode the update may carry an ``evaluation`` of its base model, signed with it.
@@ -18,9 +19,12 @@ Each hook runs inside a Flower app process (a fresh ``flwr-clientapp`` per messa
   round if it is already final (a run taken over mid-round): the node replies with it.
 * ``sign_eval(node_config, evaluation) -> dict`` (ClientApp): the node's signed score of a
   committed model on its held-out readings (the last round's, from the evaluate step).
-* ``check_update(run_config, round, signed, weights_hash) -> str | int | None`` (ServerApp): why an
-  update must not be aggregated (str), or the ledger's ``num_examples`` for it (int: the only
-  weight it is aggregated with), or None (file mode: no ledger figure).
+* ``check_update(run_config, round, signed, weights_hash) -> str | (int, bytes) | None`` (ServerApp):
+  why an update must not be aggregated (str), or the ledger's ``num_examples`` for it (the only
+  weight it is aggregated with) and its node, or None (file mode: no ledger figure).
+* ``device_owners(run_config, names) -> list | None`` (ServerApp): the node owning each device of
+  the run's list on the ledger (whose update a personal row is taken from); None in file mode,
+  where a row comes from the updates that changed it.
 * ``publish_initial(run_config, task, weights) -> str`` (ServerApp): record round 0's model.
 * ``commit_round(run_config, server_round, strategy, updates, aggregate, metrics) -> dict``
   (ServerApp): record the round's aggregate and block until it is final; the next round starts only
@@ -56,6 +60,9 @@ class LoadedRows:
     holdout: list[list[Any]] = field(default_factory=list)
     holdout_root: bytes = bytes(32)
     data_cut: int = 0
+    # The listed devices' rows (training side and held-out side), if asked for.
+    context: list[list[Any]] = field(default_factory=list)
+    holdout_context: list[list[Any]] = field(default_factory=list)
 
 
 def ledger_mode(config: Mapping[str, Any]) -> bool:
@@ -73,27 +80,34 @@ class AcceptedUpdate:
     signed: dict[str, Any]  # the sign_update result carried in the reply
     node_id: int  # Flower's node id of the sender (not stable across SuperNode restarts)
     extra: dict[str, Any] = field(default_factory=dict)
+    node: bytes | None = None  # ledger mode: the update's node on the ledger
 
 
 # --- ClientApp side ---------------------------------------------------------------------------
 
 
-def load_rows(node_config: Mapping[str, Any]) -> LoadedRows:
-    """The node's rows. File mode when the node config names a rows file, else the node's replica."""
-    if "partition-id" in node_config:  # Flower's Simulation Engine: a virtual node
-        rows = partition_rows(node_config)
+def load_rows(node_config: Mapping[str, Any], context_names: Sequence[str] = ()) -> LoadedRows:
+    """The node's rows. File mode when the node config names a rows file, else the node's replica.
+    `context_names`: devices whose rows are wanted too (file mode: every row of the CSV of those
+    devices)."""
+    if "partition-id" in node_config or node_config.get("rows-file") or node_config.get("rows-csv"):
+        rows = partition_rows(node_config) if "partition-id" in node_config else load_file_rows(node_config)
         digest = hashlib.sha256(msgpack.packb(rows, use_bin_type=True)).digest()
-        return LoadedRows(rows, digest)
-    if node_config.get("rows-file") or node_config.get("rows-csv"):
-        rows = load_file_rows(node_config)
-        digest = hashlib.sha256(msgpack.packb(rows, use_bin_type=True)).digest()
-        return LoadedRows(rows, digest)
+        context: list[list[Any]] = []
+        if context_names and (node_config.get("rows-csv") or "partition-id" in node_config):
+            from federated.data import MAIN_SLICE, read_csv_rows
+
+            path = str(node_config.get("rows-csv") or MAIN_SLICE)
+            context = [list(r) for r in read_csv_rows(path, devices=list(context_names),
+                                                      every=int(node_config.get("every") or 1))]
+        return LoadedRows(rows, digest, context=context or rows)
     if not node_config.get("data-dir"):
         raise ValueError("node config names neither a node directory (data-dir) nor rows-file/rows-csv")
     from federated.flower import fl_ledger
 
-    found = fl_ledger.load_rows(node_config)
-    return LoadedRows(found.rows, found.root, found.holdout, found.holdout_root, found.data_cut)
+    found = fl_ledger.load_rows(node_config, context_names)
+    return LoadedRows(found.rows, found.root, found.holdout, found.holdout_root, found.data_cut,
+                      found.context, found.holdout_context)
 
 
 def partition_rows(node_config: Mapping[str, Any]) -> list[list[Any]]:
@@ -192,16 +206,25 @@ def sign_eval(node_config: Mapping[str, Any], evaluation: Mapping[str, Any]) -> 
 
 def check_update(
     run_config: Mapping[str, Any], server_round: int, signed: Mapping[str, Any], weights_hash_: bytes
-) -> str | int | None:
+) -> str | tuple[int, bytes] | None:
     """Why an accepted-looking reply must still be dropped (ledger mode: its model_update is not
     final on the coordinator's replica for this run and round, or carries other weights), else in
-    ledger mode the update's num_examples on the ledger: the reply's own figure is never used,
-    since every authority re-computes the aggregate with the ledger's."""
+    ledger mode the update's num_examples and node on the ledger: the reply's own figure is never
+    used, since every authority re-computes the aggregate with the ledger's."""
     if not ledger_mode(run_config):
         return None
     from federated.flower import fl_ledger
 
     return fl_ledger.check_update(run_config, server_round, signed, weights_hash_)
+
+
+def device_owners(run_config: Mapping[str, Any], names: Sequence[str]) -> list[bytes | None] | None:
+    """Ledger mode: each listed device's owner node on the coordinator's replica; file mode None."""
+    if not ledger_mode(run_config):
+        return None
+    from federated.flower import fl_ledger
+
+    return fl_ledger.device_owners(run_config, names)
 
 
 def publish_initial(run_config: Mapping[str, Any], task: str, weights: Sequence[np.ndarray]) -> str:

@@ -15,12 +15,13 @@ import os
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from federated.flower.fl_errors import UpdateExists
 from federated.weights import decode_weights
+from node.ledger import run_rules
 from node.ledger.codec import decode
 from node.ledger.genesis import Genesis
 from node.ledger.keys import NodeKey
@@ -35,6 +36,7 @@ from node.ledger.transactions import (
 )
 from node.net.client import LedgerClient
 from node.server.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
+from node.store.sqlite import SqliteStore
 
 PASSPHRASE_ENV = "FEDLEDGER_PASSPHRASE"
 FINALITY_TIMEOUT_S = 120.0
@@ -54,6 +56,10 @@ class LedgerRows:
     holdout: list[list[Any]]
     holdout_ids: list[bytes]
     data_cut: int
+    # Every listed device's training and held-out rows at the same cut, when asked for (the
+    # fingerprints' context, federated/fingerprint.py).
+    context: list[list[Any]] = field(default_factory=list)
+    holdout_context: list[list[Any]] = field(default_factory=list)
 
     @property
     def root(self) -> bytes:
@@ -80,32 +86,60 @@ class NodeLink:
 
     # --- reading the replica ---------------------------------------------------------------------
 
-    def own_rows(self) -> LedgerRows:
+    def own_rows(self, context_names: Sequence[str] = ()) -> LedgerRows:
         """The committed readings of the devices this node owns, up to the committed height (the
         data cut), split by the ledger's held-out rule with the very function every authority
         uses to re-compute num_examples and readings_root. Only readings that passed every
-        validation rule are in the table, so these are the validated rows."""
+        validation rule are in the table, so these are the validated rows. With `context_names`,
+        also the rows of those devices (each name's first registered device, as the ledger picks
+        owners) at the same cut, split the same way."""
         db = self._db()
         try:
             db.execute("BEGIN")  # one snapshot: the cut and the rows agree
             cut = int(db.execute("SELECT COALESCE(MAX(height), 0) FROM blocks").fetchone()[0])
             devices = db.execute("SELECT device, name FROM devices WHERE owner = ? ORDER BY device",
                                  (self.key.public,)).fetchall()
-            found = []
-            for dev, name in devices:  # one range scan of the (device, seq) index each
-                cur = db.execute(
-                    "SELECT tx_id, seq, timestamp_ms, temperature_c, humidity_pct FROM readings"
-                    " WHERE device = ? AND height <= ? ORDER BY seq",
-                    (dev, cut),
-                )
-                found += [(bytes(tid), bytes(dev), seq, ts, name, t, h) for tid, seq, ts, t, h in cur]
+            found = self._readings(db, devices, cut)
+            context: list[tuple[Any, ...]] = []
+            if context_names:
+                marks = ",".join("?" * len(context_names))
+                named = db.execute("SELECT device, name, registered_height FROM devices"
+                                   f" WHERE name IN ({marks})", list(context_names)).fetchall()
+                first: dict[str, tuple[int, bytes]] = {}
+                for dev, name, height in named:
+                    if name not in first or (height, bytes(dev)) < first[name]:
+                        first[name] = (height, bytes(dev))
+                context = self._readings(db, [(dev, name) for name, (_, dev) in sorted(first.items())], cut)
         finally:
             db.close()
         train, held = partition(found)
+        ctx_train, ctx_held = partition(context)
         return LedgerRows(
-            [[r[4], r[2], r[3], r[5], r[6]] for r in train], [r[0] for r in train],
-            [[r[4], r[2], r[3], r[5], r[6]] for r in held], [r[0] for r in held], cut,
+            [_row(r) for r in train], [r[0] for r in train],
+            [_row(r) for r in held], [r[0] for r in held], cut,
+            [_row(r) for r in ctx_train], [_row(r) for r in ctx_held],
         )
+
+    @staticmethod
+    def _readings(db: sqlite3.Connection, devices: Sequence[tuple[Any, str]],
+                  cut: int) -> list[tuple[Any, ...]]:
+        found: list[tuple[Any, ...]] = []
+        for dev, name in devices:  # one range scan of the (device, seq) index each
+            cur = db.execute(
+                "SELECT tx_id, seq, timestamp_ms, temperature_c, humidity_pct FROM readings"
+                " WHERE device = ? AND height <= ? ORDER BY seq",
+                (dev, cut),
+            )
+            found += [(bytes(tid), bytes(dev), seq, ts, name, t, h) for tid, seq, ts, t, h in cur]
+        return found
+
+    def device_owners(self, names: Sequence[str]) -> list[bytes | None]:
+        """The ledger's owner of each named device (node/ledger/run_rules.py, the same function)."""
+        store = SqliteStore(self.dir / DB_FILE, read_only=True)
+        try:
+            return run_rules.device_owners(store, names)
+        finally:
+            store.close()
 
     def has_eval(self, run: bytes, round: int) -> bool:
         db = self._db()
@@ -168,11 +202,20 @@ class NodeLink:
             self.wait_final(tx_id(tx), timeout)
 
 
+def _row(r: tuple[Any, ...]) -> list[Any]:
+    return [r[4], r[2], r[3], r[5], r[6]]  # (device name, seq, timestamp_ms, temperature, humidity)
+
+
 # --- the hooks' ledger versions --------------------------------------------------------------
 
 
-def load_rows(node_config: Mapping[str, Any]) -> LedgerRows:
-    return NodeLink(str(node_config["data-dir"]), str(node_config.get("node-url", ""))).own_rows()
+def load_rows(node_config: Mapping[str, Any], context_names: Sequence[str] = ()) -> LedgerRows:
+    link = NodeLink(str(node_config["data-dir"]), str(node_config.get("node-url", "")))
+    return link.own_rows(context_names)
+
+
+def device_owners(run_config: Mapping[str, Any], names: Sequence[str]) -> list[bytes | None]:
+    return NodeLink(str(run_config["data-dir"]), str(run_config.get("node-url", ""))).device_owners(names)
 
 
 def eval_tx(link: NodeLink, evaluation: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -295,11 +338,12 @@ def existing_update(node_config: Mapping[str, Any], run_hex: str, round: int, ba
 
 def check_update(
     run_config: Mapping[str, Any], server_round: int, signed: Mapping[str, Any], weights_hash: bytes
-) -> str | int:
+) -> str | tuple[int, bytes]:
     """Why an update must not be aggregated, or its num_examples on the ledger (the weight to
-    aggregate it with): it has to be a final model_update of this run and round on the
-    coordinator's replica, carrying exactly these weights. The ledger has already checked its
-    signature, its signer's membership, its base model and the run's rules."""
+    aggregate it with) and its node (the owner its personal rows are checked against): it has to
+    be a final model_update of this run and round on the coordinator's replica, carrying exactly
+    these weights. The ledger has already checked its signature, its signer's membership, its base
+    model and the run's rules."""
     link = NodeLink(str(run_config["data-dir"]), str(run_config.get("node-url", "")))
     try:
         txid = bytes.fromhex(str(signed.get("tx-id", "")))
@@ -317,7 +361,7 @@ def check_update(
         return f"update {txid.hex()[:16]} belongs to another run or round"
     if body.weights_hash != weights_hash:
         return f"update {txid.hex()[:16]} on the ledger has other weights than the reply"
-    return body.num_examples
+    return body.num_examples, body.node
 
 
 def publish_initial(run_config: Mapping[str, Any], task: str, weights_blob: bytes) -> str:

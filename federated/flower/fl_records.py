@@ -4,7 +4,8 @@ Message layout (RecordDict keys):
 
 * instruction (server -> node), train and evaluate: ``arrays`` (ArrayRecord, the global weights in
   layer order) and ``config`` (ConfigRecord: ``server-round``, ``task``, the TrainConfig keys,
-  ``classes`` for traceability, ``base-hash`` = hex weights hash of the global weights).
+  ``classes`` = the run's device list (both tasks: the personal rows; traceability's labels),
+  ``base-hash`` = hex weights hash of the global weights).
 * train reply: ``arrays`` (ArrayRecord, the new weights), ``metrics`` (MetricRecord with the int
   ``num-examples`` and the trainer's float metrics) and ``update`` (ConfigRecord: whatever
   ``fl_hooks.sign_update`` returned; it must hold ``weights-hash``).
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from federated.aggregate import STRATEGIES
+from federated.personal import parse_devices
 from federated.tasks import TASKS
 from federated.weights import weights_hash
 
@@ -65,7 +67,7 @@ class RunSettings:
     trainer: str = ""
     initial_weights: str = ""
     seed: int = 0
-    classes: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()  # the run's device list (run config `classes` or `devices`)
     beta: float = 0.2
     krum_f: int = 0
     clip_norm: float = 0.0  # > 0: every update is clipped to this L2 distance from its base model
@@ -80,7 +82,8 @@ class RunSettings:
     @classmethod
     def from_run_config(cls, rc: Mapping[str, Any]) -> RunSettings:
         d = cls()
-        classes_text = _get(rc, "classes", str, "")
+        # traceability names its devices `classes`, humidity `devices` (the ledger's params).
+        classes_text = _get(rc, "classes", str, "") or _get(rc, "devices", str, "")
         s = cls(
             task=_get(rc, "task", str, d.task),
             strategy=_get(rc, "strategy", str, d.strategy),
@@ -92,7 +95,7 @@ class RunSettings:
             trainer=_get(rc, "trainer", str, d.trainer),
             initial_weights=_get(rc, "initial-weights", str, d.initial_weights),
             seed=_get(rc, "seed", int, d.seed),
-            classes=tuple(c.strip() for c in classes_text.split(",") if c.strip()),
+            classes=tuple(_devices(classes_text)),
             beta=_get(rc, "beta", float, d.beta),
             krum_f=_get(rc, "krum-f", int, d.krum_f),
             clip_norm=_get(rc, "clip-norm", float, d.clip_norm),
@@ -121,6 +124,9 @@ class RunSettings:
                              "committed for the round before")
         if s.task == "traceability" and len(s.classes) < 2:
             raise ValueError("traceability needs run config classes='dev1,dev2,...' (at least 2)")
+        if s.task == "humidity" and not s.classes:
+            raise ValueError("humidity needs run config devices='dev1,dev2,...': the devices with their "
+                             "own line")
         return s
 
     @property
@@ -130,7 +136,8 @@ class RunSettings:
 
     @property
     def num_classes(self) -> int | None:
-        return len(self.classes) if self.task == "traceability" else None
+        """The number of devices of the run's list: the personal rows (and traceability's labels)."""
+        return len(self.classes) or None
 
     @property
     def aggregation_params(self) -> dict[str, Any]:
@@ -152,6 +159,13 @@ class RunSettings:
         if self.clip_norm > 0:
             out["clip-norm"] = self.clip_norm
         return out
+
+
+def _devices(text: str) -> list[str]:
+    try:
+        return parse_devices(text) if text.strip() else []
+    except ValueError as exc:
+        raise ValueError(f"run config device list: {exc}") from exc
 
 
 def train_config_from(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,9 @@
   ``metrics`` with a positive int ``num-examples``, ConfigRecord ``update`` whose ``weights-hash``
   matches the arrays), then aggregate with OUR deterministic ``federated.aggregate`` (sorted by
   update id = weights hash), weighting each update by its ``num_examples`` on the ledger (the
-  reply's figure only in file mode), average the metrics deterministically, and call
+  reply's figure only in file mode), with the personal rows of a personalised model taken from
+  their devices' owners (``federated.aggregate.Personal``: the owners on the coordinator's replica,
+  the base = the global weights of the round), average the metrics deterministically, and call
   ``fl_hooks.commit_round``, which blocks until the round is final. Fewer than ``min_updates``
   accepted updates fail the run (RoundFailed): a round is committed or the run stops.
 * ``aggregate_evaluate``: the same tolerant check, deterministic weighted average.
@@ -36,6 +38,7 @@ from federated import aggregate as fl_aggregate
 from federated.flower import fl_hooks
 from federated.flower.fl_hooks import AcceptedUpdate
 from federated.flower.fl_records import ARRAYS, METRICS, NUM_EXAMPLES, UPDATE, finite_metrics, weights_hex
+from federated.personal import personal_arrays, run_devices
 from federated.round_metrics import deterministic_metrics
 from federated.weights import canonical_array, weights_hash
 
@@ -165,11 +168,13 @@ class LedgerStrategyMixin:
         checked = fl_hooks.check_update(self.run_config, self.current_round, signed, wh)
         if isinstance(checked, str):
             return checked
-        if isinstance(checked, int):
-            if checked != n:
+        node: bytes | None = None
+        if checked is not None:
+            ledger_n, node = checked
+            if ledger_n != n:
                 log(WARNING, "round %d: node %d replied num-examples %d, the ledger has %d; using the "
-                    "ledger's", self.current_round, int(msg.metadata.src_node_id), n, checked)
-            n = checked  # the weight every authority re-computes with
+                    "ledger's", self.current_round, int(msg.metadata.src_node_id), n, ledger_n)
+            n = ledger_n  # the weight every authority re-computes with
         return AcceptedUpdate(
             update_id=self.update_id(wh, signed),
             weights=weights,
@@ -177,6 +182,7 @@ class LedgerStrategyMixin:
             metrics=finite_metrics({k: v for k, v in metrics.items() if k != NUM_EXAMPLES}),
             signed=signed,
             node_id=int(msg.metadata.src_node_id),
+            node=node,
         )
 
     def update_id(self, weights_hash_bytes: bytes, signed: Mapping[str, Any]) -> bytes:
@@ -222,6 +228,7 @@ class LedgerStrategyMixin:
             agg = fl_aggregate.aggregate(
                 self.fl_name,
                 [(u.update_id, u.weights, u.num_examples) for u in updates],
+                self.personal(updates),
                 **self.aggregation_params,
             )
         except ValueError as exc:
@@ -234,6 +241,22 @@ class LedgerStrategyMixin:
         )
         log(INFO, "round %d committed: aggregate %s", server_round, weights_hash(agg).hex()[:16])
         return ArrayRecord([np.asarray(a) for a in agg]), MetricRecord(metrics)
+
+    def personal(self, updates: list[AcceptedUpdate]) -> fl_aggregate.Personal | None:
+        """How the personal rows of the run's model are aggregated (as every authority does it:
+        node/ledger/run_rules.py round_aggregate), or None for a model without personal rows."""
+        task = str(self.run_config.get("task", ""))
+        params = {k: self.run_config.get(k, "") for k in ("classes", "devices")}
+        arrays = personal_arrays(task)
+        names = run_devices(task, params) if arrays else []
+        if not arrays or not names or self.current_arrays is None:
+            return None
+        base = [canonical_array(a) for a in self.current_arrays.to_numpy_ndarrays()]
+        owners = fl_hooks.device_owners(self.run_config, names)
+        if owners is None:  # file mode: rows from the updates that changed them
+            return fl_aggregate.Personal(arrays, base)
+        nodes = {u.update_id: u.node for u in updates if u.node is not None}
+        return fl_aggregate.Personal(arrays, base, owners, nodes)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         server_round += self.round_offset

@@ -1,10 +1,11 @@
-"""`fedledger ledger status|blocks|block|verify|compare`: inspect replicas, offline or live.
+"""`fedledger ledger status|blocks|block|verify|compare|suspicious`: inspect replicas, offline or live.
 
 Local replicas are read straight from DIR/node.db, read-only (node.server.offline: never creates,
 migrates or writes the file, so it is safe next to a running node). Every command reads inside one
 read transaction, so it sees a single consistent snapshot even while the node commits blocks.
 `compare` finds the first height where replicas differ by binary search on their common prefix
-(node.store.compare).
+(node.store.compare). `suspicious` scores the latest readings with the committed device
+fingerprints (node.store.suspicious) and lists the windows that look like another device.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from node.net.http import HttpReplica, explorer_url, probe_status
 from node.server.api import block_detail
 from node.server.datadir import NodeConfig, pid_alive
 from node.server.offline import offline_status, open_node
+from node.store import suspicious as susp
 from node.store.compare import Replica, StoreReplica, first_divergence, summary
 from node.store.verify import verify_chain
 
@@ -268,6 +270,42 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0 if diverge is None else 1
 
 
+def cmd_suspicious(args: argparse.Namespace) -> int:
+    with open_node(args.dir) as node:
+        try:
+            found = susp.suspicious(node.store, run=args.run, round=args.round, hours=args.hours,
+                                    window_hours=args.window_hours, threshold=args.threshold)
+        except susp.NoModel as exc:
+            raise ConfigError(f"no device fingerprints to score with: {exc} (train them: fedledger train "
+                              f"{args.dir} --task traceability --rounds 1)") from exc
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+    f = found
+    human = [f"fingerprints of run {f['run'][:12]} round {f['round']} ({len(f['fingerprints'])} of "
+             f"{len(f['devices'])} devices); {f['readings']} readings of the latest {f['hours']} h, "
+             f"{f['windows_scored']} windows of {f['window_hours']} h scored, threshold "
+             f"{f['threshold']:g} nats/h"]
+    if found["flagged"]:
+        rows: list[list[Any]] = [["DEVICE", "FROM (UTC)", "TO (UTC)", "LOOKS LIKE", "SCORE (NATS/H)",
+                                  "WINDOWS"]]
+        rows += [[f["device"], fmt_time(f["start_ms"]), fmt_time(f["end_ms"]),
+                  f["looks_like"] or "no known device", f["score"], f["windows"]] for f in found["flagged"]]
+        human += table(rows)
+        if found["flagged_total"] > len(found["flagged"]):
+            human.append(f"... {found['flagged_total'] - len(found['flagged'])} more")
+    else:
+        human.append("nothing suspicious: every window looks most like the device that signed it")
+    emit(args, found, human)
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("ledger", help="inspect, verify and compare ledger replicas")
     lsub = p.add_subparsers(dest="ledger_command", metavar="SUBCOMMAND")
@@ -292,6 +330,21 @@ def add_parser(sub: Any) -> None:
         "dir", metavar="DIR", help="node data directory")
     cmp_ = cmd("compare", "compare replicas' blocks on their common prefix", cmd_compare)
     cmp_.add_argument("targets", nargs="+", metavar="TARGET", help="node directory or URL (ws:// or http://)")
+    su = cmd("suspicious", "devices and time windows whose readings look like another device (stolen keys)",
+             cmd_suspicious)
+    su.add_argument("dir", metavar="DIR", help="node data directory")
+    su.add_argument("--task", choices=("traceability",), default="traceability",
+                    help="the model that scores the readings (the device fingerprints)")
+    su.add_argument("--run", metavar="RUNPREFIX", help="traceability run (default: the latest)")
+    su.add_argument("--round", type=int, metavar="R", help="round (default: the latest committed)")
+    su.add_argument("--hours", type=_positive, default=susp.DEFAULT_HOURS, metavar="H",
+                    help=f"score the latest H hours of readings (default {susp.DEFAULT_HOURS}, "
+                         f"at most {susp.MAX_HOURS})")
+    su.add_argument("--window-hours", type=_positive, default=susp.DEFAULT_WINDOW_HOURS, metavar="W",
+                    help=f"window length in hours (default {susp.DEFAULT_WINDOW_HOURS})")
+    su.add_argument("--threshold", type=float, default=susp.THRESHOLD, metavar="NATS",
+                    help=f"flag when another device is likelier by this many nats per hour (default "
+                         f"{susp.THRESHOLD:g})")
 
 
 def run(args: argparse.Namespace) -> int:

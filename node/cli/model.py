@@ -1,11 +1,13 @@
 """`fedledger model list|show|export|evaluate`: the committed models of a replica, their lineage, a
-self-contained `.keras` file of any of them, and its score on any readings CSV.
+self-contained file of any of them, and its score on any readings CSV.
 
 Everything is read from DIR/node.db through the read-only view of node.server.offline (safe next to
 a running node), inside one snapshot. `export` does not trust a stored aggregate: it re-computes the
 committed weights from the updates the commit names (node.models.model_weights, which checks them
-against the committed hash), and only then imports Keras to write the file. Keras is imported by
-`export` and `evaluate` alone, so `list` and `show` (and the node) stay TensorFlow-free.
+against the committed hash). A humidity model exports as a `.keras` file of its shared line or of
+one device's own line (`--device`), which needs Keras, imported by `export` alone; traceability's
+fingerprints export as JSON. `evaluate` scores with numpy (the humidity model is linear, the
+fingerprints are numpy), so `list`, `show`, `evaluate` (and the node) stay TensorFlow-free.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from federated.evaluation import headline
+from federated.personal import run_devices
 from node.cli.output import emit, fmt_time, table
 from node.errors import LocalError, StorageError
 from node.ledger.holdout import Split, split_of
@@ -28,7 +31,7 @@ from node.server.offline import open_node
 from node.store.models import ModelInfo, RunInfo, find_model, find_run, lineage, model_weights, models, runs
 
 # Shown by `list`, in this order, when a commit carries them (the averaged metrics of its updates).
-KEY_METRICS = ("loss", "val_loss", "val_rmse", "val_r2", "val_accuracy")
+KEY_METRICS = ("loss", "train_rmse", "train_r2", "hours", "devices", "val_rmse", "val_accuracy")
 INSTALL_HINT = "pip install 'fedledger[federated]' (./scripts/launch sets up a .venv that has it)"
 
 
@@ -95,21 +98,23 @@ def select_model(store: Any, args: argparse.Namespace) -> ModelInfo:
         raise ModelNotFound(str(exc)) from exc
 
 
-def num_classes(info: RunInfo) -> tuple[int | None, list[str]]:
-    """Traceability: the run's class list (its train_request's sorted device names)."""
-    if info.request.task != "traceability":
-        return None, []
-    classes = [c.strip() for c in str(info.request.params.get("classes", "")).split(",") if c.strip()]
-    if len(classes) < 2:
-        raise ExportError(f"run {short_run(info.run)} names no classes (params.classes), so the "
-                          "traceability model's output size is unknown")
-    return len(classes), classes
+def run_device_list(info: RunInfo) -> list[str]:
+    """The run's device list (its train_request's sorted device names): the personal rows of the
+    model, traceability's labels."""
+    try:
+        devices = run_devices(info.request.task, info.request.params)
+    except ValueError as exc:
+        raise ExportError(f"run {short_run(info.run)} has a bad device list: {exc}") from exc
+    if not devices:
+        raise ExportError(f"run {short_run(info.run)} names no devices, so its model's rows are unknown")
+    return devices
 
 
-def check_out_path(out: Path, force: bool) -> None:
+def check_out_path(out: Path, force: bool, suffix: str = ".keras") -> None:
     """Refuse early (before any work) what would fail or destroy something later."""
-    if out.suffix != ".keras":
-        raise ExportError(f"--out must end in .keras (Keras 3 saves only that format), got {out}")
+    if out.suffix != suffix:
+        why = "Keras 3 saves only that format" if suffix == ".keras" else "fingerprints are JSON"
+        raise ExportError(f"--out must end in {suffix} ({why}), got {out}")
     if out.is_dir():
         raise ExportError(f"{out} is a directory")
     if out.exists() and not force:
@@ -125,13 +130,13 @@ def keras_available() -> bool:
     return importlib.util.find_spec("keras") is not None
 
 
-def write_keras(task: str, weights: list[Any], out: Path, n_classes: int | None) -> None:
+def write_model(task: str, weights: list[Any], out: Path, devices: list[str], device: int | None) -> None:
     """Write through a temporary file in the same directory, then rename: an existing file is
     replaced whole or not at all, and a failed export leaves no partial file behind."""
-    if not keras_available():
+    if task == "humidity" and not keras_available():
         raise ExportError(f"export needs Keras, which is not installed here: {INSTALL_HINT}")
     try:
-        from federated.export import export_keras
+        from federated.export import export_fingerprints, export_keras
     except ImportError as exc:
         raise ExportError(f"export needs Keras/TensorFlow, which could not be imported ({exc}): "
                           f"{INSTALL_HINT}") from exc
@@ -139,9 +144,12 @@ def write_keras(task: str, weights: list[Any], out: Path, n_classes: int | None)
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ExportError(f"cannot create {out.parent}: {exc.strerror or exc}") from exc
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.keras")
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
     try:
-        export_keras(task, weights, tmp, n_classes)
+        if task == "humidity":
+            export_keras(task, weights, tmp, device)
+        else:
+            export_fingerprints(weights, devices, tmp)
         os.replace(tmp, out)
     except ImportError as exc:
         raise ExportError(f"export needs Keras/TensorFlow, which could not be imported ({exc}): "
@@ -260,22 +268,37 @@ def committed_model(store: Any, args: argparse.Namespace) -> tuple[Any, Any, Any
 
 def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    check_out_path(out, args.force)
+    task = args.task
+    check_out_path(out, args.force, ".keras" if task == "humidity" else ".json")
+    if args.device and task != "humidity":
+        raise ExportError("--device selects a humidity device's own line; fingerprints export all devices")
     with open_node(args.dir) as node:
         model, info, weights = committed_model(node.store, args)
-    n_classes, classes = num_classes(info)
-    write_keras(model.task, weights, out, n_classes)
+    devices = run_device_list(info)
+    device = None
+    if args.device:
+        if args.device not in devices:
+            raise ModelNotFound(f"device {args.device!r} is not in run {short_run(info.run)}'s device list "
+                                f"({', '.join(devices)})")
+        device = devices.index(args.device)
+    write_model(model.task, weights, out, devices, device)
     result: dict[str, Any] = {"path": str(out), "model_hash": model.weights_hash.hex(), "task": model.task,
-                              "round": model.round, "run": model.run.hex()}
+                              "round": model.round, "run": model.run.hex(), "devices": devices}
     human = [f"wrote {out}: {model.task} round {model.round} of run {short_run(model.run)}, "
              f"model {model.weights_hash.hex()} (re-computed from {len(model.update_ids)} update(s))"]
     if model.task == "humidity":
-        human.append("input [[temperature_c]] -> output [[humidity_pct]]; "
-                     "load with keras.models.load_model(path)")
+        from federated.export import line_of
+
+        _, _, personal = line_of(weights, device)
+        part = (f"device {args.device}'s own line" if personal else
+                "the shared line" + (f" ({args.device}'s row is not trained yet)" if args.device else ""))
+        result.update({"device": args.device, "part": "personal" if personal else "shared"})
+        human.append(f"{part}: input [[temperature_c, sin(2*pi*h/24), cos(2*pi*h/24), sin(4*pi*h/24), "
+                     "cos(4*pi*h/24)]] with h the UTC hour of day -> output [[humidity_pct]]; load with "
+                     "keras.models.load_model(path)")
     else:
-        result["classes"] = classes
-        human.append("input [[temperature_c, humidity_pct]] -> probabilities of the classes "
-                     + ",".join(classes) + "; load with keras.models.load_model(path)")
+        human.append("the fingerprints of " + ",".join(devices) + " (means and covariances of the hourly "
+                     "feature vectors; format in the file)")
     emit(args, result, human)
     return 0
 
@@ -314,28 +337,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with open_node(args.dir) as node:
         model, info, weights = committed_model(node.store, args)
         train_rows = ledger_training_rows(node.store, {str(r[0]) for r in rows})
-    _, classes = num_classes(info)
-    if classes:
-        unknown = sorted({str(r[0]) for r in rows} - set(classes))
+    devices = run_device_list(info)
+    trace = model.task == "traceability"
+    if trace:
+        unknown = sorted({str(r[0]) for r in rows} - set(devices))
         if unknown:
             raise ExportError(f"{csv_path} has readings of devices the model does not know: "
-                              f"{', '.join(unknown)} (its classes: {', '.join(classes)})")
-    if not keras_available():
-        raise ExportError(f"evaluate needs Keras, which is not installed here: {INSTALL_HINT}")
-    from federated import evaluation, tasks
+                              f"{', '.join(unknown)} (its classes: {', '.join(devices)})")
+    from federated import evaluation, fingerprint, tasks
 
     try:
-        metrics = tasks.evaluate(model.task, weights, rows, classes=classes or None)
-        if train_rows or classes:
-            metrics.update(evaluation.baseline(model.task, train_rows, rows, classes or None))
+        if trace:
+            metrics = fingerprint.evaluate(weights, devices, rows, window_hours=args.window_hours)
+            if "accuracy" not in metrics:
+                raise ValueError("no window of enough readings (fingerprints need one-minute readings, "
+                                 f"at least {fingerprint.MIN_READINGS} an hour, of at least 2 devices)")
+        else:
+            metrics = tasks.evaluate(model.task, weights, rows, classes=devices)
+        if train_rows or trace:
+            metrics.update(evaluation.baseline(model.task, train_rows, rows, devices if trace else None))
     except ValueError as exc:
         raise ExportError(f"cannot score {csv_path}: {exc}") from exc
     metrics["num_examples"] = float(len(rows))
+    classes = devices if trace else []
     result = {"run": model.run.hex(), "task": model.task, "round": model.round,
               "model_hash": model.weights_hash.hex(), "csv": str(csv_path), "metrics": metrics,
               "devices": sorted({str(r[0]) for r in rows}),
               "baseline": ("chance, 1/classes" if classes else
                            "each device's mean humidity over its training readings on this ledger")}
+    if trace:
+        result["window_hours"] = args.window_hours
     human = [f"{model.task} round {model.round} of run {short_run(model.run)} (model "
              f"{model.weights_hash.hex()[:16]}) on {len(rows)} readings of {len(result['devices'])} "
              f"device(s) in {csv_path}:",
@@ -367,16 +398,29 @@ def add_parser(sub: Any) -> None:
     show = cmd("show", "lineage of one committed model: updates, nodes, readings roots, request", cmd_show,
                task_required=True)
     show.add_argument("--round", type=int, metavar="R", help="round (default: the latest committed)")
-    exp = cmd("export", "re-compute a committed model from the ledger and write it as a .keras file",
-              cmd_export, task_required=True)
+    exp = cmd("export", "re-compute a committed model from the ledger and write it (humidity: .keras, "
+              "traceability: the fingerprints as .json)", cmd_export, task_required=True)
     exp.add_argument("--round", type=int, metavar="R", help="round (default: the latest committed)")
-    exp.add_argument("--out", required=True, metavar="FILE.keras", help="where to write the model")
+    exp.add_argument("--out", required=True, metavar="FILE",
+                     help="where to write the model (humidity FILE.keras, traceability FILE.json)")
+    exp.add_argument("--device", metavar="NAME",
+                     help="humidity: export this device's own line (default: the shared line)")
     exp.add_argument("--force", action="store_true", help="overwrite FILE.keras if it exists")
     ev = cmd("evaluate", "score a committed model on a readings CSV, next to the baseline", cmd_evaluate,
              task_required=True)
     ev.add_argument("--round", type=int, metavar="R", help="round (default: the latest committed)")
     ev.add_argument("--csv", required=True, metavar="FILE",
                     help="readings CSV(.gz): timestamp, epoch_s, device_id, temperature_c, humidity_pct")
+    ev.add_argument("--window-hours", type=_hours, default=1, metavar="H",
+                    help="traceability: classify windows of H consecutive hours (default 1, as the ledger's "
+                         "held-out scores; the paper's table uses 6)")
+
+
+def _hours(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 168:
+        raise argparse.ArgumentTypeError("must be 1..168 hours")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -90,8 +90,9 @@ def run_config(lr: LocalRun, trainer: str, data_dir: Path, node_url: str, resume
             rc[flower_key] = int(p[key])
     if "learning_rate" in p:
         rc["learning-rate"] = float(p["learning_rate"])
-    if "classes" in p:
-        rc["classes"] = str(p["classes"])
+    for key in ("classes", "devices"):  # the run's device list (federated/personal.py)
+        if key in p:
+            rc[key] = str(p[key])
     if "beta" in p:
         rc["beta"] = float(p["beta"])
     if "krum_f" in p:

@@ -21,12 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from federated.aggregate import Update, aggregate
+from federated.aggregate import Update
 from federated.round_metrics import deterministic_metrics
 from federated.weights import decode_weights, encode_weights, weights_hash
 from node.ledger.handover import RunControl, turn_of
 from node.ledger.keys import NodeKey
-from node.ledger.run_rules import aggregation_params, committed_weights, min_nodes
+from node.ledger.run_rules import committed_weights, min_nodes, round_aggregate
 from node.ledger.storage import Store
 from node.ledger.transactions import ModelUpdate, make_model_commit, make_run_handover, parse_tx
 
@@ -85,9 +85,10 @@ def plan_start(store: Store, key: NodeKey, chain_id: str, ctl: RunControl) -> St
     updates = open_round_updates(store, ctl.run, r)
     if len({u.node for _, u in updates}) < min_nodes(req):
         return StartPlan(r, encode_weights(base))
-    model = aggregate(req.strategy,
-                      [Update(uid, decode_weights(u.weights), u.num_examples) for uid, u in updates],
-                      **aggregation_params(req))
+    # As every replica re-computes it: personal rows from their owners (run_rules.round_aggregate).
+    model = round_aggregate(store, req, ctl.run, r,
+                            [Update(uid, decode_weights(u.weights), u.num_examples) for uid, u in updates],
+                            {uid: u.node for uid, u in updates}, req.strategy)
     metrics = deterministic_metrics([(uid, u.num_examples, u.metrics) for uid, u in updates])
     commit = make_model_commit(key, chain_id, ctl.run, req.task, r, req.strategy, [uid for uid, _ in updates],
                                weights_hash(model), metrics)

@@ -17,7 +17,7 @@ from node.ledger.genesis import Genesis
 from node.ledger.handover import DEFAULT_HANDOVER_TIMEOUT_S
 from node.ledger.keys import NodeKey
 from node.ledger.runs import TRAINING_ROLES
-from node.ledger.transactions import make_train_request, tx_id
+from node.ledger.transactions import MAX_MAP_STR, make_train_request, tx_id
 from node.net.addresses import format_host, local_host, url_host
 from node.net.client import LedgerClient, TxResult
 from node.net.http import probe_status, tx_committed
@@ -62,12 +62,19 @@ def request_params(directory: Path, task: str, overrides: Mapping[str, Any] | No
     params: dict[str, Any] = {"superlink": f"{format_host(host)}:{superlink_port}",
                               "superlink_cert": cert.sha256, "min_nodes": len(members),
                               "handover_timeout": DEFAULT_HANDOVER_TIMEOUT_S}
-    if task == "traceability":
-        if len(devices) < 2:
-            raise ConfigError("traceability needs at least 2 registered devices on the ledger")
-        if any("," in d or " " in d for d in devices):
-            raise ConfigError("device names with commas or spaces cannot be traceability classes")
-        params["classes"] = ",".join(devices)
+    # The run's device list: one personal row per device (federated/personal.py), traceability's
+    # labels. Every registered device, by name, once.
+    names = sorted(set(devices))
+    if len(names) < (2 if task == "traceability" else 1):
+        raise ConfigError(f"{task} needs at least {2 if task == 'traceability' else 1} registered "
+                          "device(s) on the ledger")
+    if any("," in d or " " in d or not d for d in names):
+        raise ConfigError("device names with commas or spaces cannot name a run's devices")
+    listed = ",".join(names)
+    if len(listed) > MAX_MAP_STR:
+        raise ConfigError(f"the device names take {len(listed)} characters; a train request's device "
+                          f"list holds at most {MAX_MAP_STR} (register fewer devices or shorter names)")
+    params["classes" if task == "traceability" else "devices"] = listed
     for name, value in (overrides or {}).items():
         if name not in TUNABLE:
             raise ConfigError(f"{name} is not a train request parameter one may set")

@@ -13,10 +13,10 @@ from node.launch.display import Display, LaunchOptions
 from node.launch.processes import NodeProcess
 from node.launch.train_request import request_params, run_progress, submit_request
 from node.server.datadir import DB_FILE
-from node.store.models import models
+from node.store.models import common_holdout_curve, models
 from node.store.sqlite import SqliteStore
 
-METRIC_KEYS = ("val_rmse", "val_r2", "val_accuracy", "loss", "val_loss")
+METRIC_KEYS = ("train_rmse", "loss", "hours", "devices")
 # After the last commit the nodes still sign their held-out scores of the last model (a few seconds).
 FINAL_EVAL_WAIT_S = 100.0
 
@@ -134,6 +134,13 @@ class TrainingWatch:
                              "complete": bool(ledger and ledger["complete"])})
         rounds = self.rounds()
         trained = [r for r in rounds if r["round"] >= 1]
+        common = None
+        if self.run is not None:
+            store = SqliteStore(self.coordinator_dir / DB_FILE, read_only=True)
+            try:
+                common = common_holdout_curve(store, self.run)
+            finally:
+                store.close()
         return {
             "run": self.run.hex() if self.run else None,
             "task": self.opts.task,
@@ -143,6 +150,7 @@ class TrainingWatch:
             "round_seconds_mean": (round(sum(r["seconds"] for r in trained) / len(trained), 2)
                                    if trained else None),
             "complete_on_every_replica": all(n["complete"] for n in per_node) and not self.error,
+            "common_holdout": common,
             "replicas": per_node,
             "error": self.error or None,
         }
@@ -159,6 +167,22 @@ def learning_curve(task: str, rounds: list[dict[str, Any]]) -> str:
     what = "device-mean baseline" if task == "humidity" else "chance"
     return (f"learning curve, held-out {key} (readings no node trained on): {points}; "
             f"{what} {last.get(base, float('nan')):.4g}")
+
+
+def common_curve(common: dict[str, Any] | None) -> str:
+    """One line: every round on the same held-out readings (node.store.models.common_holdout_curve)."""
+    if not common or not common["rounds"]:
+        return ""
+    task = common["task"]
+    key, base = ("rmse", "baseline_rmse") if task == "humidity" else ("accuracy", "baseline_accuracy")
+    pts = [p for p in common["rounds"] if key in p["metrics"]]
+    if not pts:
+        return ""
+    points = ", ".join(f"round {p['round']} {p['metrics'][key]:.4g}" for p in pts)
+    what = "device-mean baseline" if task == "humidity" else "chance"
+    unit = "one-hour windows, " if task == "traceability" else ""
+    return (f"every round on the same {common['holdout_readings']} held-out readings ({unit}the final cut): "
+            f"{key} {points}; {what} {pts[-1]['metrics'].get(base, float('nan')):.4g}")
 
 
 def print_training(t: dict[str, Any], root: Path, out: Display) -> None:
@@ -179,9 +203,14 @@ def print_training(t: dict[str, Any], root: Path, out: Display) -> None:
     last = max((r["round"] for r in t["rounds"]), default=0)
     curve = learning_curve(t["task"], t["rounds"])
     if curve:
-        out.say("  " + curve)
+        out.say("  " + curve + " (each round at its own data cut)")
+    common = common_curve(t.get("common_holdout"))
+    if common:
+        out.say("  " + common)
     out.say("Models are on the ledger (weights inside the updates, re-computed by every authority):")
     out.say(f"  fedledger model list {root}/node1")
     out.say(f"  fedledger model show {root}/node1 --task {t['task']} --round {last}")
     out.say(f"  fedledger model export {root}/node1 --task {t['task']} --round {last} "
-            f"--out {t['task']}.keras")
+            f"--out {t['task']}.{'keras' if t['task'] == 'humidity' else 'json'}")
+    if t["task"] == "traceability":
+        out.say(f"  fedledger ledger suspicious {root}/node1     # readings that look like another device")

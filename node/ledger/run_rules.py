@@ -8,7 +8,15 @@ A train_request fixes, for the whole run:
 * the model's shape: round 0's published model. Every later update has exactly its arrays and
   shapes (`shape_mismatch`), and only finite values (`non_finite`);
 * optionally `clip_norm`: the L2 norm of (update - base model) is at most that bound
-  (`norm_exceeded`). Honest ClientApps clip to it before signing (federated/clipping.py).
+  (`norm_exceeded`). Honest ClientApps clip to it before signing (federated/clipping.py);
+* its device list, if it names one (`devices` for humidity, `classes` for traceability; sorted
+  distinct names, else `malformed`; federated/personal.py, and the Flower app runs the
+  personalised models only with one): the model has one personal row per listed device (round
+  0's personal arrays have exactly that many rows, else `shape_mismatch`), and when a round is
+  aggregated, row r is taken from the
+  update of the node that owns device r on the ledger (the first device registered under that
+  name), or kept from the previous round's model if that node sent none: a node cannot change
+  another owner's device.
 
 The aggregation weight of an update is its `num_examples` on the ledger; runs.py re-computes with
 nothing else, and the coordinator's strategy takes the same figure from its replica.
@@ -25,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from federated.aggregate import Update, aggregate
+from federated.aggregate import Personal, Update, aggregate
 from federated.clipping import update_norm
+from federated.personal import personal_arrays, run_devices
 from federated.weights import decode_weights, weights_hash
 from node.errors import Reason
 from node.ledger.transactions import MAX_UPDATE_IDS, ModelCommit, ModelUpdate, TrainRequest, parse_tx
@@ -53,8 +62,19 @@ def aggregation_params(req: TrainRequest) -> dict[str, Any]:
     return {}
 
 
-def check_run_params(params: dict[str, Any]) -> Reason | None:
+def devices_of(req: TrainRequest) -> list[str]:
+    """The run's device list (checked valid when the request was accepted)."""
+    return run_devices(req.task, req.params)
+
+
+def check_run_params(params: dict[str, Any], task: str = "") -> Reason | None:
     """Values of the rule params a train_request may set (their types are checked in runs.py)."""
+    try:
+        devices = run_devices(task, params)
+    except ValueError:
+        return Reason.MALFORMED
+    if task == "traceability" and len(devices) == 1:
+        return Reason.MALFORMED  # one label cannot be told apart from anything
     n = params.get("min_nodes", DEFAULT_MIN_NODES)
     if not 1 <= n <= MAX_UPDATE_IDS:
         return Reason.MALFORMED
@@ -76,7 +96,12 @@ def check_update_weights(view: Any, req: TrainRequest, body: ModelUpdate) -> Rea
     if not all(np.all(np.isfinite(w)) for w in weights):
         return Reason.NON_FINITE
     if body.round == 0:
-        return None  # round 0 defines the model
+        # Round 0 defines the model, with one personal row per listed device.
+        rows = len(devices_of(req))
+        for i in personal_arrays(req.task) if rows else ():
+            if i >= len(weights) or weights[i].ndim < 1 or weights[i].shape[0] != rows:
+                return Reason.SHAPE_MISMATCH
+        return None
     initial = committed_weights(view, req, body.run, 0)
     if initial is None:
         return Reason.WRONG_ROUND
@@ -100,6 +125,42 @@ def check_quorum(req: TrainRequest, round: int, nodes: Iterable[bytes]) -> Reaso
 
 
 # --- the weights of committed models ---------------------------------------------------------
+
+
+def named_devices(view: Any, names: Sequence[str]) -> list[Any]:
+    """The device each name stands for in a run's list: of the devices registered under a name, the
+    first (lowest registration height, then key); None for a name nobody registered.
+    Registrations are never undone, so once a name has a device it keeps it."""
+    first: dict[str, Any] = {}
+    wanted = set(names)
+    for dev in view.devices():
+        if dev.name in wanted:
+            seen = first.get(dev.name)
+            if seen is None or (dev.registered_height, dev.device) < (seen.registered_height, seen.device):
+                first[dev.name] = dev
+    return [first.get(n) for n in names]
+
+
+def device_owners(view: Any, names: Sequence[str]) -> list[bytes | None]:
+    """The owner node of each named device (named_devices), None for an unregistered name."""
+    return [None if dev is None else dev.owner for dev in named_devices(view, names)]
+
+
+def round_aggregate(view: Any, req: TrainRequest, run: bytes, round: int,
+                    updates: Sequence[Update], nodes: dict[bytes, bytes], strategy: str) -> list[np.ndarray]:
+    """The aggregate of round `round` >= 1 from `updates` (whose nodes are `nodes`), as every
+    replica computes it: the run's strategy on the shared arrays, the personal rows from their
+    owners' updates or the previous round's model. ValueError if it cannot be computed."""
+    arrays = personal_arrays(req.task)
+    names = devices_of(req)
+    if not arrays or not names:
+        return aggregate(strategy, updates, **aggregation_params(req))
+    base = committed_weights(view, req, run, round - 1)
+    if base is None:
+        raise ValueError(f"round {round - 1} of the run is not committed")
+    owners = device_owners(view, names)
+    return aggregate(strategy, updates, Personal(arrays, base, owners, nodes), **aggregation_params(req))
+
 
 _MODELS: dict[bytes, list[np.ndarray]] = {}
 
@@ -132,6 +193,7 @@ def committed_weights(view: Any, req: TrainRequest, run: bytes, round: int) -> l
     commit = parse_tx(rec.raw).body
     assert isinstance(commit, ModelCommit)
     updates: list[Update] = []
+    nodes: dict[bytes, bytes] = {}
     for uid in commit.update_ids:
         urec = view.tx(uid)
         if urec is None:
@@ -139,10 +201,11 @@ def committed_weights(view: Any, req: TrainRequest, run: bytes, round: int) -> l
         upd = parse_tx(urec.raw).body
         assert isinstance(upd, ModelUpdate)
         updates.append(Update(uid, decode_weights(upd.weights), upd.num_examples))
+        nodes[uid] = upd.node
     if round == 0:
         weights = list(updates[0].weights)
     else:
-        weights = aggregate(commit.strategy, updates, **aggregation_params(req))
+        weights = round_aggregate(view, req, run, round, updates, nodes, commit.strategy)
     if weights_hash(weights) != row.weights_hash:
         return None  # cannot happen for a commit the ledger accepted
     remember(row.weights_hash, weights)

@@ -18,12 +18,12 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from federated.aggregate import STRATEGIES, Update, aggregate
+from federated.aggregate import STRATEGIES, Update
 from federated.weights import decode_weights, weights_hash
 from node.errors import Reason
 from node.ledger import handover, run_rules
 from node.ledger.provenance import check_update_provenance
-from node.ledger.run_rules import aggregation_params
+from node.ledger.run_rules import round_aggregate
 from node.ledger.transactions import ModelCommit, ModelUpdate, TrainRequest, parse_tx
 
 TASKS = ("humidity", "traceability")  # federated/tasks.py; repeated so the node never imports Keras code
@@ -42,7 +42,8 @@ PARAM_TYPES: dict[str, tuple[type, ...]] = {
     "beta": (float, int),
     "krum_f": (int,),
     "fraction_evaluate": (float, int),
-    "classes": (str,),
+    "classes": (str,),  # traceability: the run's device list (federated/personal.py)
+    "devices": (str,),  # humidity: the devices with a personal line
     "clip_norm": (float, int),
     "superlink_cert": (str,),  # hex SHA-256 of the SuperLink's TLS certificate (node/flower/tls.py)
     "handover_timeout": (int,),  # seconds; when the authorities take a stalled run over (handover.py)
@@ -73,6 +74,8 @@ class RunView(Protocol):
 
     def latest_model_row(self, run: bytes, kind: str) -> ModelRow | None: ...
 
+    def devices(self) -> list[Any]: ...
+
 
 def run_request(view: RunView, run: bytes) -> TrainRequest | None:
     rec = view.tx(run)
@@ -90,7 +93,7 @@ def check_train_request(body: TrainRequest) -> Reason | None:
         types = PARAM_TYPES.get(key)
         if types is None or isinstance(value, bool) or not isinstance(value, types):
             return Reason.MALFORMED
-    return run_rules.check_run_params(body.params) or handover.check_timeout_param(body.params)
+    return run_rules.check_run_params(body.params, body.task) or handover.check_timeout_param(body.params)
 
 
 def check_model_update(view: RunView, body: ModelUpdate) -> Reason | None:
@@ -144,6 +147,7 @@ def check_model_commit(view: RunView, body: ModelCommit, signer: bytes) -> Reaso
     updates: list[Update] = []
     hashes: list[bytes] = []
     nodes: list[bytes] = []
+    node_of: dict[bytes, bytes] = {}
     for uid in ids:
         row = view.tx(uid)
         if row is None or row.kind != ModelUpdate.KIND:
@@ -156,6 +160,7 @@ def check_model_commit(view: RunView, body: ModelCommit, signer: bytes) -> Reaso
         updates.append(Update(uid, decode_weights(upd.weights), upd.num_examples))
         hashes.append(upd.weights_hash)
         nodes.append(upd.node)
+        node_of[uid] = upd.node
     quorum = run_rules.check_quorum(req, body.round, nodes)
     if quorum is not None:
         return quorum
@@ -166,7 +171,7 @@ def check_model_commit(view: RunView, body: ModelCommit, signer: bytes) -> Reaso
         committed = hashes[0]
     else:
         try:
-            model = aggregate(body.strategy, updates, **aggregation_params(req))
+            model = round_aggregate(view, req, body.run, body.round, updates, node_of, body.strategy)
         except ValueError:
             return Reason.AGGREGATE_MISMATCH
         committed = weights_hash(model)

@@ -124,6 +124,8 @@ class StateView(Protocol):
 
     def device(self, device: bytes) -> DeviceRecord | None: ...
 
+    def devices(self) -> list[DeviceRecord]: ...
+
     def member(self, key: bytes) -> MemberRecord | None: ...
 
     def membership(self) -> Membership: ...
@@ -196,6 +198,11 @@ class OverlayView:
     def device(self, device: bytes) -> DeviceRecord | None:
         rec = self._devices.get(device)
         return rec if rec is not None else self.base.device(device)
+
+    def devices(self) -> list[DeviceRecord]:
+        known = {d.device: d for d in self.base.devices()}
+        known.update(self._devices)
+        return [known[k] for k in sorted(known)]
 
     def member(self, key: bytes) -> MemberRecord | None:
         if key in self._members:

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from federated import evaluation
-from federated.aggregate import Update, aggregate
+from federated.aggregate import Update
 from federated.weights import Weights, decode_weights, weights_hash
 from node.ledger.holdout import RULE as HOLDOUT_RULE
 from node.ledger.keys import short_id
-from node.ledger.runs import aggregation_params
+from node.ledger.run_rules import round_aggregate
 from node.ledger.storage import Store
 from node.ledger.transactions import ModelCommit, ModelEval, ModelUpdate, RunHandover, TrainRequest, parse_tx
 
@@ -237,10 +237,10 @@ def model_weights(store: Store, model: ModelInfo) -> Weights:
         weights = decode_weights(ups[0][2].weights)
     else:
         info = find_run(store, run=model.run.hex())
-        weights = aggregate(
-            model.strategy,
+        weights = round_aggregate(
+            store, info.request, model.run, model.round,
             [Update(uid, decode_weights(b.weights), b.num_examples) for uid, _, b in ups],
-            **aggregation_params(info.request),
+            {uid: b.node for uid, _, b in ups}, model.strategy,
         )
     if weights_hash(weights) != model.weights_hash:
         raise ValueError(f"re-computed round {model.round} weights differ from the commit (damaged replica?)")
@@ -283,3 +283,46 @@ def lineage(store: Store, model: ModelInfo) -> dict[str, Any]:
 def _base_hash(store: Store, model: ModelInfo) -> str | None:
     prev = store.model_commit(model.run, model.round - 1)
     return prev.weights_hash.hex() if prev else None
+
+
+def common_holdout_curve(store: Store, run: bytes) -> dict[str, Any] | None:
+    """Every committed round of `run` scored on one and the same set: the held-out readings
+    (node/ledger/holdout.py) of the run's listed devices on this replica now, with the baseline
+    from their training readings. The nodes' own signed scores (`holdout` of each model) are each
+    taken at that round's data cut, so a streaming federation scores later rounds on more, and
+    later, hours; this curve compares the rounds on equal terms. Numpy only (the humidity model is
+    linear, the fingerprints are numpy); reads every reading of the listed devices, so it is for
+    the CLI and the launcher, not for the node's request path. None without a device list."""
+    from federated import tasks
+    from federated.personal import run_devices
+    from node.ledger.holdout import Split, split_of
+    from node.ledger.run_rules import named_devices
+
+    info = find_run(store, run=run.hex())
+    task = info.request.task
+    names = run_devices(task, info.request.params)
+    if not names:
+        return None
+    train: list[tuple[Any, ...]] = []
+    held: list[tuple[Any, ...]] = []
+    for name, dev in zip(names, named_devices(store, names), strict=True):
+        if dev is None:
+            continue
+        for r in store.readings(dev.device):
+            row = (name, r.seq, r.timestamp_ms, r.temperature_c, r.humidity_pct)
+            side = split_of(r.timestamp_ms)
+            if side is Split.TRAIN:
+                train.append(row)
+            elif side is Split.HOLDOUT:
+                held.append(row)
+    if not held or not train:
+        return None
+    points = []
+    for m in models(store, run):
+        try:
+            metrics = tasks.evaluate(task, model_weights(store, m), held, names, held)
+            metrics.update(evaluation.baseline(task, train, held, names))
+        except ValueError:
+            continue
+        points.append({"round": m.round, "metrics": metrics})
+    return {"task": task, "holdout_readings": len(held), "devices": names, "rounds": points}

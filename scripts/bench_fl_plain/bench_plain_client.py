@@ -42,6 +42,11 @@ def train_config(run_config: Any) -> dict[str, Any]:
     }
 
 
+def devices(context: Context) -> list[str]:
+    """The run's device list: the humidity model has one line per device (federated/personal.py)."""
+    return str(context.run_config["devices"]).split(",")
+
+
 def finite(metrics: dict[str, Any]) -> dict[str, float]:
     # A MetricRecord refuses non-numbers, and a NaN would poison the weighted mean.
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
@@ -53,7 +58,8 @@ def train(msg: Message, context: Context) -> Message:
     keras.backend.clear_session()
     rows = load_data(context, int(msg.content["config"]["server-round"]))
     weights = msg.content["arrays"].to_numpy_ndarrays()
-    result = tasks.train(str(context.run_config["task"]), weights, rows, train_config(context.run_config))
+    config = tasks.round_config(train_config(context.run_config), int(msg.content["config"]["server-round"]))
+    result = tasks.train(str(context.run_config["task"]), weights, rows, config, devices(context))
     metrics = {**finite(result.metrics), "num-examples": int(result.num_examples)}
     content = RecordDict({"arrays": ArrayRecord(result.weights), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
@@ -64,7 +70,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     keras.backend.clear_session()
     rows = load_data(context, int(msg.content["config"]["server-round"]))
     weights = msg.content["arrays"].to_numpy_ndarrays()
-    metrics = tasks.evaluate(str(context.run_config["task"]), weights, rows)
+    metrics = tasks.evaluate(str(context.run_config["task"]), weights, rows, devices(context))
     metrics = {k: v for k, v in finite(metrics).items() if k != "num_examples"}
     content = RecordDict({"metrics": MetricRecord({**metrics, "num-examples": len(rows)})})
     return Message(content=content, reply_to=msg)

@@ -77,8 +77,11 @@ def main(grid: Grid, context: Context) -> None:
     num_rounds = int(rc["num-server-rounds"])
     min_nodes = int(rc["min-nodes"])
     # The quickstart builds the model here for its initial weights; federated.tasks gives the very
-    # weights fedledger's trainer hands its ServerApp for round 0.
-    arrays = ArrayRecord(tasks.initial_weights(str(rc["task"]), seed=int(rc["seed"])))
+    # weights fedledger's trainer hands its ServerApp for round 0. Flower's FedAvg then averages
+    # every array, the device lines too (fedledger takes each from its owner): the same work per
+    # round, which is what this App measures, not the same model.
+    devices = str(rc["devices"]).split(",")
+    arrays = ArrayRecord(tasks.initial_weights(str(rc["task"]), len(devices), seed=int(rc["seed"])))
     strategy = FedAvg(
         fraction_train=float(rc["fraction-train"]),
         fraction_evaluate=float(rc["fraction-evaluate"]),
