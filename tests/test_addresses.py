@@ -13,12 +13,14 @@ import pytest
 from node.cli.main import main
 from node.errors import ConfigError
 from node.launch.train_request import request_params
+from node.ledger.chain import Ledger
 from node.ledger.genesis import Genesis, GenesisMember
 from node.ledger.keys import NodeKey
 from node.net.addresses import advertise_url, check_host
 from node.net.ports import free_port
 from node.server.datadir import NodeConfig, init_node
 from node.store.sqlite import SqliteStore
+from tests.factories import make_genesis, populated_ledger
 
 
 @pytest.mark.parametrize("value, url", [
@@ -129,9 +131,19 @@ def test_genesis_create_refuses_a_bad_member_line(spec: str, says: str, tmp_path
     assert not (tmp_path / "g.json").exists()
 
 
+def ledger_with_a_device(directory: Path) -> None:
+    """A replica in DIR's node.db holding one registered device (a run lists its devices)."""
+    keys, genesis = make_genesis(4)
+    store = SqliteStore(directory / "node.db")
+    try:
+        populated_ledger(Ledger(store, genesis), keys, n_devices=1, n_blocks=1)
+    finally:
+        store.close()
+
+
 def test_a_train_request_names_the_advertised_host_for_its_superlink(tmp_path: Path) -> None:
     init_node(tmp_path / "n", host="127.0.0.1", port=7605, advertise="ws://coordinator.example.org:7605")
-    SqliteStore(tmp_path / "n" / "node.db").close()
+    ledger_with_a_device(tmp_path / "n")
     params = request_params(tmp_path / "n", "humidity")
     host, _, port = params["superlink"].rpartition(":")
     assert host == "coordinator.example.org" and 1 <= int(port) <= 65535
@@ -139,7 +151,7 @@ def test_a_train_request_names_the_advertised_host_for_its_superlink(tmp_path: P
 
 def test_a_fixed_superlink_port_is_used_when_free_and_refused_when_taken(tmp_path: Path) -> None:
     init_node(tmp_path / "n", host="127.0.0.1", port=7605)
-    SqliteStore(tmp_path / "n" / "node.db").close()
+    ledger_with_a_device(tmp_path / "n")
     free = free_port("127.0.0.1")
     assert request_params(tmp_path / "n", "humidity", superlink_port=free)["superlink"] == f"127.0.0.1:{free}"
     with socket.socket() as held:
