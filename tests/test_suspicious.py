@@ -12,6 +12,7 @@ already tells apart (built in about 20 s: 35,000 signed readings through the led
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any
 
@@ -37,7 +38,7 @@ from node.ledger.transactions import (
 from node.server.datadir import DB_FILE, GENESIS_FILE, init_node
 from node.store.base import MemoryStore
 from node.store.sqlite import SqliteStore
-from node.store.suspicious import MAX_HOURS, NoModel, suspicious
+from node.store.suspicious import MAX_HOURS, THRESHOLD, NoModel, flag_windows, suspicious
 from tests.factories import CHAIN_ID, commit_next, device_key, make_genesis
 
 ROOMS = ["room_442", "room_510", "room_621", "room_644", "room_648", "room_722", "room_734", "room_748"]
@@ -172,3 +173,17 @@ def test_without_fingerprints_it_says_so() -> None:
         suspicious(Ledger(MemoryStore(), genesis).store)
     with pytest.raises(ValueError, match="hours"):
         suspicious(Ledger(MemoryStore(), genesis).store, hours=4, window_hours=6)
+
+
+def test_a_device_without_a_fingerprint_is_not_scored_rather_than_flagged_with_an_infinite_score() -> None:
+    """A listed device whose owner trained no row has no fingerprint to compare its readings with:
+    its windows cannot be judged (they were flagged as "no known device" with an infinite score,
+    which is no JSON)."""
+    main_rows = read_csv_rows(MAIN_SLICE, ROOMS)
+    trained = [r for r in main_rows if r[0] != A]
+    model = fingerprint.Fingerprints.of(fingerprint.fit(ROOMS, trained, main_rows, len(trained)), ROOMS)
+    assert not model.known[ROOMS.index(A)] and model.known.sum() == len(ROOMS) - 1
+    rel = fingerprint.relative(fingerprint.hourly_features(read_csv_rows(HOLDOUT_SLICE, ROOMS)), ROOMS)
+    flags, scored = flag_windows(model, rel, 6, THRESHOLD)
+    assert [f for f in flags if f.device == A] == [] and scored > 0
+    json.dumps([f.to_json({}) for f in flags], allow_nan=False)
