@@ -320,6 +320,31 @@ def test_the_suspicious_view_is_cached_per_head_and_recomputed_at_most_every_5_s
     view.close()
 
 
+def test_a_slow_computation_is_repeated_at_most_every_5_times_its_duration(replica: Any) -> None:
+    store = replica[1].store
+    now = [0.0]
+    head = Head(store.height() + 1)  # always ahead: every answer is due once old enough
+    inner = sqlite_reader(store)
+    assert inner is not None
+
+    def slow() -> Any:  # a computation of at least 0.2 s, as a week of 64 devices takes seconds
+        time.sleep(0.2)
+        return inner()
+
+    counted: Counter[str] = Counter()
+    view = SuspiciousView(head, slow, Limits(min_interval_s=0.1, busy_share=0.2),  # type: ignore[arg-type]
+                          clock=lambda: now[0], counters=counted)
+    explorer = ExplorerApi(replica[1], None, view)  # type: ignore[arg-type]
+    settled(explorer)
+    now[0] += 0.9  # past the 0.1 s interval, not past 5 x 0.2 s
+    suspicious(explorer)
+    assert counted["suspicious_started"] == 1
+    now[0] += 4.1  # past 5 x its duration (unless this machine took over 1 s for it)
+    suspicious(explorer)
+    assert counted["suspicious_started"] == 2
+    view.close()
+
+
 def test_a_failed_computation_is_an_answer_and_is_not_retried_per_poll(replica: Any) -> None:
     now = [0.0]
     counted: Counter[str] = Counter()

@@ -10,7 +10,9 @@ every 2 s and a GET costs the caller nothing, so:
   never on the event loop, and never for a poll: one computation at a time per node;
 * it is cached per `hours` (at most `entries` values, the least recently asked dropped first) with
   the head height its snapshot saw, and recomputed only when the head has moved and the cached
-  answer is at least `min_interval_s` old; until then, and while a new one is computed, the cached
+  answer is at least `min_interval_s` old, and at least `1 / busy_share` times as old as its
+  computation took (a computation of seconds, at the bounds, keeps the worker busy a fifth of the
+  time at most, however the page polls); until then, and while a new one is computed, the cached
   answer is served (it names its height);
 * computations started are paced by a token bucket (`burst`, then one per `refill_s`) over all
   hours values, so cycling through them buys no more work than polling one;
@@ -49,6 +51,7 @@ Reader = Callable[[], AbstractContextManager[Store]]
 @dataclass(frozen=True, slots=True)
 class Limits:
     min_interval_s: float = 5.0  # at most one computation per hours value per 5 s, and only on a new head
+    busy_share: float = 0.2  # ... and per 5 times its own duration
     burst: float = 3.0
     refill_s: float = 5.0
     entries: int = 8
@@ -61,6 +64,7 @@ class Entry:
     at: float  # when the computation started (monotonic)
     status: int
     body: bytes
+    took_s: float = 0.0  # how long it took
 
 
 def sqlite_reader(store: Store) -> Reader | None:
@@ -119,7 +123,7 @@ class SuspiciousView:
         self.budget = TokenBucket(1.0 / self.limits.refill_s, self.limits.burst, clock())
         self.counters = counters if counters is not None else Counter()
         self._cache: OrderedDict[int, Entry] = OrderedDict()
-        self._running: tuple[int, float, Future[tuple[int, bytes]]] | None = None
+        self._running: tuple[int, float, Future[tuple[int, bytes, float]]] | None = None
         self._closed = False
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()  # close() may come from another thread (the node's shutdown)
@@ -136,8 +140,9 @@ class SuspiciousView:
         entry = self._cache.get(hours)
         if entry is not None:
             self._cache.move_to_end(hours)
-        due = entry is None or (now - entry.at >= self.limits.min_interval_s
-                                and entry.height != self.store.height())
+        due = entry is None or (
+            now - entry.at >= max(self.limits.min_interval_s, entry.took_s / self.limits.busy_share)
+            and entry.height != self.store.height())
         if due and self._running is None:
             if self.budget.take(1, now):
                 self._start(hours, now)
@@ -165,9 +170,11 @@ class SuspiciousView:
     def _start(self, hours: int, now: float) -> None:
         self._count("started")
         if self.reader is None:
-            done: Future[tuple[int, bytes]] = Future()
+            done: Future[tuple[int, bytes, float]] = Future()
             try:
-                done.set_result(compute(self.store, hours))
+                started = time.perf_counter()
+                height, body = compute(self.store, hours)
+                done.set_result((height, body, time.perf_counter() - started))
             except Exception as exc:  # reported as the answer, as the worker's are
                 done.set_exception(exc)
             self._running = (hours, now, done)
@@ -178,9 +185,11 @@ class SuspiciousView:
             self._running = (hours, now, self._pool.submit(self._compute_read, self.reader, hours))
 
     @staticmethod
-    def _compute_read(reader: Reader, hours: int) -> tuple[int, bytes]:
+    def _compute_read(reader: Reader, hours: int) -> tuple[int, bytes, float]:
+        started = time.perf_counter()
         with reader() as store:
-            return compute(store, hours)
+            height, body = compute(store, hours)
+        return height, body, time.perf_counter() - started
 
     def _collect(self) -> None:
         """Move a finished computation's answer into the cache."""
@@ -189,16 +198,16 @@ class SuspiciousView:
         hours, at, future = self._running
         self._running = None
         try:
-            height, body = future.result()
+            height, body, took = future.result()
             status = 200
             self._count("computed")
         except Exception as exc:  # a damaged replica or a bug: an answer, logged, not a crash
             log.warning("suspicious view (%d h) failed: %s: %s", hours, type(exc).__name__, exc)
             self._count("failed")
             detail = f"computing the view failed: {type(exc).__name__}: {str(exc)[:300]}"
-            height, status = self.store.height(), 500
+            height, status, took = self.store.height(), 500, 0.0
             body = json.dumps({"state": "failed", "detail": detail, "error": detail, "hours": hours}).encode()
-        self._cache[hours] = Entry(height, at, status, body)
+        self._cache[hours] = Entry(height, at, status, body, took)
         self._cache.move_to_end(hours)
         while len(self._cache) > self.limits.entries:
             self._cache.popitem(last=False)

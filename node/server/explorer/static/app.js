@@ -271,7 +271,7 @@ async function viewSuspicious(q) {
         ["model hash", mono(s.model_hash)],
         ["fingerprints", `${s.fingerprints.length} of ${s.devices.length} devices of the run`],
         ["scored", `${s.readings} readings from ${fmtTime(s.from_ms)} to ${fmtTime(s.to_ms)} UTC, ${s.windows_scored} windows of ${s.window_hours} h`],
-        ["flagged when", `another device scores more than ${s.threshold} nats per hour higher, or no fingerprint is within a mean squared Mahalanobis distance of ${s.unknown_q} per hour`],
+        ["flagged when", `another device scores more than ${s.threshold} nats/h higher, or no fingerprint is within a mean squared Mahalanobis distance of ${s.unknown_q} per hour`],
         ["computed", `at height ${s.height}, in ${s.compute_ms} ms (recomputed at most every few seconds as blocks commit)`]]),
     h("h2", {}, `Flagged (${s.flagged_total})`),
     s.flagged.length ? h("div", { id: "suspicious-flags" }, table(FLAG_HEADERS, flagRows(s, s.flagged)))
@@ -281,10 +281,12 @@ async function viewSuspicious(q) {
 }
 
 function deviceFlags(s, key, name) {
+  if (s.state === "no_model") return h("p", { class: "muted", id: "device-flags" }, "not scored: no device fingerprints are committed on this ledger yet (a traceability run makes them; ", link("#/suspicious", "suspicious readings"), ")");
   if (s.state !== "ready") return suspiciousState(s)[0];
   const mine = s.flagged.filter((f) => f.device_key === key);
   const model = `fingerprints of run ${short(s.run, 12)} round ${s.round}`;
   if (!s.devices.includes(name)) return h("p", { class: "muted", id: "device-flags" }, `not scored: not a device of the run behind the ${model}`);
+  if (!s.fingerprints.includes(name)) return h("p", { class: "muted", id: "device-flags" }, `not scored: no fingerprint of it in the ${model} (its owner trained none)`);
   if (!mine.length) return h("p", { class: "muted", id: "device-flags" }, `none flagged (${model}; `, link("#/suspicious", "all devices"), ")");
   return h("div", { id: "device-flags" }, table(FLAG_HEADERS, flagRows(s, mine)), h("p", { class: "muted" }, `${model}; `, link("#/suspicious", "all devices")));
 }
