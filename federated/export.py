@@ -101,10 +101,16 @@ def fingerprints_json(weights: Sequence[np.ndarray], devices: Sequence[str]) -> 
     }
 
 
+def fingerprints_text(weights: Sequence[np.ndarray], devices: Sequence[str]) -> str:
+    """The export file's text (what `fedledger model export --task traceability` writes, and the
+    explorer's download serves)."""
+    return json.dumps(fingerprints_json(weights, devices), indent=1) + "\n"
+
+
 def export_fingerprints(weights: Sequence[np.ndarray], devices: Sequence[str], path: str | Path) -> Path:
     out = Path(path)
     if out.suffix != ".json":
         raise ValueError(f"fingerprints export to a .json path, got {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(fingerprints_json(weights, devices), indent=1) + "\n", encoding="utf-8")
+    out.write_text(fingerprints_text(weights, devices), encoding="utf-8")
     return out

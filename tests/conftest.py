@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+
+from tests.browser import launch_browser
 
 # The optional `federated` extra; the node and the ledger run without it.
 FEDERATED_EXTRA = ("tensorflow", "keras", "flwr")
@@ -22,3 +26,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("federated"):
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """A headless Chromium for the explorer's browser tests (tests/browser.py), one per module."""
+    yield from launch_browser()

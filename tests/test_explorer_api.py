@@ -1,10 +1,19 @@
 """The explorer's routes on a real SQLite replica with readings and a 2-round run: its files are
 served by name only, its JSON views are bounded and answer 400/404 for bad or unknown ids, a model
-view re-computes the aggregate, and the host counts refused readings per registered device."""
+view re-computes the aggregate, and the host counts refused readings per registered device. The
+suspicious view here has no fingerprints to score with (its flagged rows: tests/test_suspicious.py):
+its empty state, its checks, its cache, its pacing and a failed computation."""
 
 from __future__ import annotations
 
+import json
 import re
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +27,8 @@ from node.ledger.transactions import make_reading
 from node.net.gateway import HttpBody
 from node.server.api import NodeApi
 from node.server.explorer.assets import POLICY
+from node.server.explorer.routes import ExplorerApi
+from node.server.explorer.suspicious_view import Limits, SuspiciousView, sqlite_reader
 from node.store.sqlite import SqliteStore
 from tests.factories import (
     GENESIS_TIME_MS,
@@ -58,6 +69,28 @@ def get(api: NodeApi, path: str, **query: str) -> tuple[int, Any]:
     result = api.handle_http(path, query)
     assert result is not None, path
     return result
+
+
+def suspicious(api: NodeApi | ExplorerApi, hours: str = "48") -> tuple[int, dict[str, Any], HttpBody]:
+    """GET /suspicious once: status, the JSON, the body as sent."""
+    if isinstance(api, NodeApi):
+        result = get(api, "/suspicious", hours=hours)
+    else:
+        result = api.handle(["suspicious"], {"hours": hours})
+        assert result is not None
+    status, body = result
+    assert isinstance(body, HttpBody) and body.content_type == "application/json"
+    return status, json.loads(body.data), body
+
+
+def settled(api: NodeApi | ExplorerApi, hours: str = "48") -> tuple[int, dict[str, Any], HttpBody]:
+    """Ask until the worker thread has computed the view (202 meanwhile)."""
+    deadline = time.monotonic() + 60
+    while True:
+        status, view, body = suspicious(api, hours)
+        if status != 202 or time.monotonic() > deadline:
+            return status, view, body
+        time.sleep(0.02)
 
 
 def test_the_page_and_its_files_are_served_by_name_only(replica: Any) -> None:
@@ -175,3 +208,157 @@ def test_device_refusals_forget_the_least_recently_refused_device() -> None:
     r.add(b"a", "y")
     r.add(b"c", "x")
     assert r.of(b"a") == {"x": 1, "y": 1} and r.of(b"b") == {} and r.of(b"c") == {"x": 1} and len(r) == 2
+
+
+def test_a_model_page_offers_its_task_s_download(replica: Any) -> None:
+    api, _, _, run = replica
+    dl = get(api, f"/model/{run.hex()}/2")[1]["download"]
+    assert dl["format"] == "keras" and dl["url"] == f"/model/{run.hex()}/2/keras"
+    assert dl["filename"] == f"humidity-round2-run{run.hex()[:12]}.keras"
+    status, body = get(api, f"/model/{run.hex()}/2/json")  # fingerprints are traceability's
+    assert status == 404 and f"/model/{run.hex()}/2/keras" in body["error"]
+    assert api.handle_http(f"/model/{run.hex()}/2/h5", {}) is None  # the gateway's 404
+
+
+def test_the_suspicious_view_without_fingerprints_is_an_empty_state(replica: Any) -> None:
+    api = NodeApi(replica[1])  # its own view: nothing computed yet
+    gate = threading.Event()
+    api.explorer.suspicious = SuspiciousView(replica[1].store, held(replica[1].store, gate))
+    status, view, body = suspicious(api)  # the worker computes; the answer is not there yet
+    assert status == 202 and view["state"] == "computing" and ("Retry-After", "1") in body.headers
+    gate.set()
+    status, view, _ = settled(api)
+    assert status == 200 and view["state"] == "no_model"
+    assert "no training run of task 'traceability'" in view["detail"]
+    assert "--task traceability" in view["train"]
+    assert view["height"] == replica[1].store.height() and view["hours"] == 48
+    for bad in ("0", "5", "169", "-6", "x", "", "1e3", "48.0", "9" * 5000):  # 6-hour windows, a week at most
+        assert get(api, "/suspicious", hours=bad)[0] == 400, bad
+    api.explorer.close()
+
+
+def held(store: SqliteStore, gate: threading.Event) -> Any:
+    """The view's reader, which waits for `gate` on the worker thread: the test holds a computation."""
+    inner = sqlite_reader(store)
+    assert inner is not None
+
+    def reader() -> Any:
+        assert gate.wait(30)
+        return inner()
+
+    return reader
+
+
+def fresh(explorer: ExplorerApi, counted: Counter[str], n: int) -> HttpBody:
+    """Poll until the `n`th computation is in (a recomputation's first polls get the old answer)."""
+    deadline = time.monotonic() + 60
+    while counted["suspicious_computed"] < n and time.monotonic() < deadline:
+        time.sleep(0.02)
+        suspicious(explorer)
+    return suspicious(explorer)[2]
+
+
+class Head:
+    """The node's head height as the view sees it, moved by the test (the view's snapshots see
+    the replica's real height, so once moved the head stays ahead of every answer)."""
+
+    def __init__(self, height: int) -> None:
+        self.h = height
+
+    def height(self) -> int:
+        return self.h
+
+
+def test_the_suspicious_view_is_cached_per_head_and_recomputed_at_most_every_5_s(replica: Any) -> None:
+    store = replica[1].store
+    now = [1000.0]
+    head = Head(store.height())
+    gate = threading.Event()
+    gate.set()
+    counted: Counter[str] = Counter()
+    view = SuspiciousView(head, held(store, gate), Limits(min_interval_s=5, burst=3, refill_s=5, entries=2),  # type: ignore[arg-type]
+                          clock=lambda: now[0], counters=counted)
+    explorer = ExplorerApi(replica[1], None, view)  # type: ignore[arg-type]
+    first = settled(explorer)[2]
+    assert counted["suspicious_started"] == counted["suspicious_computed"] == 1
+    # Polls are served the same bytes: no computation, no serialization.
+    assert all(suspicious(explorer)[2].data is first.data for _ in range(5))
+    now[0] += 60  # nothing committed: nothing to recompute, however old the answer
+    assert suspicious(explorer)[2].data is first.data and counted["suspicious_started"] == 1
+    head.h += 1  # a block: due, recomputed in the background while the cached answer is served
+    gate.clear()
+    status, _, stale = suspicious(explorer)
+    assert status == 200 and stale.data is first.data and counted["suspicious_started"] == 2
+    gate.set()
+    second = fresh(explorer, counted, 2)
+    assert second.data is not first.data
+    now[0] += 4.5  # the head moved again, but the answer is younger than 5 s
+    assert suspicious(explorer)[2].data is second.data and counted["suspicious_started"] == 2
+    now[0] += 0.5
+    suspicious(explorer)
+    assert counted["suspicious_started"] == 3 and fresh(explorer, counted, 3).data is not second.data
+
+    head.h = store.height()  # the answers are current from here on: polls start nothing
+
+    # Other hours values: each its own computation, paced by one bucket (3, then one per 5 s);
+    # at 1065 s it holds 2 tokens.
+    assert settled(explorer, "24")[0] == 200 and settled(explorer, "168")[0] == 200
+    status, answer, body = suspicious(explorer, "72")
+    assert status == 429 and answer["state"] == "rate_limited" and ("Retry-After", "5") in body.headers
+    assert counted["suspicious_started"] == 5 and counted["suspicious_rate_limited"] == 1
+    # At most `entries` (2) answers are kept: 48 h, the least recently asked, was dropped.
+    now[0] += 5
+    gate.clear()
+    assert suspicious(explorer, "48")[0] == 202 and counted["suspicious_started"] == 6
+    # One computation at a time: another hours value waits for it, spending no token.
+    now[0] += 5
+    status, answer, _ = suspicious(explorer, "72")
+    assert status == 202 and "another view" in answer["detail"] and counted["suspicious_started"] == 6
+    gate.set()
+    assert settled(explorer, "48")[0] == 200
+    assert settled(explorer, "72")[0] == 200 and counted["suspicious_started"] == 7
+    view.close()
+
+
+def test_a_slow_computation_is_repeated_at_most_every_5_times_its_duration(replica: Any) -> None:
+    store = replica[1].store
+    now = [0.0]
+    head = Head(store.height() + 1)  # always ahead: every answer is due once old enough
+    inner = sqlite_reader(store)
+    assert inner is not None
+
+    def slow() -> Any:  # a computation of at least 0.2 s, as a week of 64 devices takes seconds
+        time.sleep(0.2)
+        return inner()
+
+    counted: Counter[str] = Counter()
+    view = SuspiciousView(head, slow, Limits(min_interval_s=0.1, busy_share=0.2),  # type: ignore[arg-type]
+                          clock=lambda: now[0], counters=counted)
+    explorer = ExplorerApi(replica[1], None, view)  # type: ignore[arg-type]
+    settled(explorer)
+    now[0] += 0.9  # past the 0.1 s interval, not past 5 x 0.2 s
+    suspicious(explorer)
+    assert counted["suspicious_started"] == 1
+    now[0] += 4.1  # past 5 x its duration (unless this machine took over 1 s for it)
+    suspicious(explorer)
+    assert counted["suspicious_started"] == 2
+    view.close()
+
+
+def test_a_failed_computation_is_an_answer_and_is_not_retried_per_poll(replica: Any) -> None:
+    now = [0.0]
+    counted: Counter[str] = Counter()
+
+    @contextmanager
+    def broken() -> Iterator[Any]:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+        yield
+
+    view = SuspiciousView(replica[1].store, broken, clock=lambda: now[0], counters=counted)
+    explorer = ExplorerApi(replica[1], None, view)  # type: ignore[arg-type]
+    status, answer, _ = settled(explorer)
+    assert status == 500 and answer["state"] == "failed" and "malformed" in answer["error"]
+    now[0] += 60
+    assert suspicious(explorer)[0] == 500
+    assert counted["suspicious_started"] == counted["suspicious_failed"] == 1
+    view.close()

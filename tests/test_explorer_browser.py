@@ -1,22 +1,21 @@
 """The explorer page (GET /) in a real headless Chromium against a real federation of 4 node
 processes: every page loads without console errors, charts carry their data points, pages refresh
-without reloading, and block -> transaction -> device -> model navigation works. A screenshot of
-each page is saved under tests/artifacts/explorer/ (gitignored), with the page weight and the time
-to first render measured in the same browser (explorer-measurements.json there).
+without reloading, block -> transaction -> device -> model navigation works, and the suspicious
+page shows its empty state (no traceability run here). A screenshot of each page is saved under
+tests/artifacts/explorer/ (gitignored), with the page weight and the time to first render
+measured in the same browser (explorer-measurements.json there).
 
 One federation serves every check (module fixture). A 1-round training run starts on it as soon as
 the empty training page has been seen, and trains while the other pages are checked; the training
 test then checks the held-out learning curve, the model page and the .keras download (written by
-the node through `fedledger model export` in a child process), whose weights must hash to the
-committed model's. Skips, saying why, only when Playwright or a Chromium cannot be had."""
+the node through `fedledger model export` in a child process), whose line must be the committed
+model's shared line. Skips, saying why, only when Playwright or a Chromium cannot be had."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from node.ledger.transactions import make_join_request, make_member_vote, make_r
 from node.net.client import LedgerClient
 from node.net.http import get_json
 from node.server.datadir import KEY_FILE
+from tests.browser import ARTIFACTS, Page
 from tests.e2e import LocalFederation
 from tests.factories import key_from
 from tests.test_layering import TRAINING_LIBRARIES, mapped_files
@@ -41,35 +41,8 @@ from tests.test_layering import TRAINING_LIBRARIES, mapped_files
 pytestmark = pytest.mark.slow
 T = TypeVar("T")
 
-ARTIFACTS = Path(__file__).parent / "artifacts" / "explorer"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 READINGS = 1600  # enough for every node to train a humidity round, and hold some readings out
 ROUNDS = 1  # round 0 (the initial model) and round 1: two points on every learning curve
-
-
-def chromium_path() -> str | None:
-    for candidate in (os.environ.get("FEDLEDGER_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser")):
-        if candidate and Path(candidate).exists():
-            return candidate
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed "
-                                   "(pip install -e '.[dev]')")
-    exe = chromium_path()
-    if exe is None:
-        pytest.skip("no Chromium: install Debian's (apt-get install -y chromium) or set FEDLEDGER_CHROMIUM")
-    with sync_api.sync_playwright() as pw:
-        try:
-            b = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
-        except Exception as exc:  # a browser that cannot start is no browser
-            pytest.skip(f"Chromium at {exe} does not start: {str(exc)[:300]}")
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
@@ -116,45 +89,6 @@ def submit(url: str, txs: list[dict[str, Any]]) -> list[Any]:
             return [await client.submit(t) for t in txs]
 
     return off_loop(lambda: asyncio.run(go()))
-
-
-class Page:
-    """A browser tab on node1's explorer that records console errors and uncaught exceptions."""
-
-    def __init__(self, browser: Any, base: str) -> None:
-        self.base = base
-        self.errors: list[str] = []
-        self.page = browser.new_page(viewport={"width": 1200, "height": 900})
-        self.page.on("console", lambda m: m.type == "error" and self.errors.append(f"console: {m.text}"))
-        self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
-        self.page.on("requestfailed", lambda r: self.errors.append(f"request failed: {r.url}"))
-
-    def open(self, route: str) -> Any:
-        if self.page.url.startswith(self.base):
-            self.page.evaluate("r => { location.hash = r }", route)
-        else:
-            self.page.goto(self.base + "/" + route)
-        return self.loaded(route)
-
-    def click(self, locator: Any) -> Any:
-        """Follow a link as a user would, and wait for its page."""
-        href = locator.get_attribute("href")
-        locator.click()
-        return self.loaded(href)
-
-    def loaded(self, route: str) -> Any:
-        """Wait until `route`'s view has been rendered from the API."""
-        self.page.wait_for_function(
-            "r => { const m = document.getElementById('main'); return m && m.dataset.route === r }",
-            arg=route, timeout=20_000)
-        return self.page
-
-    def shot(self, name: str) -> None:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-    def points(self, chart_id: str) -> int:
-        return self.page.locator(f"#{chart_id} circle.pt").count()
 
 
 def base_url(fed: LocalFederation) -> str:
@@ -247,6 +181,14 @@ def test_pages_load_with_live_charts_and_no_console_errors(browser: Any, fed: Lo
     assert votes.count() == 1 and voter.short_id in votes.inner_text()
     assert [c.inner_text() for c in votes.locator("td.num").all()] == ["1", "3"]  # counted, needed
     tab.shot("members")
+
+    # No traceability run here: the suspicious page says there are no fingerprints to score with
+    # (its flagged rows, on a ledger with a stolen key: tests/test_suspicious.py).
+    page = tab.open("#/suspicious")
+    page.wait_for_selector("#suspicious-state[data-state='no_model']", timeout=20_000)
+    assert "No device fingerprints are committed" in page.locator("#suspicious-state").inner_text()
+    assert page.locator("nav a.active").inner_text() == "Suspicious"
+    tab.shot("suspicious-empty")
     assert tab.errors == []
 
 
@@ -276,24 +218,36 @@ def measure(browser: Any, base: str) -> dict[str, Any]:
     return m
 
 
-def keras_weights_hash(path: Path) -> str:
-    """The ledger's hash of the model weights inside a .keras file, read from its weights archive
-    with h5py (importing Keras here would cost the test 5-15 s): the task's model is the nested
-    Sequential between the standardisation and the rescaling layers, its layers' variables in
-    order (dense, dense_1, ... then each layer's vars 0, 1)."""
+def keras_line(path: Path) -> tuple[Any, Any]:
+    """The (kernel (5, 1), bias (1,)) of the Dense layer inside a .keras file, read from its weights
+    archive with h5py (importing Keras here would cost the test 5-15 s): the export is
+    standardisation, the line, rescaling (federated/export.py), and only the line has variables."""
     import h5py
 
-    from federated.weights import canonical_array, weights_hash
-
-    def order(name: str) -> tuple[str, int]:
-        base, _, n = name.rpartition("_")
-        return (base, int(n)) if base and n.isdigit() else (name, 0)
-
+    found = []
     with zipfile.ZipFile(path) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as f:
-        layers = f["layers/sequential/layers"]
-        weights = [canonical_array(layers[name]["vars"][v][()])
-                   for name in sorted(layers, key=order) for v in sorted(layers[name]["vars"], key=int)]
-    return weights_hash(weights).hex()
+        for name in f["layers"]:
+            held = f["layers"][name].get("vars")
+            if held is not None and len(held):
+                found.append((held["0"][()], held["1"][()]))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def committed_line(node_dir: Path, run: str, round_: int) -> tuple[Any, Any]:
+    """The shared line of the committed humidity model, re-computed from its updates on this
+    replica and checked against the committed hash (node.store.models.model_weights)."""
+    from node.server.datadir import DB_FILE
+    from node.store.models import find_model, model_weights
+    from node.store.sqlite import SqliteStore
+
+    store = SqliteStore(node_dir / DB_FILE, read_only=True)
+    try:
+        with store.snapshot():
+            weights = model_weights(store, find_model(store, "humidity", round_, run))
+    finally:
+        store.close()
+    return weights[0], weights[1]
 
 
 @pytest.mark.federated
@@ -317,7 +271,7 @@ def test_training_pages_and_block_to_model_navigation(browser: Any, fed: LocalFe
     page = tab.open(f"#/model/{run}/{ROUNDS}")
     started = time.monotonic()
     with page.expect_download(timeout=300_000) as info:
-        page.locator("#download-keras").click()
+        page.locator("#download-model").click()
     export_s = time.monotonic() - started
     download = info.value
     assert download.suggested_filename == f"humidity-round{ROUNDS}-run{run[:12]}.keras"
@@ -326,11 +280,15 @@ def test_training_pages_and_block_to_model_navigation(browser: Any, fed: LocalFe
     download.save_as(saved)
     with zipfile.ZipFile(saved) as archive:
         assert {"config.json", "model.weights.h5", "metadata.json"} <= set(archive.namelist())
-    assert keras_weights_hash(saved) == lineage["model_hash"]  # the committed model's weights
+    # The file is the committed model's shared line (the model's personal rows are not in it).
+    kernel, bias = keras_line(saved)
+    want_kernel, want_bias = committed_line(fed.procs[0].dir, run, ROUNDS)
+    assert kernel.tolist() == want_kernel.astype("float32").reshape(-1, 1).tolist()
+    assert bias.tolist() == want_bias.astype("float32").reshape(1).tolist()
     page.wait_for_function("() => document.getElementById('download-state').textContent.startsWith('saved')")
     started = time.monotonic()
     with page.expect_download(timeout=60_000) as again:
-        page.locator("#download-keras").click()
+        page.locator("#download-model").click()
     cached_s = time.monotonic() - started
     assert again.value.suggested_filename == download.suggested_filename
     counters = get_json(base, "/status")["counters"]

@@ -8,10 +8,14 @@ as looking like room_722, and none of room_621's genuine windows is. The detecti
 false-positive rates over every pair of rooms on the full data are measured by
 scripts/reproduce_paper.py (`suspicious`); the pair here is one whose fingerprints a 48-hour slice
 already tells apart (built in about 20 s: 35,000 signed readings through the ledger's checks).
+The same ledger serves the explorer: its /suspicious view and the fingerprints' JSON download
+through the API, and (slow) the page itself in a headless Chromium, from a node process started
+on the replica.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any
 
@@ -23,6 +27,7 @@ from federated.data import HOLDOUT_SLICE, MAIN_SLICE, read_csv_rows
 from federated.personal import personal_arrays
 from federated.weights import encode_weights, weights_hash
 from node.cli.main import main
+from node.launch.processes import NodeProcess, wait_until
 from node.ledger.chain import Ledger
 from node.ledger.holdout import Split, split_of
 from node.ledger.provenance import datasets
@@ -34,11 +39,17 @@ from node.ledger.transactions import (
     make_train_request,
     tx_id,
 )
+from node.net.http import get_json
+from node.net.ports import free_port
+from node.server.api import NodeApi
 from node.server.datadir import DB_FILE, GENESIS_FILE, init_node
+from node.server.explorer.suspicious_view import LISTED
 from node.store.base import MemoryStore
 from node.store.sqlite import SqliteStore
-from node.store.suspicious import MAX_HOURS, NoModel, suspicious
+from node.store.suspicious import MAX_HOURS, THRESHOLD, NoModel, flag_windows, suspicious
+from tests.browser import Page
 from tests.factories import CHAIN_ID, commit_next, device_key, make_genesis
+from tests.test_explorer_api import FakeNode, get, settled
 
 ROOMS = ["room_442", "room_510", "room_621", "room_644", "room_648", "room_722", "room_734", "room_748"]
 A, B = "room_621", "room_722"  # A's key, B's readings
@@ -56,6 +67,8 @@ class Federation:
         self.devices = {name: device_key(i) for i, name in enumerate(ROOMS)}
         self.owner = {name: self.keys[i % 4] for i, name in enumerate(ROOMS)}
         self.seq: dict[str, int] = defaultdict(int)
+        self.dir: Any = None  # the node directory, when the store is one's node.db
+        self.run = b""  # the traceability run, once trained
         commit_next(self.ledger, self.keys, [make_register_device(self.owner[n], CHAIN_ID, d.public, n)
                                              for n, d in self.devices.items()], time_ms=first - 30_000)
         self.commit_readings(self.main)
@@ -120,8 +133,8 @@ def stolen(tmp_path_factory: pytest.TempPathFactory) -> tuple[Federation, tuple[
     init_node(d, name="node1", port=1)
     fed = Federation(SqliteStore(d / DB_FILE))
     fed.ledger.genesis.save(d / GENESIS_FILE)
-    fed.dir = d  # type: ignore[attr-defined]
-    fed.train_fingerprints()
+    fed.dir = d
+    fed.run = fed.train_fingerprints()
     start = min(r[2] for r in fed.day) // HOUR + 8
     lo, hi = start * HOUR, (start + 8) * HOUR
     b_rows = {r[2]: r for r in fed.day if r[0] == B and lo <= r[2] < hi}
@@ -155,7 +168,7 @@ def test_the_cli_lists_them(stolen: tuple[Federation, tuple[int, int]],
     import json
 
     fed, _ = stolen
-    d = str(fed.dir)  # type: ignore[attr-defined]
+    d = str(fed.dir)
     assert main(["ledger", "suspicious", d, "--hours", "24", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert any(f["device"] == A and f["looks_like"] == B for f in got["flagged"])
@@ -172,3 +185,101 @@ def test_without_fingerprints_it_says_so() -> None:
         suspicious(Ledger(MemoryStore(), genesis).store)
     with pytest.raises(ValueError, match="hours"):
         suspicious(Ledger(MemoryStore(), genesis).store, hours=4, window_hours=6)
+
+
+def test_the_explorer_lists_them_with_links_to_both_devices(
+    stolen: tuple[Federation, tuple[int, int]],
+) -> None:
+    fed, _ = stolen
+    api = NodeApi(FakeNode(fed.ledger.store))  # type: ignore[arg-type]
+    status, view, _ = settled(api, "24")
+    assert status == 200 and view["state"] == "ready", view
+    assert view["run"] == fed.run.hex() and view["round"] == 1 and view["height"] == fed.ledger.height
+    assert view["flagged"] == suspicious(fed.ledger.store, hours=24, limit=LISTED)["flagged"]
+    assert view["compute_ms"] > 0 and view["threshold"] == 1.0 and view["window_hours"] == 6
+    a, b = fed.devices[A].public.hex(), fed.devices[B].public.hex()
+    on_a = [f for f in view["flagged"] if f["device"] == A]
+    assert on_a and all(f["device_key"] == a for f in on_a)
+    assert any(f["looks_like"] == B and f["looks_like_key"] == b for f in on_a)
+    api.explorer.close()
+
+
+def test_a_traceability_model_downloads_its_fingerprints_as_json(
+    stolen: tuple[Federation, tuple[int, int]], tmp_path: Any,
+) -> None:
+    fed, _ = stolen
+    api = NodeApi(FakeNode(fed.ledger.store))  # type: ignore[arg-type]
+    run = fed.run.hex()
+    name = f"traceability-round1-run{run[:12]}.json"
+    dl = get(api, f"/model/{run}/1")[1]["download"]
+    assert (dl["state"], dl["format"], dl["filename"]) == ("none", "json", name)
+    assert dl["url"] == f"/model/{run}/1/json"
+    status, body = get(api, f"/model/{run}/1/json")
+    assert status == 200 and body.content_type == "application/json"
+    assert ("Content-Disposition", f'attachment; filename="{name}"') in body.headers
+    # The file `fedledger model export` writes, byte for byte.
+    out = tmp_path / "fingerprints.json"
+    assert main(["model", "export", str(fed.dir), "--task", "traceability", "--out", str(out)]) == 0
+    assert body.data == out.read_bytes() and json.loads(body.data)["devices"] == ROOMS
+    dl = get(api, f"/model/{run}/1")[1]["download"]
+    assert dl["state"] == "ready" and dl["size"] == len(body.data)
+    status, answer = get(api, f"/model/{run}/1/keras")  # no Keras file: fingerprints are not a network
+    assert status == 404 and f"/model/{run}/1/json" in answer["error"]
+
+
+def test_a_device_without_a_fingerprint_is_not_scored_rather_than_flagged_with_an_infinite_score() -> None:
+    """A listed device whose owner trained no row has no fingerprint to compare its readings with:
+    its windows cannot be judged (they were flagged as "no known device" with an infinite score,
+    which is no JSON)."""
+    main_rows = read_csv_rows(MAIN_SLICE, ROOMS)
+    trained = [r for r in main_rows if r[0] != A]
+    model = fingerprint.Fingerprints.of(fingerprint.fit(ROOMS, trained, main_rows, len(trained)), ROOMS)
+    assert not model.known[ROOMS.index(A)] and model.known.sum() == len(ROOMS) - 1
+    rel = fingerprint.relative(fingerprint.hourly_features(read_csv_rows(HOLDOUT_SLICE, ROOMS)), ROOMS)
+    flags, scored = flag_windows(model, rel, 6, THRESHOLD)
+    assert [f for f in flags if f.device == A] == [] and scored > 0
+    json.dumps([f.to_json({}) for f in flags], allow_nan=False)
+
+
+@pytest.mark.slow
+def test_the_explorer_page_shows_them(stolen: tuple[Federation, tuple[int, int]], browser: Any) -> None:
+    """The suspicious page, a flagged device's page and the model's JSON download in a browser,
+    served by a node process on this replica (an observer: no peers, nothing to commit)."""
+    fed, _ = stolen
+    port = free_port()
+    proc = NodeProcess(fed.dir)
+    proc.start(extra_args=["--port", str(port)])
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert wait_until(lambda: probe(base), 30), proc.log_tail()
+        tab = Page(browser, base)
+        page = tab.open("#/suspicious?hours=24")  # computing at first; the page asks again every 2 s
+        page.wait_for_selector("#suspicious-flags tbody tr", timeout=20_000)
+        a, b = fed.devices[A].public.hex(), fed.devices[B].public.hex()
+        rows = page.locator("#suspicious-flags tbody tr", has=page.locator(f"a[href='#/device/{a}']"))
+        assert rows.count() >= 1 and any(B in t for t in rows.all_inner_texts())
+        assert rows.locator(f"a[href='#/device/{b}']").count() >= 1  # the device it looks like
+        run = fed.run.hex()
+        assert page.locator(f"#suspicious-model a[href='#/model/{run}/1']").count() == 1
+        tab.shot("suspicious")
+        tab.click(rows.first.locator(f"a[href='#/device/{a}']"))  # its device page lists its windows too
+        page.wait_for_selector("#device-flags tbody tr", timeout=20_000)
+        assert B in page.locator("#device-flags").inner_text()
+        tab.shot("device-suspicious")
+        page = tab.open(f"#/model/{run}/1")
+        assert page.locator("#download-model").get_attribute("data-format") == "json"
+        with page.expect_download(timeout=30_000) as info:
+            page.locator("#download-model").click()
+        assert info.value.suggested_filename == f"traceability-round1-run{run[:12]}.json"
+        assert "--out traceability-round1.json" in page.locator("#export-cmd").inner_text()
+        tab.shot("model-traceability")
+        assert tab.errors == []
+    finally:
+        proc.stop()
+
+
+def probe(base: str) -> bool:
+    try:
+        return bool(get_json(base, "/status"))
+    except Exception:  # not up yet
+        return False

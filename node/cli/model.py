@@ -379,7 +379,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("model", help="committed models: list them, show a lineage, export as .keras")
+    p = sub.add_parser("model", help="committed models: list them, show a lineage, export (.keras or JSON)")
     msub = p.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
     msub.required = True
 

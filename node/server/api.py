@@ -14,13 +14,14 @@ GET /metrics                      Prometheus metrics, text format (docs/metrics.
 GET /finality?last=K              the latest K finality latencies (ms from submission to this node
                                   until its commit), for txs submitted to this node
 GET /                             the explorer page (node/server/explorer/), and the views it reads:
-                                  /activity, /device/KEY, /runs, /run/RUN, /model/RUN/ROUND, and a
-                                  model's .keras file, /model/RUN/ROUND/keras
+                                  /activity, /device/KEY, /runs, /run/RUN, /model/RUN/ROUND, a
+                                  model's file (/model/RUN/ROUND/keras or /json) and /suspicious
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any, Protocol
 
 from node.host.core import TxResult
@@ -35,6 +36,7 @@ from node.net import wire
 from node.net.gateway import HttpBody
 from node.server.explorer.exports import KerasExports
 from node.server.explorer.routes import ExplorerApi
+from node.server.explorer.suspicious_view import SuspiciousView
 
 MAX_BLOCKS_PER_REQUEST = 200
 MAX_HEIGHT = 2**63 - 1  # SQLite's INTEGER: a larger height is no height, not a server error
@@ -128,9 +130,12 @@ def membership_status(store: Store, limit: int | None = None) -> dict[str, Any]:
 
 
 class NodeApi:
-    def __init__(self, node: NodeView, exports: KerasExports | None = None) -> None:
+    def __init__(self, node: NodeView, exports: KerasExports | None = None,
+                 counters: Counter[str] | None = None) -> None:
         self.node = node
-        self.explorer = ExplorerApi(node, exports)
+        # counters: the node's own (GET /status, fedledger_node_events_total), for the explorer's
+        # suspicious_* events.
+        self.explorer = ExplorerApi(node, exports, SuspiciousView(node.store, counters=counters))
 
     def handle_http(self, path: str, query: dict[str, str]) -> tuple[int, Any] | None:
         store = self.node.store

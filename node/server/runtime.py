@@ -144,7 +144,7 @@ class Node:
         # The explorer's .keras downloads: written by `fedledger model export` in a child process
         # (this process never loads Keras), one at a time, cached under DIR/exports/.
         self.exports = KerasExports(self.dir / EXPORTS_DIR, export_command(self.dir), counters=self.counters)
-        self.api = NodeApi(self, self.exports)
+        self.api = NodeApi(self, self.exports, counters=self.counters)
         self.prometheus = NodeMetrics(self)
         self.net = PeerNetwork(
             self.key,
@@ -563,6 +563,7 @@ class Node:
                 task.cancel()
             await self.net.stop()
             await self.exports.close()
+            await asyncio.to_thread(self.api.explorer.close)  # the suspicious view's worker
             await asyncio.to_thread(self.training.close)
             height = self.store.height()
             self.store.close()

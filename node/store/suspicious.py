@@ -54,6 +54,7 @@ class Flag:
 
     def to_json(self, keys: dict[str, bytes]) -> dict[str, Any]:
         key = keys.get(self.device)
+        best = keys.get(self.best) if self.best is not None else None
         return {
             "device": self.device,
             "device_key": key.hex() if key else None,
@@ -64,6 +65,7 @@ class Flag:
             "windows": self.windows,
             "kind": self.kind,
             "looks_like": self.best,
+            "looks_like_key": best.hex() if best else None,
             "score": round(self.score, 4),
         }
 
@@ -92,8 +94,12 @@ def window_scores(model: fingerprint.Fingerprints, w: fingerprint.Window,
 def flag_windows(model: fingerprint.Fingerprints, rel: dict[Any, dict[int, np.ndarray]],
                  window_hours: int, threshold: float) -> tuple[list[Flag], int]:
     """The flagged spans (overlapping flagged windows of a device merged), and how many windows
-    were scored."""
-    ws = fingerprint.windows(model, rel, window_hours, 1)
+    were scored (those of devices with a fingerprint)."""
+    # A device without a fingerprint (its owner trained no row for it) has nothing its readings
+    # could be compared with: its windows are not judged at all (the answer's `fingerprints` says
+    # which devices were), never flagged as looking like no device with an infinite score.
+    index = {d: i for i, d in enumerate(model.devices)}
+    ws = [w for w in fingerprint.windows(model, rel, window_hours, 1) if model.known[index[w.device]]]
     raw: dict[Any, list[tuple[int, float, str | None, str]]] = {}
     for w in ws:
         ratio, best, q = window_scores(model, w, rel[w.device], window_hours)

@@ -10,11 +10,16 @@ GET /runs?last=N              the latest N training runs (<= 200)
 GET /run/RUN?last=N           one run (RUN: its id in hex) and its latest N committed rounds (<= 500)
                               with their metrics
 GET /model/RUN/ROUND          a committed model's lineage, whether this node re-computed it, and
-                              where its .keras download stands
-GET /model/RUN/ROUND/keras    the model as a .keras file (exports.py: written by `fedledger model
-                              export` in a child process, bounded and cached); 202 while it is
-                              being written, 503 when this node is busy or has no Keras, 429 when
-                              it has exported too much lately
+                              where its download stands
+GET /model/RUN/ROUND/keras    a humidity model as a .keras file (exports.py: written by `fedledger
+                              model export` in a child process, bounded and cached); 202 while it
+                              is being written, 503 when this node is busy or has no Keras, 429
+                              when it has exported too much lately
+GET /model/RUN/ROUND/json     a traceability model's fingerprints as JSON, the file `fedledger model
+                              export --task traceability` writes (numpy, written here, cached)
+GET /suspicious?hours=H       the stolen-key view: the windows of the latest H hours (6..168) whose
+                              readings look like another device under the latest committed
+                              fingerprints (suspicious_view.py: computed off the event loop, cached)
 """
 
 from __future__ import annotations
@@ -24,13 +29,26 @@ from collections import OrderedDict
 from typing import Any, Protocol
 
 from federated.evaluation import HEADLINE
+from federated.export import fingerprints_text
+from federated.personal import run_devices
 from node.ledger.keys import short_id
 from node.ledger.storage import Store
 from node.ledger.transactions import TrainRequest, parse_tx
 from node.net.gateway import HttpBody
 from node.server.explorer.assets import asset
 from node.server.explorer.exports import Answer, ExportJob, KerasExports, State
-from node.store.models import ModelInfo, RunInfo, handovers, latest_runs, lineage, model_weights, models
+from node.server.explorer.suspicious_view import SuspiciousView
+from node.store import suspicious as susp
+from node.store.models import (
+    ModelInfo,
+    RunInfo,
+    find_run,
+    handovers,
+    latest_runs,
+    lineage,
+    model_weights,
+    models,
+)
 
 MAX_ACTIVITY_BLOCKS = 500
 MAX_DEVICE_READINGS = 500
@@ -44,6 +62,10 @@ MAX_ROUND = 10_000  # TrainRequest's bound on rounds
 # What each task's held-out score is compared with, in words (the keys: federated/evaluation.py).
 BASELINE_NAMES = {"humidity": "device-mean baseline", "traceability": "chance"}
 KERAS_TYPE = "application/zip"  # a .keras file is a zip archive (config.json, model.weights.h5, ...)
+# What each task's committed model downloads as (federated/export.py): humidity a Keras file written
+# in a child process (exports.py), traceability its fingerprints as JSON, written here (numpy).
+DOWNLOAD_FORMAT = {"humidity": "keras", "traceability": "json"}
+FINGERPRINTS_CACHE = 8  # JSON files of up to ~200 KB (64 devices), one per model hash
 
 
 class ExplorerNode(Protocol):
@@ -70,11 +92,14 @@ def hex_key(text: str, what: str) -> bytes:
 
 
 class ExplorerApi:
-    def __init__(self, node: ExplorerNode, exports: KerasExports | None = None) -> None:
+    def __init__(self, node: ExplorerNode, exports: KerasExports | None = None,
+                 suspicious: SuspiciousView | None = None) -> None:
         self.node = node
         self.exports = exports  # None: this node serves no .keras downloads
+        self.suspicious = suspicious if suspicious is not None else SuspiciousView(node.store)
         self._verified: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
         self._runs: OrderedDict[bytes, tuple[tuple[int, int], list[ModelInfo]]] = OrderedDict()
+        self._fingerprints: OrderedDict[bytes, bytes] = OrderedDict()
 
     def page(self, parts: list[str]) -> tuple[int, Any] | None:
         """GET / (the page) and GET /explorer/NAME (its files)."""
@@ -105,7 +130,7 @@ class ExplorerApi:
             run = hex_key(parts[1], "run id")
             view = run_view(store, run, self._models(store, run), last_param(query, MAX_ROUNDS, MAX_ROUNDS))
             return (404, {"error": "no training run with that id"}) if view is None else (200, view)
-        if len(parts) in (3, 4) and parts[0] == "model" and parts[3:] in ([], ["keras"]):
+        if len(parts) in (3, 4) and parts[0] == "model" and parts[3:] in ([], ["keras"], ["json"]):
             run = hex_key(parts[1], "run id")
             round_ = int(parts[2])
             if not 0 <= round_ <= MAX_ROUND:
@@ -113,12 +138,25 @@ class ExplorerApi:
             model = next((m for m in self._models(store, run) if m.round == round_), None)
             if model is None:
                 return 404, {"error": f"no committed model for round {round_} of that run"}
-            job = ExportJob(model.run, model.round, model.task, model.weights_hash)
+            fmt = DOWNLOAD_FORMAT.get(model.task, "keras")
             if len(parts) == 4:
-                return self._download(job)
-            return 200, {**lineage(store, model), **scored_by(model.task),
-                         "recomputed": self._recomputed(store, model), "download": self._download_state(job)}
+                if parts[3] != fmt:
+                    return 404, {"error": f"a {model.task} model downloads as {fmt}: {download_url(model)}"}
+                if fmt == "json":
+                    return self._fingerprints_download(store, model)
+                return self._download(ExportJob(model.run, model.round, model.task, model.weights_hash))
+            recomputed = self._recomputed(store, model)
+            return 200, {**lineage(store, model), **scored_by(model.task), "recomputed": recomputed,
+                         "download": self._download_state(model, recomputed)}
+        if parts == ["suspicious"]:
+            hours = int(query.get("hours", str(susp.DEFAULT_HOURS)))
+            if not susp.DEFAULT_WINDOW_HOURS <= hours <= susp.MAX_HOURS:
+                raise ValueError(f"hours must be between {susp.DEFAULT_WINDOW_HOURS} and {susp.MAX_HOURS}")
+            return self.suspicious.request(hours)
         return None
+
+    def close(self) -> None:
+        self.suspicious.close()
 
     def _models(self, store: Store, run: bytes) -> list[ModelInfo]:
         """The run's committed models with their held-out scores, as `fedledger model list` shows
@@ -137,12 +175,41 @@ class ExplorerApi:
             self._runs.popitem(last=False)
         return found
 
-    def _download_state(self, job: ExportJob) -> dict[str, Any]:
-        url = f"/model/{job.run.hex()}/{job.round}/keras"
+    def _download_state(self, model: ModelInfo, recomputed: dict[str, Any]) -> dict[str, Any]:
+        fmt = DOWNLOAD_FORMAT.get(model.task, "keras")
+        where = {"format": fmt, "url": download_url(model), "filename": download_name(model)}
+        if fmt == "json":
+            if not recomputed["ok"]:
+                return {"state": State.FAILED.value, "detail": recomputed["detail"], **where}
+            cached = self._fingerprints.get(model.weights_hash)
+            if cached is not None:
+                return {"state": State.READY.value, "detail": "ready", "size": len(cached), **where}
+            return {"state": State.NONE.value, "detail": "written by this node on request from the "
+                    "re-computed fingerprints (numpy, no Keras)", **where}
         if self.exports is None:
-            return {"state": State.UNAVAILABLE.value, "detail": "this node serves no downloads", "url": url,
-                    "filename": job.filename}
-        return {**self.exports.lookup(job).to_json(), "url": url, "filename": job.filename}
+            return {"state": State.UNAVAILABLE.value, "detail": "this node serves no downloads", **where}
+        job = ExportJob(model.run, model.round, model.task, model.weights_hash)
+        return {**self.exports.lookup(job).to_json(), **where}
+
+    def _fingerprints_download(self, store: Store, model: ModelInfo) -> tuple[int, Any]:
+        """The fingerprints' JSON export, written here: re-computing the weights from the named
+        updates (checked against the committed hash) and writing the JSON is numpy and a few
+        milliseconds; the file is kept per model hash."""
+        data = self._fingerprints.get(model.weights_hash)
+        if data is None:
+            try:
+                weights = model_weights(store, model)
+            except ValueError as exc:
+                return 500, {"state": State.FAILED.value, "detail": str(exc), "error": str(exc)}
+            devices = run_devices(model.task, find_run(store, run=model.run.hex()).request.params)
+            data = fingerprints_text(weights, devices).encode()
+            self._fingerprints[model.weights_hash] = data
+            while len(self._fingerprints) > FINGERPRINTS_CACHE:
+                self._fingerprints.popitem(last=False)
+        else:
+            self._fingerprints.move_to_end(model.weights_hash)
+        return 200, HttpBody("application/json", data, cache_control="private, max-age=86400", headers=(
+            ("Content-Disposition", f'attachment; filename="{download_name(model)}"'),))
 
     def _download(self, job: ExportJob) -> tuple[int, Any]:
         if self.exports is None:
@@ -204,6 +271,16 @@ def device_view(store: Store, key: bytes, last: int) -> dict[str, Any] | None:
         "owner_updates": [{"tx": m.tx_id.hex(), "height": m.height, "run": m.run.hex(), "round": m.round}
                           for m in reversed(updates)],
     }
+
+
+def download_url(model: ModelInfo) -> str:
+    return f"/model/{model.run.hex()}/{model.round}/{DOWNLOAD_FORMAT.get(model.task, 'keras')}"
+
+
+def download_name(model: ModelInfo) -> str:
+    """What the browser saves a model's download as (a .keras file's name is ExportJob.filename)."""
+    ext = DOWNLOAD_FORMAT.get(model.task, "keras")
+    return f"{model.task}-round{model.round}-run{model.run.hex()[:12]}.{ext}"
 
 
 def json_body(answer: Answer) -> tuple[int, HttpBody]:

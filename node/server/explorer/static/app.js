@@ -187,7 +187,7 @@ async function viewDevices() {
 }
 
 async function viewDevice(key) {
-  const d = await api(`/device/${key}?last=300`);
+  const [d, susp] = await Promise.all([api(`/device/${key}?last=300`), suspiciousView(SUSPICIOUS_HOURS)]);
   const temp = d.readings.map((r) => [r.timestamp_ms, r.temperature_c]);
   const hum = d.readings.map((r) => [r.timestamp_ms, r.humidity_pct]);
   const refused = Object.entries(d.refused);
@@ -201,11 +201,94 @@ async function viewDevice(key) {
       lineChart([{ name: "humidity %RH", color: "#2563eb", points: hum }], { id: "chart-humidity", time: true, xPad: 30000, yLabel: "%RH", xLabel: "reading time (UTC)" })),
     table(["seq#", "time (UTC)", "°C#", "%RH#", "block#", "tx"], d.readings.slice(-10).reverse().map((r) => [
       r.seq, fmtTime(r.timestamp_ms), r.temperature_c.toFixed(2), r.humidity_pct.toFixed(1), blockLink(r.height), txLink(r.tx, 12)]), "no readings yet"),
+    h("h2", {}, `Suspicious windows (latest ${SUSPICIOUS_HOURS} h)`),
+    deviceFlags(susp, key, d.name),
     h("h2", {}, "Readings refused by this node"),
     table(["reason", "count#"], refused.sort((a, b) => b[1] - a[1]), "none refused by this node (refusals are not on the ledger: each node counts its own)"),
     h("h2", {}, "Models its owner contributed to"),
     table(["run", "round#", "update", "block#"], d.owner_updates.map((u) => [runLink(u.run), modelLink(u.run, u.round), txLink(u.tx, 12), blockLink(u.height)]), "no model updates by the owner in the latest runs"),
   ];
+}
+
+// --- suspicious readings --------------------------------------------------------------------------
+// The node scores the latest readings against the committed fingerprints in a background thread
+// and caches the answer (202 while the first one is computed, 429 when asked for too many views):
+// the page shows what it has and asks again at the next refresh.
+const SUSPICIOUS_HOURS = 48;
+async function suspiciousView(hours) {
+  try {
+    const r = await fetch(`/suspicious?hours=${hours}`, { cache: "no-store" });
+    const body = await r.json();
+    // 202 (computing), 429 (too many views lately) and 503 (stopping) say what to wait for.
+    if (r.ok || r.status === 429 || r.status === 503) return body;
+    return { state: "failed", detail: body.error || `HTTP ${r.status}` };
+  } catch (e) {
+    return { state: "failed", detail: String(e.message || e) };
+  }
+}
+
+const FLAG_HEADERS = ["device", "from (UTC)", "to (UTC)", "hours#", "windows#", "looks like", "score#", "flagged above#"];
+function flagRows(s, flags) {
+  return flags.map((f) => {
+    const unknown = f.kind === "unknown_device";
+    return [
+      f.device_key ? deviceLink(f.device_key, f.device) : f.device, fmtTime(f.start_ms), fmtTime(f.end_ms), f.hours, f.windows,
+      unknown ? h("span", { class: "bad" }, "no known device") : f.looks_like_key ? deviceLink(f.looks_like_key, f.looks_like) : f.looks_like,
+      unknown ? `${fmtMetric(f.score)} (distance)` : `${fmtMetric(f.score)} nats/h`,
+      unknown ? `${s.unknown_q} (distance)` : `${s.threshold} nats/h`,
+    ];
+  });
+}
+
+function suspiciousState(s) {
+  if (s.state === "no_model") {
+    return [h("p", { class: "muted", id: "suspicious-state", "data-state": s.state },
+      "No device fingerprints are committed on this ledger yet, so there is nothing to score readings with. Train them (a traceability run) from a node's directory:"),
+      h("code", { class: "cmd" }, s.train || "fedledger train DIR --task traceability --rounds 1")];
+  }
+  const cls = s.state === "failed" ? "error" : "muted";
+  const text = s.state === "failed" ? s.detail : `${s.state.replace("_", " ")}: ${s.detail}`;
+  return [h("p", { class: cls, id: "suspicious-state", "data-state": s.state }, text)];
+}
+
+async function viewSuspicious(q) {
+  const asked = Number(q.get("hours")) || SUSPICIOUS_HOURS; // the node checks the range (400)
+  const s = await suspiciousView(asked);
+  const choices = [...new Set([24, SUSPICIOUS_HOURS, 168, asked])].sort((a, b) => a - b);
+  const kids = [
+    h("h1", {}, "Suspicious readings"),
+    h("p", {}, "A reading's signature proves which key signed it, not that the key is still on the device it was registered for. ",
+      "Each device's latest readings are scored, window by window, against the fingerprints of every device of the latest traceability run (each device's hourly patterns, committed on the ledger): ",
+      "a window is flagged when another device explains its hours better than the device whose key signed them, by more than the threshold in nats (log-likelihood ratio) per hour, ",
+      "or when no fingerprint fits it at all (no known device: a sensor from outside the federation, or made-up values). A flag is a reason to look at the device, not a proof."),
+    h("div", { class: "pager", id: "suspicious-hours" }, "readings of the latest",
+      choices.map((x) => (x === asked ? h("strong", {}, `${x} h`) : link(`#/suspicious?hours=${x}`, `${x} h`)))),
+  ];
+  if (s.state !== "ready") return kids.concat(suspiciousState(s));
+  const more = s.flagged_total - s.flagged.length;
+  return kids.concat([
+    kv([["model", h("span", { id: "suspicious-model" }, modelLink(s.run, s.round, `run ${short(s.run, 12)} round ${s.round}`), " (traceability)")],
+        ["model hash", mono(s.model_hash)],
+        ["fingerprints", `${s.fingerprints.length} of ${s.devices.length} devices of the run`],
+        ["scored", `${s.readings} readings from ${fmtTime(s.from_ms)} to ${fmtTime(s.to_ms)} UTC, ${s.windows_scored} windows of ${s.window_hours} h`],
+        ["flagged when", `another device scores more than ${s.threshold} nats/h higher, or no fingerprint is within a mean squared Mahalanobis distance of ${s.unknown_q} per hour`],
+        ["computed", `at height ${s.height}, in ${s.compute_ms} ms (recomputed at most every few seconds as blocks commit)`]]),
+    h("h2", {}, `Flagged (${s.flagged_total})`),
+    s.flagged.length ? h("div", { id: "suspicious-flags" }, table(FLAG_HEADERS, flagRows(s, s.flagged)))
+      : h("p", { class: "ok", id: "suspicious-state", "data-state": "nothing" }, "nothing suspicious: every window looks most like the device that signed it"),
+    more > 0 ? h("p", { class: "muted" }, `... and ${more} more (the ${s.flagged.length} highest scores are listed)`) : null,
+  ]);
+}
+
+function deviceFlags(s, key, name) {
+  if (s.state === "no_model") return h("p", { class: "muted", id: "device-flags" }, "not scored: no device fingerprints are committed on this ledger yet (a traceability run makes them; ", link("#/suspicious", "suspicious readings"), ")");
+  if (s.state !== "ready") return suspiciousState(s)[0];
+  const mine = s.flagged.filter((f) => f.device_key === key);
+  const model = `fingerprints of run ${short(s.run, 12)} round ${s.round}`;
+  if (!s.devices.includes(name)) return h("p", { class: "muted", id: "device-flags" }, `not scored: not a device of the run behind the ${model}`);
+  if (!s.fingerprints.includes(name)) return h("p", { class: "muted", id: "device-flags" }, `not scored: no fingerprint of it in the ${model} (its owner trained none)`);
+  if (!mine.length) return h("p", { class: "muted", id: "device-flags" }, `none flagged (${model}; `, link("#/suspicious", "all devices"), ")");
+  return h("div", { id: "device-flags" }, table(FLAG_HEADERS, flagRows(s, mine)), h("p", { class: "muted" }, `${model}; `, link("#/suspicious", "all devices")));
 }
 
 // --- members -------------------------------------------------------------------------------------
@@ -285,9 +368,10 @@ async function viewRun(run) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-// The .keras file is written on demand by the node (in a child process, one at a time): ask until
-// it is ready (202 while it is written, 503/429 while the node is busy), then save what came back.
-async function downloadKeras(dl, button, state) {
+// A humidity model's .keras file is written on demand by the node (in a child process, one at a
+// time): ask until it is ready (202 while it is written, 503/429 while the node is busy), then save
+// what came back. A traceability model's fingerprints (JSON) come at once.
+async function downloadModel(dl, button, state) {
   button.disabled = true;
   state.className = "muted";
   try {
@@ -324,11 +408,12 @@ async function viewModel(run, round) {
   const m = await api(`/model/${run}/${round}`);
   const rc = m.recomputed;
   const dl = m.download;
-  const cmd = `fedledger model export DIR --task ${m.task} --round ${m.round} --run ${short(m.run, 12)} --out ${m.task}-round${m.round}.keras`;
-  const button = h("button", { type: "button", id: "download-keras", disabled: dl.state === "unavailable" }, `Download ${dl.filename}`);
-  const state = h("span", { id: "download-state", class: dl.state === "unavailable" ? "bad" : "muted" },
+  const keras = dl.format === "keras";
+  const cmd = `fedledger model export DIR --task ${m.task} --round ${m.round} --run ${short(m.run, 12)} --out ${m.task}-round${m.round}.${dl.format}`;
+  const button = h("button", { type: "button", id: "download-model", "data-format": dl.format, disabled: dl.state === "unavailable" }, `Download ${dl.filename}`);
+  const state = h("span", { id: "download-state", class: dl.state === "unavailable" || dl.state === "failed" ? "bad" : "muted" },
     dl.state === "ready" ? `ready (${(dl.size / 1024).toFixed(1)} KB)` : dl.detail || dl.state);
-  button.addEventListener("click", () => downloadKeras(dl, button, state));
+  button.addEventListener("click", () => downloadModel(dl, button, state));
   return [
     h("h1", {}, `Model: ${m.task} round ${m.round}`),
     kv([["run", runLink(m.run, m.run)], ["model hash", mono(m.model_hash)], ["strategy", m.strategy],
@@ -348,7 +433,9 @@ async function viewModel(run, round) {
       Object.entries(e.metrics).map(([k, v]) => `${k}=${fmtMetric(v)}`).join(" ")]), "none signed yet"),
     h("h2", {}, "Download"),
     h("p", {}, button, " ", state),
-    h("p", { class: "muted" }, "The node re-computes the weights from the updates above and writes the .keras file with `fedledger model export` in a child process (the node itself never loads Keras). The same from a shell, DIR being a node's data directory:"),
+    h("p", { class: "muted" }, keras
+      ? "The node re-computes the weights from the updates above and writes the .keras file (a Keras model of the humidity line, in physical units) with `fedledger model export` in a child process (the node itself never loads Keras). The same from a shell, DIR being a node's data directory:"
+      : "The node re-computes the fingerprints from the updates above and writes them as JSON (per device the mean and covariance of its hourly feature vectors; the format is in the file), as `fedledger model export` does. The same from a shell, DIR being a node's data directory:"),
     h("code", { class: "cmd", id: "export-cmd" }, cmd),
   ];
 }
@@ -362,6 +449,7 @@ const ROUTES = [
   [/^\/devices$/, "devices", () => viewDevices(), true],
   [/^\/device\/([0-9a-f]{64})$/, "devices", (m) => viewDevice(m[1]), true],
   [/^\/members$/, "members", () => viewMembers(), true],
+  [/^\/suspicious$/, "suspicious", (m, q) => viewSuspicious(q), true],
   [/^\/training$/, "training", () => viewTraining(), true],
   [/^\/run\/([0-9a-f]{64})$/, "training", (m) => viewRun(m[1]), true],
   [/^\/model\/([0-9a-f]{64})\/(\d+)$/, "training", (m) => viewModel(m[1], m[2]), false],
