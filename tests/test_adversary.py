@@ -12,8 +12,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "adversary.py"
-ATTACKS = ["forged_proposals", "skew_edge", "join_flood", "bad_readings", "certificate_padding", "fake_status",
-           "sybil_votes", "pex_spam", "malformed_frames", "expensive_http", "relay"]
+ATTACKS = ["forged_proposals", "skew_edge", "join_flood", "bad_readings", "certificate_padding",
+           "fake_status", "sybil_votes", "pex_spam", "malformed_frames", "expensive_http", "relay"]
 
 
 def run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
