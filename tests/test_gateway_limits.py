@@ -118,6 +118,16 @@ def test_a_client_submitting_forged_readings_is_cut_off_within_one_chunk() -> No
     assert gw._events["client_refused_txs_cutoff"] == 1
 
 
+def test_a_client_flooding_join_requests_past_the_node_wide_budget_is_cut_off() -> None:
+    # A joiner sends one join request; 500 in a frame beyond the node's join budget is a flood.
+    clock, handled = Clock(), []
+    gw = refusing(clock, handled, "rate_limited")
+    ws, st, quota = FakeWs(), PeerState(0.0), gw.new_quota()
+    verdict = asyncio.run(gw._on_frame(ws, st, frame(500), quota))  # type: ignore[arg-type]
+    assert verdict is not None and verdict.reason == "misbehaviour"
+    assert sum(handled) <= 125  # cut off within the chunk that crossed 100 points
+
+
 def test_a_client_resending_readings_the_ledger_already_has_is_not_cut_off() -> None:
     # A sensor gateway re-sends, after a reconnect, the readings that may not have been finalized.
     clock, handled = Clock(), []
@@ -182,6 +192,29 @@ def test_http_requests_from_many_addresses_share_a_node_wide_budget() -> None:
     assert asyncio.run(go()) == [200, 200, 200, 200, 429, 429, 200]
     clock.now += 1.0  # refills 2
     assert asyncio.run(go())[:3] == [200, 200, 429]
+
+
+def test_new_client_connections_share_a_node_wide_budget() -> None:
+    """A sybil with many addresses replaces every /client connection that is cut off for forged
+    txs (scripts/adversary.py, bad_readings and join_flood: under load, 0.29x and 0.44x). New client
+    connections from all addresses together are bounded before the websocket upgrade; peers and
+    the node's own loopback tools are not."""
+    clock, handled = Clock(), []
+    gw = gateway(clock, handled, client_caps=ClientCaps(connects_per_s=2, connects_burst=3))
+    upgrade = Headers([("Upgrade", "websocket"), ("Connection", "Upgrade")])
+
+    async def connect(host: str, path: str = "/client") -> int:
+        response = await gw.process_request(FakeWs(host), Request(path, upgrade))  # type: ignore[arg-type]
+        return 101 if response is None else response.status_code
+
+    async def go() -> list[int]:
+        return [await connect(f"10.0.2.{i}") for i in range(5)] + [await connect("127.0.0.1"),
+                                                                   await connect("10.0.3.1", "/peer")]
+
+    assert asyncio.run(go()) == [101, 101, 101, 429, 429, 101, 101]
+    assert gw._events["client_connect_rate_limited"] == 2
+    clock.now += 1.0  # refills 2
+    assert asyncio.run(go())[:3] == [101, 101, 429]
 
 
 class FakeNode:

@@ -49,6 +49,14 @@ class ClientCaps:
     max_clients: int = 512
     chunk: int = 25
     default_tx_penalty: float = 0.5  # a refusal not listed in peers.DEFAULT_PENALTIES
+    # New client connections per second from all addresses together, refused (HTTP 429) before the
+    # websocket upgrade beyond it. A sensor gateway connects once; an attacker with many addresses
+    # replaces each connection that is cut off, so without this bound the checks each fresh
+    # connection buys (one chunk of forged signatures) would add up. The node's own loopback tools
+    # (launcher, CLI, benchmarks) are exempt, as they are from bans.
+    connects_per_s: float = 10.0
+    connects_burst: float = 40.0
+    exempt: frozenset[str] = frozenset({"127.0.0.1", "::1"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +175,8 @@ class Gateway:
         self._http_buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         lim = self.http_limits
         self._http_node = TokenBucket(lim.node_requests_per_s, lim.node_burst, clock())
+        caps = self.client_caps
+        self._client_connects = TokenBucket(caps.connects_per_s, caps.connects_burst, clock())
 
     def is_client_path(self, path: str) -> bool:
         return self.client_handler is not None and path == self.client_path
@@ -176,6 +186,9 @@ class Gateway:
         answers a plain HTTP request (or an upgrade to a path nobody serves)."""
         path, _, query = request.path.partition("?")
         if "websocket" in request.headers.get("Upgrade", "").lower():
+            if self.is_client_path(path) and not self._client_connect_admit(ws):
+                self._events["client_connect_rate_limited"] += 1
+                return json_response(429, {"error": "rate_limited", "path": path})
             if path in PEER_PATHS or self.is_client_path(path):
                 return None
             return json_response(404, {"error": "not_found", "path": path})
@@ -212,6 +225,11 @@ class Gateway:
             return bucket.take(1, now)
         # Both must have a token; the node-wide one is asked only if the address's has one.
         return bucket.available(now) >= 1 and self._http_node.take(1, now) and bucket.take(1, now)
+
+    def _client_connect_admit(self, ws: ServerConnection) -> bool:
+        addr = getattr(ws, "remote_address", None)
+        host = str(addr[0]) if addr else "?"
+        return host in self.client_caps.exempt or self._client_connects.take(1, self._clock())
 
     def new_quota(self) -> TokenBucket:
         """One client connection's tx quota."""

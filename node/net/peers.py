@@ -54,7 +54,9 @@ DEFAULT_PENALTIES: Final[dict[str, float]] = {
     "client_tx:unknown_device": 1.0,
     "client_tx:replayed_sequence": 0.1,
     "client_tx:duplicate": 0.1,
-    "client_tx:rate_limited": 0.0,  # the node-wide join budget: not this client's offence
+    # A join request beyond the node-wide join budget (node/host/core.py): a joiner sends one, a
+    # client sending them by the hundred is flooding.
+    "client_tx:rate_limited": 1.0,
     "client_tx:mempool_full": 0.0,
     "client_tx:halted": 0.0,
     "handler_error": 1.0,
