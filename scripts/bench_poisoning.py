@@ -61,9 +61,16 @@ Victims of data_poison and mimic: for each attacker device, the honest device wh
 copied fingerprint wins most on the public held-out hours of the week.
 
 Strategies: fedavg, fedmedian, fedtrimmedavg (beta 0.25: one update trimmed at each end of 4; the
-default 0.2 trims int(0.8) = 0, a plain mean), krum (f = 1), and fedavg_clip: fedavg under the run
+default 0.2 trims int(0.8) = 0, a plain mean), krum (f = 1), fedavg_clip: fedavg under the run
 rule clip_norm = 1.5 x the median honest update norm of the clean first round (the bound a user
-would read off a clean run).
+would read off a clean run), and fedavg_clip_shared: a proposed variant, simulated here, whose bound
+(1.5 x the median honest norm of the shared arrays) applies to the shared arrays only, since the
+personal rows cannot move another node's devices.
+
+Also measured: `refit_check` (traceability), how far the attacker's signed update is from a re-fit
+of the readings its devices committed, which every replica could compute (`with_refit_check`: the
+table had replicas refused the updates that differ); `copy_check`, how closely the data_poison
+copies track their victims next to genuine rooms.
 
 The gap of a run is clean fedavg's metric minus the run's (positive = worse); for each attack the
 best strategy is the one with the smallest gap; `worst_gap` is the largest such best gap over the
@@ -86,7 +93,7 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +159,6 @@ VIEWS = {
 }
 
 Row = tuple[str, int, int, float, float]
-Log = Callable[[str], None]
 
 
 def log(msg: str) -> None:
