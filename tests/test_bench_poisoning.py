@@ -1,0 +1,93 @@
+"""scripts/bench_poisoning.py as a user runs it: --quick on the bundled slice trains the real models
+(humidity: Keras, 1 round of 3 epochs on every 20th reading; traceability: the numpy fingerprints)
+for every attack and strategy, and checks the inflated num_examples against a real ledger."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "bench_poisoning.py"
+ATTACKS = {"scaled", "sign_flip", "noise", "data_poison", "inflated"}
+STRATEGIES = {"fedavg", "fedmedian", "fedtrimmedavg", "krum", "fedavg_clip", "fedavg_clip_shared"}
+VIEWS = {"humidity", "humidity_shared_line", "traceability"}
+
+
+@pytest.fixture(scope="module")
+def quick() -> dict[str, Any]:
+    data = REPO / "node" / "launch" / "data"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--data", str(data), "--json"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.federated
+def test_every_attack_meets_every_strategy_and_worst_gap_is_the_worst_best_gap(quick: dict[str, Any]) -> None:
+    assert set(quick["results"]) == VIEWS
+    best_gaps = []
+    for view, results in quick["results"].items():
+        attacks = ATTACKS | ({"mimic"} if view == "traceability" else set())
+        assert set(results) == {"clean", *attacks}, view
+        assert set(results["clean"]) == STRATEGIES
+        for attack in attacks:
+            row = results[attack]
+            assert set(row) >= STRATEGIES, (view, attack)
+            assert row["best"] in STRATEGIES
+            gaps = {s: results["clean"]["fedavg"] - row[s] for s in STRATEGIES}
+            assert row["best_gap"] == pytest.approx(min(gaps.values()), abs=1e-3)
+            best_gaps.append(row["best_gap"])
+        assert "fedavg_without_ledger_check" in results["inflated"]
+    assert quick["worst_gap"] == pytest.approx(max(best_gaps), abs=1e-3)
+    assert quick["recommended"] in STRATEGIES
+
+
+@pytest.mark.slow
+@pytest.mark.federated
+def test_the_ledger_refuses_the_inflated_weight_and_takes_the_true_one(quick: dict[str, Any]) -> None:
+    led = quick["ledger"]
+    assert quick["inflated_num_examples_refused"] is True
+    assert led["true_figure_reason"] is None and led["inflated_reason"] == "num_examples_mismatch"
+    # The ledger's training set, selected by its own held-out rule, is the one the bench trained on.
+    assert led["true_num_examples"] == led["bench_training_rows"] == quick["config"]["train_rows_per_node"][3]
+    # Had it been accepted, FedAvg's shared line would have been the attacker's flipped one.
+    shared = quick["results"]["humidity_shared_line"]["inflated"]
+    assert shared["fedavg_without_ledger_check"] < shared["fedavg"] - 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.federated
+def test_an_attacker_cannot_move_honest_devices_own_lines(quick: dict[str, Any]) -> None:
+    # One round: honest devices are predicted by their own rows, which come from their owners'
+    # updates whatever the attacker sends or the strategy does (Personal, as the ledger aggregates).
+    hum = quick["results"]["humidity"]
+    clean = hum["clean"]["fedavg"]
+    for attack, row in hum.items():
+        for s in STRATEGIES:
+            assert row[s] == clean, (attack, s)
+
+
+@pytest.mark.slow
+@pytest.mark.federated
+def test_a_refit_from_committed_readings_tells_model_attacks_from_honest_fits(quick: dict[str, Any]) -> None:
+    refit = quick["views"]["traceability"]["refit_check"]
+    assert refit["clean"]["max_relative_deviation"] < 1e-6
+    assert refit["data_poison"]["max_relative_deviation"] < 1e-6  # honest fit of poisoned readings
+    for attack in ("scaled", "sign_flip", "noise", "mimic"):
+        assert refit[attack]["max_relative_deviation"] > 0.1, attack
+    victims = quick["victims"]
+    assert set(victims) == set(quick["config"]["attacker_devices"])
+    assert set(victims.values()) <= set(quick["config"]["honest_devices"])
+
+
+def test_missing_data_is_a_clear_error(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--data", str(tmp_path)], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and "no data files" in proc.stderr
