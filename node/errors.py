@@ -56,6 +56,7 @@ class Reason(str, Enum):
     BAD_DATA_CUT = "bad_data_cut"  # a data cut above the committed height (or set on round 0)
     NUM_EXAMPLES_MISMATCH = "num_examples_mismatch"  # not the size of the node's set at the cut
     READINGS_ROOT_MISMATCH = "readings_root_mismatch"  # not the Merkle root of that set's reading ids
+    REFIT_MISMATCH = "refit_mismatch"  # not the update its node's readings give (node/ledger/refit.py)
     UNKNOWN_MODEL = "unknown_model"  # a model_eval of a round not committed, or of other weights
     DUPLICATE_EVAL = "duplicate_eval"  # a second model_eval of one node for one round
     # Coordinator handover (node/ledger/handover.py):

@@ -28,6 +28,7 @@ from node.ledger.transactions import (
     make_model_commit,
     make_model_eval,
     make_model_update,
+    make_reading,
     make_train_request,
     tx_id,
 )
@@ -58,6 +59,7 @@ class Fed:
     update_nodes: dict[bytes, bytes] = field(default_factory=dict)
     readings_roots: dict[bytes, bytes] = field(default_factory=dict)
     trace_weights: Weights = field(default_factory=list)
+    devices: list[NodeKey] = field(default_factory=list)  # dev-0, dev-1, dev-2
     # humidity: the model_evals signed per round, (node, held-out examples, metrics)
     evals: dict[int, list[tuple[bytes, int, dict[str, float]]]] = field(default_factory=dict)
 
@@ -73,13 +75,29 @@ def perturbed(weights: Weights, seed: int) -> Weights:
     return [canonical_array(w + rng.normal(scale=0.05, size=w.shape)) for w in weights]
 
 
-def fingerprints_of(devices: list[str], trainer: int, base: Weights, n: int) -> Weights:
-    """Trainer `trainer`'s update: the fingerprint of its device, fitted on a bundled room's minutes
-    (the fixture's own readings are too sparse for hourly features)."""
+def commit_minutes(led: Ledger, keys: list[NodeKey], devices: list[NodeKey], first_seqs: list[int]) -> None:
+    """dev-0 and dev-1 sign a bundled room's minutes each (fingerprints need minute readings; the
+    fixture's own are 7 minutes apart), in blocks of 1,000."""
     rooms = ["room_510", "room_621"]
-    rows = [(devices[rooms.index(r[0])], *r[1:]) for r in read_csv_rows(MAIN_SLICE, rooms)]
-    mine = [r for r in rows if r[0] == devices[trainer]]
-    return fingerprint.fit(devices, mine, rows, n, base=base)
+    seq = dict(zip(rooms, first_seqs, strict=True))
+    txs = []
+    for name, _, ts, t, h in read_csv_rows(MAIN_SLICE, rooms):
+        txs.append(make_reading(devices[rooms.index(name)], CHAIN_ID, seq[name], ts, t, h))
+        seq[name] += 1
+    for i in range(0, len(txs), 1000):
+        commit_next(led, keys, txs[i:i + 1000])
+
+
+def fingerprints_of(led: Ledger, devices: list[NodeKey], trainer: int, base: Weights, n: int) -> Weights:
+    """Trainer `trainer`'s update as its ClientApp fits it: the fingerprint of its device from the
+    training rows on the ledger, relative to both listed devices' (the replicas re-fit it)."""
+    rows = [(TRACE_DEVICES[i], seq, ts, t, h)
+            for i, dev in enumerate(devices[:len(TRACE_DEVICES)])
+            for _, seq, ts, t, h in led.store.device_readings(dev.public, led.height)
+            if split_of(ts) is Split.TRAIN]
+    mine = [r for r in rows if r[0] == TRACE_DEVICES[trainer]]
+    assert len(mine) == n
+    return fingerprint.fit(TRACE_DEVICES, mine, rows, n, base=base)
 
 
 def train_run(led: Ledger, keys: list[NodeKey], fed: Fed, task: str, rounds: int, params: dict[str, Any],
@@ -102,7 +120,7 @@ def train_run(led: Ledger, keys: list[NodeKey], fed: Fed, task: str, rounds: int
             ds = datasets(led.store, k.public, led.height)  # the training set every replica re-computes
             n = ds.train_examples
             w = (perturbed(current, 100 * rnd + i) if task == "humidity"
-                 else fingerprints_of(TRACE_DEVICES, i, current, n))
+                 else fingerprints_of(led, fed.devices, i, current, n))
             up = make_model_update(k, CHAIN_ID, run, task, rnd, weights_hash(current), encode_weights(w), n,
                                    {"loss": 1.0 / rnd + i / 10, "val_rmse": 2.0 + i, "epochs": 3.0},
                                    ds.train_root, data_cut=led.height)
@@ -147,10 +165,11 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Fed:
     out = Fed(d)
     trainers = [keys[1], participant_key(0), participant_key(1)]
     # heights 4..5: "dev-0".."dev-2", one per trainer, 7 minutes apart over 8-12 hours
-    give_devices(led, keys, trainers, [70, 85, 100])
+    out.devices = give_devices(led, keys, trainers, [70, 85, 100])
     out.humidity_run = train_run(led, keys, out, "humidity", 2,
                                  {"epochs": 2, "min_nodes": 3, "devices": ",".join(HUMIDITY_DEVICES)},
                                  tasks.initial_weights("humidity", 3), trainers)
+    commit_minutes(led, keys, out.devices, [71, 86])
     out.trace_run = train_run(led, keys, out, "traceability", 1, {"classes": ",".join(TRACE_DEVICES)},
                               tasks.initial_weights("traceability", 2), trainers[:2])
     store.close()

@@ -97,6 +97,15 @@ def test_latest_readings_and_reading_counts(chain, store):
     assert store.reading_counts(3, 3) == {3: 6} and store.reading_counts(5, 9) == {}
 
 
+def test_device_readings_up_to_a_height(chain, store):
+    _, _, _, devices = chain
+    full = store.readings(devices[1].public)
+    got = store.device_readings(devices[1].public, 2)  # block 2: seqs 0..2 (block 1 registers)
+    assert got == [(r.tx_id, r.seq, r.timestamp_ms, r.temperature_c, r.humidity_pct) for r in full[:3]]
+    assert [r[1] for r in store.device_readings(devices[1].public, 99)] == list(range(6))
+    assert store.device_readings(devices[1].public, 1) == [] and store.device_readings(b"\0" * 32, 9) == []
+
+
 def test_commit_block_refuses_wrong_height_or_commit(chain, store):
     keys, _, ledger, _ = chain
     block, commit = make_block(ledger, keys)

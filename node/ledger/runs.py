@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from federated.aggregate import STRATEGIES, Update
 from federated.weights import decode_weights, weights_hash
 from node.errors import Reason
-from node.ledger import handover, run_rules
+from node.ledger import handover, refit, run_rules
 from node.ledger.provenance import check_update_provenance
 from node.ledger.run_rules import round_aggregate
 from node.ledger.transactions import ModelCommit, ModelUpdate, TrainRequest, parse_tx
@@ -41,6 +41,7 @@ PARAM_TYPES: dict[str, tuple[type, ...]] = {
     "seed": (int,),
     "beta": (float, int),
     "krum_f": (int,),
+    "krum_m": (int,),  # Multi-Krum: how many best-scored updates are averaged (default 1)
     "fraction_evaluate": (float, int),
     "classes": (str,),  # traceability: the run's device list (federated/personal.py)
     "devices": (str,),  # humidity: the devices with a personal line
@@ -121,8 +122,11 @@ def check_model_update(view: RunView, body: ModelUpdate) -> Reason | None:
         return Reason.DUPLICATE_UPDATE
     if (reason := run_rules.check_update_weights(view, req, body)) is not None:
         return reason
-    # Last: the only rule that reads the node's readings (num_examples and readings_root re-computed).
-    return check_update_provenance(view, body)  # type: ignore[arg-type]
+    # Last: the rules that read the node's readings (num_examples and readings_root re-computed,
+    # then, for a deterministic task, the whole update re-fitted from them).
+    if (reason := check_update_provenance(view, body)) is not None:  # type: ignore[arg-type]
+        return reason
+    return refit.check_refit(view, req, body)
 
 
 def check_model_commit(view: RunView, body: ModelCommit, signer: bytes) -> Reason | None:

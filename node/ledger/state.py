@@ -157,6 +157,11 @@ class StateView(Protocol):
         heights <= max_height, in (device, seq) order (node/ledger/provenance.py)."""
         ...
 
+    def device_readings(self, device: bytes, max_height: int) -> list[tuple[bytes, int, int, float, float]]:
+        """(tx id, seq, timestamp_ms, temperature_c, humidity_pct) of `device`'s committed readings
+        at heights <= max_height, in seq order (node/ledger/refit.py)."""
+        ...
+
 
 class OverlayView:
     """A view plus the not yet committed effects of earlier txs in the same block.
@@ -257,6 +262,10 @@ class OverlayView:
 
     def owner_readings(self, owner: bytes, max_height: int) -> list[tuple[bytes, bytes, int, int]]:
         return self.base.owner_readings(owner, max_height)
+
+    def device_readings(self, device: bytes, max_height: int) -> list[tuple[bytes, int, int, float, float]]:
+        # A cut is at most the committed height under the block: the block's own readings are above it.
+        return self.base.device_readings(device, max_height)
 
     def apply(self, tx: Transaction) -> None:
         """Record the effects of a tx already accepted by check_tx."""

@@ -124,6 +124,11 @@ class Store(Protocol):
         heights <= max_height, in (device, seq) order: what data provenance is computed from."""
         ...
 
+    def device_readings(self, device: bytes, max_height: int) -> list[tuple[bytes, int, int, float, float]]:
+        """(tx id, seq, timestamp_ms, temperature_c, humidity_pct) of `device`'s committed readings
+        at heights <= max_height, in seq order: what a replica re-fits a numpy update from."""
+        ...
+
     def model_rows(self, run: bytes | None = None, kind: str | None = None) -> list[ModelRow]:
         """Model update and commit index rows in ledger order, optionally of one run and/or kind."""
         ...

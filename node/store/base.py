@@ -222,6 +222,11 @@ class MemoryStore:
                if r.device in mine and r.height <= max_height]
         return sorted(out, key=lambda r: (r[1], r[2]))
 
+    def device_readings(self, device: bytes, max_height: int) -> list[tuple[bytes, int, int, float, float]]:
+        out = [(r.tx_id, r.seq, r.timestamp_ms, r.temperature_c, r.humidity_pct) for r in self._readings
+               if r.device == device and r.height <= max_height]
+        return sorted(out, key=lambda r: r[1])
+
     def model_rows(self, run: bytes | None = None, kind: str | None = None) -> list[ModelRow]:
         return [m for m in self._models if (run is None or m.run == run) and (kind is None or m.kind == kind)]
 

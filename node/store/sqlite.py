@@ -654,6 +654,11 @@ class SqliteStore:
                 (dev, max_height))]
         return out
 
+    def device_readings(self, device: bytes, max_height: int) -> list[tuple[bytes, int, int, float, float]]:
+        return [(bytes(r[0]), r[1], r[2], r[3], r[4]) for r in self._db.execute(
+            "SELECT tx_id, seq, timestamp_ms, temperature_c, humidity_pct FROM readings"
+            " WHERE device = ? AND height <= ? ORDER BY seq", (device, max_height))]
+
     def model_rows(self, run: bytes | None = None, kind: str | None = None) -> list[ModelRow]:
         sql = f"SELECT {self._MODEL_COLS} FROM models m JOIN txs t ON t.id = m.tx_id WHERE 1=1"
         args: list[Any] = []

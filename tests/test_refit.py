@@ -1,0 +1,145 @@
+"""Every replica re-fits a traceability update from its node's committed readings and refuses one
+that differs (node/ledger/refit.py): scaled, flipped or noisy statistics, another device's
+fingerprint copied into the node's own row, a fit of readings that are not on the ledger. The
+honest fit passes, clipped to the run's clip_norm when the run sets one; on both stores."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import pytest
+
+from federated import fingerprint
+from federated.clipping import clip_update
+from federated.data import MAIN_SLICE, read_csv_rows
+from federated.weights import Weights, canonical_array, encode_weights, weights_hash
+from node.errors import Reason
+from node.ledger import refit
+from node.ledger.chain import Ledger
+from node.ledger.holdout import Split, split_of
+from node.ledger.provenance import datasets
+from node.ledger.state import check_tx
+from node.ledger.transactions import (
+    make_model_commit,
+    make_model_update,
+    make_reading,
+    make_register_device,
+    make_train_request,
+    tx_id,
+)
+from node.store.base import MemoryStore
+from node.store.sqlite import SqliteStore
+from tests.factories import CHAIN_ID, commit_next, device_key, make_genesis
+
+ROOMS = ["room_510", "room_621", "room_644", "room_722"]  # room i owned by authority i
+HOUR = 3_600_000
+ZERO = bytes(32)
+
+
+class Run:
+    """A ledger holding the rooms' bundled minutes and round 0 of a traceability run."""
+
+    def __init__(self, store: Any, params: dict[str, Any] | None = None) -> None:
+        main = read_csv_rows(MAIN_SLICE, ROOMS)
+        first = min(r[2] for r in main)
+        self.keys, genesis = make_genesis(4, genesis_time_ms=first - 60_000)
+        self.ledger = Ledger(store, genesis)
+        devices = {name: device_key(i) for i, name in enumerate(ROOMS)}
+        regs = [make_register_device(self.keys[i], CHAIN_ID, devices[n].public, n)
+                for i, n in enumerate(ROOMS)]
+        commit_next(self.ledger, self.keys, regs, time_ms=first - 30_000)
+        seq: dict[str, int] = defaultdict(int)
+        by_hour: dict[int, list[Any]] = defaultdict(list)
+        for r in main:
+            by_hour[r[2] // HOUR].append(r)
+        for hour in sorted(by_hour):
+            txs = []
+            for name, _, ts, t, h in by_hour[hour]:
+                seq[name] += 1
+                txs.append(make_reading(devices[name], CHAIN_ID, seq[name], ts, t, h))
+            at = max(self.ledger.head_time_ms + 1, by_hour[hour][-1][2])
+            commit_next(self.ledger, self.keys, txs, time_ms=at)
+        self.req = make_train_request(self.keys[0], CHAIN_ID, "traceability", 1, "fedavg",
+                                      {"classes": ",".join(ROOMS), **(params or {})})
+        self.run = tx_id(self.req)
+        self.w0 = fingerprint.initial_weights(len(ROOMS))
+        init = make_model_update(self.keys[0], CHAIN_ID, self.run, "traceability", 0, ZERO,
+                                 encode_weights(self.w0), 1, {}, ZERO)
+        commit0 = make_model_commit(self.keys[0], CHAIN_ID, self.run, "traceability", 0, "fedavg",
+                                    [tx_id(init)], weights_hash(self.w0), {})
+        commit_next(self.ledger, self.keys, [self.req, init, commit0])
+        self.cut = self.ledger.height
+        self.rows = [r for r in main if split_of(r[2]) is Split.TRAIN]
+
+    def honest(self, node: int) -> Weights:
+        """Node `node`'s fit, as its ClientApp makes it from the same committed readings."""
+        mine = [r for r in self.rows if r[0] == ROOMS[node]]
+        return fingerprint.fit(ROOMS, mine, self.rows, len(mine), base=self.w0)
+
+    def check(self, node: int, weights: Weights) -> Reason | None:
+        key = self.keys[node]
+        ds = datasets(self.ledger.store, key.public, self.cut)
+        tx = make_model_update(key, CHAIN_ID, self.run, "traceability", 1, weights_hash(self.w0),
+                               encode_weights(weights), ds.train_examples, {}, ds.train_root,
+                               data_cut=self.cut)
+        return check_tx(self.ledger.store, tx, self.ledger.head_time_ms + 1000, self.ledger.params)
+
+
+@pytest.fixture(scope="module")
+def run() -> Run:
+    return Run(MemoryStore())
+
+
+def scaled_shared(w: Weights, factor: float) -> Weights:
+    out = [np.array(a) for a in w]
+    out[0], out[1] = out[0] * factor, out[1] * factor
+    return [canonical_array(a) for a in out]
+
+
+def test_the_honest_fit_is_accepted(run: Run) -> None:
+    for node in range(4):
+        assert run.check(node, run.honest(node)) is None
+
+
+def test_model_attacks_are_refused(run: Run) -> None:
+    honest = run.honest(3)
+    flipped = [canonical_array(-4.0 * a) if i < 2 else a for i, a in enumerate(honest)]
+    rng = np.random.default_rng(0)
+    noisy = [canonical_array(a + rng.normal(0.0, 1e-3, a.shape)) for a in honest]
+    for attack in (scaled_shared(honest, 10.0), flipped, noisy):
+        assert run.check(3, attack) is Reason.REFIT_MISMATCH
+
+
+def test_a_copied_fingerprint_is_refused(run: Run) -> None:
+    """Node 4 commits room_510's statistics (node 1's device) as its own device's row."""
+    mine, victim = run.honest(3), run.honest(0)
+    mimic = [np.array(a) for a in mine]
+    for i in fingerprint.PERSONAL_ARRAYS:
+        mimic[i][3] = victim[i][0]
+    assert run.check(3, [canonical_array(a) for a in mimic]) is Reason.REFIT_MISMATCH
+
+
+def test_a_fit_of_readings_that_are_not_on_the_ledger_is_refused(run: Run) -> None:
+    shifted = [(r[0], r[1], r[2], r[3] + 0.5, r[4]) for r in run.rows]
+    mine = [r for r in shifted if r[0] == ROOMS[3]]
+    forged = fingerprint.fit(ROOMS, mine, shifted, len(mine), base=run.w0)
+    assert run.check(3, forged) is Reason.REFIT_MISMATCH
+
+
+def test_float32_rounding_is_within_the_tolerance(run: Run) -> None:
+    honest = run.honest(2)
+    nudged = [canonical_array(np.nextafter(a, np.float32(np.inf))) for a in honest]  # one ulp up
+    assert refit.deviation(nudged, honest) <= refit.TOLERANCE
+    assert run.check(2, nudged) is None
+
+
+def test_a_clipped_run_expects_the_clipped_fit(tmp_path: Any) -> None:
+    clipped_run = Run(SqliteStore(tmp_path / "node.db"), {"clip_norm": 0.01})
+    honest = clipped_run.honest(1)
+    clipped = clip_update(honest, clipped_run.w0, 0.01)
+    assert clipped_run.check(1, clipped) is None
+    # Unclipped, the fit is further than clip_norm from its base: the norm rule refuses it first.
+    assert clipped_run.check(1, honest) is Reason.NORM_EXCEEDED
+    assert clipped_run.check(1, scaled_shared(clipped, 0.5)) is Reason.REFIT_MISMATCH
