@@ -196,11 +196,18 @@ def _krum_scores(ups: list[tuple[bytes, list[np.ndarray], int]], f: int) -> list
     return scores
 
 
-def _krum(ups: list[tuple[bytes, list[np.ndarray], int]], f: int = 0) -> Weights:
+def _krum(ups: list[tuple[bytes, list[np.ndarray], int]], f: int = 0, m: int = 1) -> Weights:
+    """Krum (m = 1): the update with the lowest score. Multi-Krum (m > 1, Blanchard et al. 2017):
+    the num_examples-weighted mean of the m updates with the lowest scores (all of them if fewer),
+    so up to f outliers are left out while m - 1 more honest updates are averaged in."""
+    if isinstance(m, bool) or not isinstance(m, int | np.integer) or m < 1:
+        raise ValueError(f"m must be a positive int, got {m!r}")
     scores = _krum_scores(ups, f)
-    # min() keeps the first minimum and `ups` is sorted by update_id: ties go to the smallest id.
-    best = min(range(len(scores)), key=lambda i: scores[i][1])
-    return _to_f32(ups[best][1])
+    # sorted() is stable and `ups` is sorted by update_id: ties go to the smallest id.
+    chosen = sorted(range(len(scores)), key=lambda i: scores[i][1])[:int(m)]
+    if len(chosen) == 1:
+        return _to_f32(ups[chosen[0]][1])
+    return _fedavg([ups[i] for i in sorted(chosen)])
 
 
 _IMPLS: dict[str, Callable[..., Weights]] = {
@@ -213,7 +220,7 @@ _PARAMS: dict[str, frozenset[str]] = {
     "fedavg": frozenset(),
     "fedmedian": frozenset(),
     "fedtrimmedavg": frozenset({"beta"}),
-    "krum": frozenset({"f"}),
+    "krum": frozenset({"f", "m"}),
 }
 
 
@@ -260,7 +267,8 @@ def aggregate(strategy: str, updates: Sequence[UpdateLike], personal: Personal |
     """Aggregate `updates` with `strategy` (one of STRATEGIES). Deterministic and order independent.
 
     Parameters: fedtrimmedavg ``beta`` (default 0.2), krum ``f`` (assumed Byzantine updates,
-    default 0). Unknown strategies or parameters raise ValueError: they come from the ledger and
+    default 0) and ``m`` (Multi-Krum: how many of the best-scored updates to average, default 1).
+    Unknown strategies or parameters raise ValueError: they come from the ledger and
     a typo must not silently select a default. With `personal`, the strategy aggregates the shared
     arrays and the personal rows follow their owners (see ``Personal``).
     """

@@ -63,6 +63,19 @@ def test_krum_rejects_an_outlier_and_matches_definition() -> None:
     assert max(scores, key=lambda k: scores[k]) == b"\xff"
 
 
+def test_multi_krum_averages_the_m_best_scored_updates_by_their_weight() -> None:
+    honest = [_u(1, [1.0, 1.0], 1), _u(2, [1.2, 0.8], 3), _u(3, [0.9, 1.1], 2)]
+    attacker = _u(4, [-40.0, 40.0], 1000)
+    ups = [attacker, *honest]
+    got = aggregate("krum", ups, f=1, m=3)
+    assert np.array_equal(got[0], aggregate("fedavg", honest)[0])  # the outlier is left out
+    assert np.array_equal(aggregate("krum", ups, f=1, m=1)[0], aggregate("krum", ups, f=1)[0])
+    assert np.array_equal(aggregate("krum", ups, f=1, m=9)[0], aggregate("fedavg", ups)[0])  # m > n: all
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="m must"):
+            aggregate("krum", ups, m=bad)
+
+
 def test_krum_ties_go_to_smallest_update_id() -> None:
     ups = [_u(9, [1.0, 1.0]), _u(3, [1.0, 1.0]), _u(5, [1.0, 1.0])]
     assert all(s == 0.0 for _, s in krum_scores(ups))

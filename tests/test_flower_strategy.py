@@ -209,11 +209,12 @@ def test_run_settings() -> None:
             "classes": "d1, d2",
             "strategy": "krum",
             "krum-f": 1,
+            "krum-m": 3,
             "epochs": 2,
             "num-rounds": 2,
         }
     )
-    assert s.num_classes == 2 and s.aggregation_params == {"f": 1}
+    assert s.num_classes == 2 and s.aggregation_params == {"f": 1, "m": 3}
     assert s.instruction_config() == {"task": "traceability", "epochs": 2, "classes": ["d1", "d2"]}
     with pytest.raises(ValueError, match="strategy"):
         RunSettings.from_run_config({"strategy": "fedsum"})

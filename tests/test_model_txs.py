@@ -97,18 +97,23 @@ def test_train_request_rules() -> None:
     assert check(make_train_request(participant_key(0), CHAIN_ID, "humidity", 2)) is Reason.UNAUTHORIZED
     assert check(make_train_request(keys[0], CHAIN_ID, "weather", 2)) is Reason.MALFORMED
     assert check(make_train_request(keys[0], CHAIN_ID, "humidity", 2, "fedsgd")) is Reason.MALFORMED
-    for params in ({"epoch": 3}, {"epochs": "3"}, {"epochs": True}):
+    multi = {"krum_f": 1, "krum_m": 3}
+    assert check(make_train_request(keys[1], CHAIN_ID, "humidity", 2, "krum", multi)) is None
+    for params in ({"epoch": 3}, {"epochs": "3"}, {"epochs": True}, {"krum_m": 0}, {"krum_m": 1.5},
+                   {"krum_f": -1}):
         assert check(make_train_request(keys[0], CHAIN_ID, "humidity", 2, params=params)) is Reason.MALFORMED
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedmedian", "fedtrimmedavg", "krum"])
+@pytest.mark.parametrize("strategy", ["fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum"])
 def test_a_round_that_recomputes_is_committed_and_survives_verify(strategy: str) -> None:
-    params = {"fedtrimmedavg": {"beta": 0.1}, "krum": {"krum_f": 0}}.get(strategy, {})
+    params = {"fedtrimmedavg": {"beta": 0.1}, "krum": {"krum_f": 0},
+              "multikrum": {"krum_f": 1, "krum_m": 2}}.get(strategy, {})
+    agg = {"fedtrimmedavg": {"beta": 0.1}, "krum": {"f": 0}, "multikrum": {"f": 1, "m": 2}}.get(strategy, {})
+    strategy = "krum" if strategy == "multikrum" else strategy
     run = open_run(strategy=strategy, **params)
     ups = [run.update(participant_key(i), 1, i) for i in range(2)]
     ups.append(run.update(run.keys[1], 1, 7))
     commit_next(run.ledger, run.keys, ups)
-    agg = {"beta": 0.1} if strategy == "fedtrimmedavg" else ({"f": 0} if strategy == "krum" else {})
     commit = run.commit(1, ups, strategy, **agg)
     assert run.check(commit) is None
     commit_next(run.ledger, run.keys, [commit])
@@ -116,6 +121,15 @@ def test_a_round_that_recomputes_is_committed_and_survives_verify(strategy: str)
     kinds = [m.kind for m in run.ledger.store.model_rows(run.run)]
     assert kinds == ["update", "commit", "update", "update", "update", "commit"]
     assert verify_chain(run.ledger.store, run.ledger.genesis).ok
+
+
+def test_a_multi_krum_run_is_recomputed_with_its_m() -> None:
+    run = open_run(strategy="krum", krum_f=1, krum_m=2)
+    ups = [run.update(participant_key(i), 1, i) for i in range(2)]
+    ups.append(run.update(run.keys[1], 1, 7))
+    commit_next(run.ledger, run.keys, ups)
+    assert run.check(run.commit(1, ups, "krum", f=1)) is Reason.AGGREGATE_MISMATCH  # Krum's pick alone
+    assert run.check(run.commit(1, ups, "krum", f=1, m=2)) is None
 
 
 def test_updates_must_build_on_the_previous_commit_once_per_node_and_round() -> None:

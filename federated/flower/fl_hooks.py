@@ -296,7 +296,7 @@ def _params(run_config: Mapping[str, Any], strategy: str) -> dict[str, Any]:
     if strategy == "fedtrimmedavg":
         return {"beta": float(run_config.get("beta", 0.2))}
     if strategy == "krum":
-        return {"f": int(run_config.get("krum-f", 0))}
+        return {"f": int(run_config.get("krum-f", 0)), "m": int(run_config.get("krum-m", 1))}
     return {}
 
 

@@ -70,6 +70,7 @@ class RunSettings:
     classes: tuple[str, ...] = ()  # the run's device list (run config `classes` or `devices`)
     beta: float = 0.2
     krum_f: int = 0
+    krum_m: int = 1  # Multi-Krum: the best-scored updates averaged (1: Krum)
     clip_norm: float = 0.0  # > 0: every update is clipped to this L2 distance from its base model
     commit_log: str = ""
     run: str = ""  # the train_request id (hex): ledger mode
@@ -98,6 +99,7 @@ class RunSettings:
             classes=tuple(_devices(classes_text)),
             beta=_get(rc, "beta", float, d.beta),
             krum_f=_get(rc, "krum-f", int, d.krum_f),
+            krum_m=_get(rc, "krum-m", int, d.krum_m),
             clip_norm=_get(rc, "clip-norm", float, d.clip_norm),
             commit_log=_get(rc, "commit-log", str, d.commit_log),
             run=_get(rc, "run", str, d.run),
@@ -145,7 +147,7 @@ class RunSettings:
         if self.strategy == "fedtrimmedavg":
             return {"beta": self.beta}
         if self.strategy == "krum":
-            return {"f": self.krum_f}
+            return {"f": self.krum_f, "m": self.krum_m}
         return {}
 
     def instruction_config(self) -> dict[str, Any]:

@@ -43,6 +43,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--beta", type=float, help="fedtrimmedavg: share trimmed at each end")
     p.add_argument("--krum-f", type=int, help="krum: number of Byzantine updates tolerated")
+    p.add_argument("--krum-m", type=int, help="krum: average this many best-scored updates (Multi-Krum; "
+                   "default 1, Krum); at most min-nodes minus krum-f keeps f outliers out")
     p.add_argument("--superlink-port", type=port, metavar="PORT",
                    help="the port of this coordinator's SuperLink, e.g. one opened in a firewall "
                         "(default: a free one)")

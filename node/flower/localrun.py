@@ -97,6 +97,8 @@ def run_config(lr: LocalRun, trainer: str, data_dir: Path, node_url: str, resume
         rc["beta"] = float(p["beta"])
     if "krum_f" in p:
         rc["krum-f"] = int(p["krum_f"])
+    if "krum_m" in p:
+        rc["krum-m"] = int(p["krum_m"])
     if "clip_norm" in p:
         rc["clip-norm"] = float(p["clip_norm"])
     return rc

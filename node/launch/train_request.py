@@ -28,7 +28,8 @@ from node.store.sqlite import SqliteStore
 POLL_S = 0.5
 # The run's params a caller may set (`fedledger train`'s options); the others come from the replica.
 TUNABLE = frozenset(
-    {"min_nodes", "epochs", "batch_size", "learning_rate", "seed", "beta", "krum_f", "fraction_evaluate",
+    {"min_nodes", "epochs", "batch_size", "learning_rate", "seed", "beta", "krum_f", "krum_m",
+     "fraction_evaluate",
      "clip_norm", "handover_timeout"}
 )
 

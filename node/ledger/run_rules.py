@@ -57,8 +57,9 @@ def aggregation_params(req: TrainRequest) -> dict[str, Any]:
     """The run's keyword parameters of federated.aggregate.aggregate."""
     if req.strategy == "fedtrimmedavg" and "beta" in req.params:
         return {"beta": float(req.params["beta"])}
-    if req.strategy == "krum" and "krum_f" in req.params:
-        return {"f": int(req.params["krum_f"])}
+    if req.strategy == "krum":
+        return {key: int(req.params[name]) for key, name in (("f", "krum_f"), ("m", "krum_m"))
+                if name in req.params}
     return {}
 
 
@@ -77,6 +78,9 @@ def check_run_params(params: dict[str, Any], task: str = "") -> Reason | None:
         return Reason.MALFORMED  # one label cannot be told apart from anything
     n = params.get("min_nodes", DEFAULT_MIN_NODES)
     if not 1 <= n <= MAX_UPDATE_IDS:
+        return Reason.MALFORMED
+    f, m = params.get("krum_f", 0), params.get("krum_m", 1)
+    if not (0 <= f < MAX_UPDATE_IDS and 1 <= m <= MAX_UPDATE_IDS):
         return Reason.MALFORMED
     bound = params.get("clip_norm")
     if bound is not None and not (math.isfinite(bound) and bound > 0):
