@@ -197,3 +197,19 @@ def test_a_hostile_fingerprint_row_is_no_fingerprint_not_a_crash() -> None:
     held = read_csv_rows(HOLDOUT_SLICE, DEVICES)
     m = tasks.evaluate("traceability", bad, held, DEVICES)
     assert 0.0 <= m["accuracy"] <= 1.0
+
+
+def test_two_hostile_rooms_cannot_move_the_others_relative_to_the_building() -> None:
+    """The context is the median of the listed devices' hour vectors: two of eight devices whose
+    readings say anything (here 100 in every feature) move the honest ones' relative vectors by no
+    more than the honest spread. With the mean they moved every honest vector by 25."""
+    rng = np.random.default_rng(3)
+    devices = [f"room_{i}" for i in range(8)]
+    feats = {d: {7: rng.normal(0.0, 0.1, fingerprint.F)} for d in devices}
+    clean = fingerprint.relative(feats, devices)
+    for hostile in devices[-2:]:
+        feats[hostile] = {7: np.full(fingerprint.F, 100.0)}
+    attacked = fingerprint.relative(feats, devices)
+    spread = max(float(np.ptp([feats[d][7][k] for d in devices[:-2]])) for k in range(fingerprint.F))
+    for d in devices[:-2]:
+        assert float(np.max(np.abs(attacked[d][7] - clean[d][7]))) <= spread
