@@ -51,6 +51,9 @@ Attacks by node 4, every round (shared arrays = the strategy's part of the model
                as the current shared line predicts them; traceability: its devices sign copies of the
                victims' readings, moved by 1e-4 (a victim's samples labelled as the attacker's
                device)
+  noisy        traceability only: its devices sign their own readings with Gaussian noise of 0.02
+               (degC, %RH) while the fingerprints are fitted, and genuine ones on the held-out day:
+               every room's fingerprint is relative to the building's hour, which they are part of
   mimic        traceability only: its devices' fingerprints (personal rows) are the victims'
                statistics, fitted from the victims' readings (public on the ledger), with the
                covariance scaled by whichever factor wins most of the victims' public held-out hours
@@ -65,12 +68,17 @@ default 0.2 trims int(0.8) = 0, a plain mean), krum (f = 1), fedavg_clip: fedavg
 rule clip_norm = 1.5 x the median honest update norm of the clean first round (the bound a user
 would read off a clean run), and fedavg_clip_shared: a proposed variant, simulated here, whose bound
 (1.5 x the median honest norm of the shared arrays) applies to the shared arrays only, since the
-personal rows cannot move another node's devices.
+personal rows cannot move another node's devices; multikrum: krum with f = 1, m = 3 (Multi-Krum,
+the run param krum_m: the mean of the 3 best-scored updates weighted by their verified
+num_examples).
 
-Also measured: `refit_check` (traceability), how far the attacker's signed update is from a re-fit
-of the readings its devices committed, which every replica could compute (`with_refit_check`: the
-table had replicas refused the updates that differ); `copy_check`, how closely the data_poison
-copies track their victims next to genuine rooms.
+The ledger's refit rule (node/ledger/refit.py) applies to traceability: every replica re-fits an
+update from the readings its node's devices committed and refuses one that differs, so the round
+of a refused update is the 3 honest ones (`refit_check`: the deviation; `refused_by_refit`;
+`fedavg_without_ledger_check`: FedAvg had the update been taken). Also measured: `false_flags`, the
+share of honest genuine windows `fedledger ledger suspicious` would flag (the deployed use of the
+fingerprints); `copy_check`, how closely the data_poison copies track their victims next to
+genuine rooms, and (`sweep`) how much more noise on the copies stops them stealing windows.
 
 The gap of a run is clean fedavg's metric minus the run's (positive = worse); for each attack the
 best strategy is the one with the smallest gap; `worst_gap` is the largest such best gap over the
@@ -108,7 +116,7 @@ from federated.data import read_csv_rows
 from federated.personal import personal_arrays
 from federated.weights import Weights, encode_weights, weights_hash
 from node.errors import Reason
-from node.ledger import provenance
+from node.ledger import provenance, refit
 from node.ledger.chain import Ledger
 from node.ledger.genesis import Genesis, GenesisMember
 from node.ledger.holdout import Split, split_of
@@ -123,6 +131,7 @@ from node.ledger.transactions import (
     make_train_request,
     tx_id,
 )
+from node.store import suspicious
 from node.store.base import MemoryStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -135,20 +144,23 @@ FILES = (
 DEVICES = ("room_442", "room_510", "room_621", "room_644", "room_648", "room_722", "room_734", "room_748")
 NODES = 4
 MALICIOUS = NODES - 1  # node index; owns devices MALICIOUS, MALICIOUS + NODES, ...
-ATTACKS = ("scaled", "sign_flip", "noise", "data_poison", "mimic", "inflated")
-TASK_ATTACKS = {"humidity": tuple(a for a in ATTACKS if a != "mimic"), "traceability": ATTACKS}
-STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "fedavg_clip", "fedavg_clip_shared")
+ATTACKS = ("scaled", "sign_flip", "noise", "data_poison", "noisy", "mimic", "inflated")
+TASK_ATTACKS = {"humidity": tuple(a for a in ATTACKS if a not in ("mimic", "noisy")), "traceability": ATTACKS}
+STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "fedavg_clip",
+              "fedavg_clip_shared")
 CLIPPED = ("fedavg_clip", "fedavg_clip_shared")
-PARAMS: dict[str, dict[str, Any]] = {"fedtrimmedavg": {"beta": 0.25}, "krum": {"f": 1}}
+PARAMS: dict[str, dict[str, Any]] = {"fedtrimmedavg": {"beta": 0.25}, "krum": {"f": 1},
+                                     "multikrum": {"f": 1, "m": 3}}
 SCALE, FLIP, NOISE = 10.0, -4.0, 10.0
 INFLATED = 10**12
 POISON_SHIFT = 15.0  # %RH, data_poison (humidity)
-REFIT_TOLERANCE = 1e-3  # relative; an honest update re-fits to float32 rounding (about 1e-7)
 CLIP_FACTOR = 1.5
 TRACE_WINDOW_H = 6  # the paper's headline window
 # data_poison (traceability): the copies move by about the readings' last decimal (1e-4), so none is
 # an exact duplicate of the victim's, yet their minute-to-minute dynamics are the victim's.
 COPY_NOISE = 1e-4
+COPY_NOISE_SWEEP = (1e-4, 3e-4, 1e-3, 2e-3, 1e-2)  # how close a copy must stay to steal
+NOISY_SIGMA = 0.02  # noisy (traceability): the attacker's own readings, noised while fingerprints are fitted
 MIMIC_SCALES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5)
 CHAIN = "bench-poisoning"
 VIEWS = {
@@ -247,7 +259,7 @@ def combine(task: str, strategy: str, ups: Sequence[tuple[int, Weights, int]], b
         uid = hashlib.sha256(NODE_IDS[n] + f"/{task}/{round_}".encode()).digest()
         updates.append(Update(uid, w, count))
         nodes[uid] = NODE_IDS[n]
-    name = "fedavg" if strategy in CLIPPED else strategy
+    name = "fedavg" if strategy in CLIPPED else "krum" if strategy == "multikrum" else strategy
     personal = Personal(personal_arrays(task), base, OWNERS, nodes)
     return aggregate(name, updates, personal, **PARAMS.get(strategy, {}))
 
@@ -467,11 +479,11 @@ class HumidityBench:
 # --- traceability ---------------------------------------------------------------------------------
 
 
-def copied(rows: list[Row], as_device: str, seed: int) -> list[Row]:
-    """`rows` (a victim's) signed as `as_device`, each value moved by noise of the readings' last
-    decimal, so no reading is an exact duplicate of the victim's."""
+def copied(rows: list[Row], as_device: str, seed: int, sigma: float = COPY_NOISE) -> list[Row]:
+    """`rows` (a victim's) signed as `as_device`, each value moved by noise (default: of the
+    readings' last decimal, so no reading is an exact duplicate of the victim's)."""
     rng = np.random.default_rng(seed)
-    noise = rng.normal(0.0, COPY_NOISE, (len(rows), 2))
+    noise = rng.normal(0.0, sigma, (len(rows), 2))
     return [(as_device, i + 1, r[2], r[3] + float(a), r[4] + float(b))
             for i, (r, (a, b)) in enumerate(zip(rows, noise, strict=True))]
 
@@ -491,6 +503,7 @@ class TraceabilityBench:
         self.fits = 0
         self.fit_s = 0.0
         self.rows = {"clean": data.train}
+        self._test_rel: dict[Any, dict[int, np.ndarray]] | None = None
         self._cache: dict[tuple[str, int], tuple[Weights, int]] = {}
         self._stats_cache: dict[str, tuple[float, np.ndarray, np.ndarray]] = {}
         self.victims = self.choose_victims()
@@ -498,6 +511,13 @@ class TraceabilityBench:
         for k, a in enumerate(ATTACKER):
             poisoned[a] = copied(data.train[self.victims[a]], a, seed=k)
         self.rows["data_poison"] = poisoned
+        rng = np.random.default_rng(7)
+        noisy = dict(data.train)
+        for a in ATTACKER:
+            noise = rng.normal(0.0, NOISY_SIGMA, (len(data.train[a]), 2))
+            noisy[a] = [(d, s, ts, t + float(x), h + float(y))
+                        for (d, s, ts, t, h), (x, y) in zip(data.train[a], noise, strict=True)]
+        self.rows["noisy"] = noisy
 
     def fit(self, n: int, rows_of: str = "clean") -> tuple[Weights, int]:
         key = (rows_of, n)
@@ -569,7 +589,7 @@ class TraceabilityBench:
     def run(self, attack: str | None, strategy: str) -> dict[str, Any]:
         base = self.init
         clip = self.clips.get(strategy)
-        rows_of = "data_poison" if attack == "data_poison" else "clean"
+        rows_of = attack if attack in ("data_poison", "noisy") else "clean"
         ups = [(n, *self.fit(n, rows_of)) for n in range(NODES) if n != MALICIOUS]
         mal, count = self.fit(MALICIOUS, rows_of)
         if attack in ("scaled", "sign_flip", "noise", "inflated"):
@@ -587,11 +607,15 @@ class TraceabilityBench:
         if clip is not None:
             ups = [(n, clip.apply("traceability", u, base), c) for n, u, c in ups]
         out: dict[str, Any] = {}
-        if strategy == "fedavg":
-            out["refit"] = self.refit_check(mal, count, rows_of)
-        if attack == "inflated":
+        # Every replica re-fits the update from the readings its node's devices committed and
+        # refuses one that differs (node/ledger/refit.py); a refused update leaves the round to the
+        # 3 honest ones, as does the inflated num_examples (refused by the provenance rule).
+        out["refit"] = self.refit_check(mal, count, rows_of, clip)
+        refused = out["refit"]["max_relative_deviation"] > refit.TOLERANCE
+        if attack == "inflated" or refused:
             if strategy == "fedavg":
-                unchecked = combine("traceability", "fedavg", [*ups, (MALICIOUS, mal, INFLATED)], base, 1)
+                declared = INFLATED if attack == "inflated" else count
+                unchecked = combine("traceability", "fedavg", [*ups, (MALICIOUS, mal, declared)], base, 1)
                 out["without_ledger_check"] = self.score(unchecked)
         else:
             ups.append((MALICIOUS, mal, count))
@@ -611,22 +635,36 @@ class TraceabilityBench:
             "attacker_devices": fingerprint.accuracy(model, mine),
             "stolen": sum(x.best() in stolen for x in honest) / len(honest),
             "windows": float(len(honest)),
+            "false_flags": self.false_flags(model, honest),
         }
 
-    def refit_check(self, committed: Weights, count: int, rows_of: str) -> dict[str, float]:
-        """What a replica could check: the attacker's update re-fitted from the readings its devices
-        committed (the same numpy fit, from public data) against the update it signed; the largest
-        deviation of an array relative to that array's largest value. An honest update re-fits to
-        within float32 rounding."""
+    def false_flags(self, model: fingerprint.Fingerprints, honest: list[fingerprint.Window]) -> float:
+        """The share of the honest devices' genuine windows that `fedledger ledger suspicious`
+        would flag (node/store/suspicious.py: another device more likely by THRESHOLD nats an hour,
+        or no known device), the deployed use of the fingerprints: a genuine window that merely
+        ties with a copy of its device is not flagged."""
+        if self._test_rel is None:
+            self._test_rel = fingerprint.relative(fingerprint.hourly_features(self.test), self.devices)
+        flagged = 0
+        for w in honest:
+            ratio, _, q = suspicious.window_scores(model, w, self._test_rel[w.device], TRACE_WINDOW_H)
+            flagged += bool(q > suspicious.UNKNOWN_Q or ratio > suspicious.THRESHOLD)
+        return float(flagged / len(honest))
+
+    def refit_check(self, committed: Weights, count: int, rows_of: str,
+                    clip: Clip | None) -> dict[str, float]:
+        """The ledger's refit rule (node/ledger/refit.py) on the attacker's update: the fit of the
+        readings its devices committed (the replica's numpy fit, from public data; clipped to the
+        run's bound) against the update it signed, as the largest deviation of an array relative
+        to that array's largest value. An honest update re-fits to within float32 rounding."""
         t0 = time.perf_counter()
         rows = self.rows[rows_of]
-        refit = fingerprint.fit(self.devices, [r for d in ATTACKER for r in rows[d]],
-                                [r for d in DEVICES for r in rows[d]], count, base=self.init)
+        expected = fingerprint.fit(self.devices, [r for d in ATTACKER for r in rows[d]],
+                                   [r for d in DEVICES for r in rows[d]], count, base=self.init)
+        if clip is not None:
+            expected = clip.apply("traceability", expected, self.init)
         seconds = time.perf_counter() - t0
-        dev = max(float(np.max(np.abs(np.asarray(c, np.float64) - np.asarray(f, np.float64))))
-                  / max(float(np.max(np.abs(np.asarray(f, np.float64)))), 1e-30)
-                  for c, f in zip(committed, refit, strict=True))
-        return {"max_relative_deviation": dev, "refit_s": seconds}
+        return {"max_relative_deviation": refit.deviation(committed, expected), "refit_s": seconds}
 
     def clean_updates(self) -> list[Weights]:
         return [self.fit(n)[0] for n in range(NODES)]
@@ -635,7 +673,9 @@ class TraceabilityBench:
         """How close the data_poison copies come to their victims next to genuine rooms: the
         correlation of minute-to-minute changes (temperature, humidity: the larger) over the
         minutes both devices reported. A rule that flagged devices tracking each other this closely
-        would need a threshold between the two."""
+        would need a threshold between the two. `sweep`: the same attack with more noise on the
+        copies (FedAvg): the share of honest windows they still take, the accuracy, the
+        correlation of each copy with its victim."""
         def corr(a: list[Row], b: list[Row]) -> float:
             sa, sb = {r[2]: r for r in a}, {r[2]: r for r in b}
             common = sorted(set(sa) & set(sb))
@@ -646,8 +686,21 @@ class TraceabilityBench:
         rows = self.rows["data_poison"]
         genuine = [corr(self.data.train[a], self.data.train[b])
                    for i, a in enumerate(DEVICES) for b in DEVICES[i + 1:]]
+        sweep = []
+        for sigma in COPY_NOISE_SWEEP:
+            name = f"copies@{sigma:g}"
+            self.rows[name] = dict(self.data.train)
+            for k, a in enumerate(ATTACKER):
+                self.rows[name][a] = copied(self.data.train[self.victims[a]], a, seed=k, sigma=sigma)
+            ups = [(n, *self.fit(n, name)) for n in range(NODES)]
+            s = self.score(combine("traceability", "fedavg", ups, self.init, 1))
+            sweep.append({"noise": sigma, "stolen": round(s["stolen"], 4),
+                          "traceability": round(s["traceability"], 4),
+                          "correlation": [round(corr(self.rows[name][a], self.data.train[v]), 4)
+                                          for a, v in self.victims.items()]})
         return {"genuine_pairs_max": round(max(genuine), 4),
-                "copies": {a: round(corr(rows[a], self.data.train[v]), 6) for a, v in self.victims.items()}}
+                "copies": {a: round(corr(rows[a], self.data.train[v]), 6) for a, v in self.victims.items()},
+                "sweep": sweep}
 
 
 # --- the table ------------------------------------------------------------------------------------
@@ -700,6 +753,9 @@ def bench(b: HumidityBench | TraceabilityBench, views: Sequence[str]) -> dict[st
             "results": results,
             "worst_gap": round(best_gaps[worst], 4),
             "worst_attack": worst,
+            # The round without the malicious node's update (the ledger refuses the inflated one):
+            # what a defence that told the attacker apart every time would reach.
+            "honest_only_fedavg": round(cells["inflated"]["fedavg"]["score"][view], 4),
             "strategy_worst_gap": {s: round(max(ref - cells[a][s]["score"][view] for a in best_gaps), 4)
                                    for s in STRATEGIES},
             "attacker_devices": attacker,
@@ -707,18 +763,12 @@ def bench(b: HumidityBench | TraceabilityBench, views: Sequence[str]) -> dict[st
         if view == "traceability":
             entry["stolen"] = {name: {s: round(row[s]["score"]["stolen"], 4) for s in STRATEGIES}
                                for name, row in cells.items()}
+            entry["false_flags"] = {name: {s: round(row[s]["score"]["false_flags"], 4) for s in STRATEGIES}
+                                    for name, row in cells.items()}
             entry["windows"] = int(cells["clean"]["fedavg"]["score"]["windows"])
-            # A replica that re-fitted every traceability update from the committed readings would
-            # refuse the ones that differ: their round is the 3 honest updates, the inflated row.
-            refused = {name for name, row in cells.items()
-                       if row["fedavg"]["refit"]["max_relative_deviation"] > REFIT_TOLERANCE}
-            checked = {name: (results["inflated"] if name in refused else results[name])
-                       for name in results if name != "clean"}
-            entry["with_refit_check"] = {
-                "refused": sorted(refused),
-                "results": {name: {s: r[s] for s in STRATEGIES} for name, r in checked.items()},
-                "worst_gap": round(max(min(ref - r[s] for s in STRATEGIES) for r in checked.values()), 4),
-            }
+            entry["refused_by_refit"] = sorted(
+                name for name, row in cells.items()
+                if row["fedavg"]["refit"]["max_relative_deviation"] > refit.TOLERANCE)
             entry["copy_check"] = b.copy_check() if isinstance(b, TraceabilityBench) else {}
             entry["refit_check"] = {
                 name: {"max_relative_deviation": float(f"{refit['max_relative_deviation']:.3g}"),

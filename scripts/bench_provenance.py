@@ -8,7 +8,11 @@ of 2,000 readings; then measures, per update:
   (the SQL range scan of its devices' readings, the held-out rule, two Merkle roots), uncached;
 * `check_ms`: the whole mempool check of a model_update (signature, run rules, provenance) once
   that cut is cached, which is what the proposal's re-validation and later updates of the same
-  cut pay.
+  cut pay;
+* `refit_ms`: the traceability refit rule (node/ledger/refit.py) on one node's honest update,
+  uncached: reading its devices' and every listed device's readings at the cut from the replica
+  and fitting the fingerprints again, next to `fit_ms`, the fit alone on rows already in memory
+  (what the node's ClientApp pays to train, without loading its rows).
 
     python scripts/bench_provenance.py --json
     python scripts/bench_provenance.py --csv ../shared/data/smart_building_th.csv.gz --limit 100000 --json
@@ -28,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from federated import fingerprint
 from federated.data import MAIN_SLICE, read_csv_rows
 from federated.weights import encode_weights
-from node.ledger import provenance
+from node.ledger import provenance, refit
 from node.ledger.chain import Ledger
 from node.ledger.genesis import Genesis, GenesisMember
 from node.ledger.keys import NodeKey
@@ -43,6 +48,7 @@ from node.ledger.transactions import (
     make_reading,
     make_register_device,
     make_train_request,
+    parse_tx,
     tx_id,
 )
 from node.store.sqlite import SqliteStore
@@ -87,6 +93,48 @@ def build(path: Path, csv: Path, limit: int | None) -> tuple[Ledger, list[NodeKe
     return ledger, keys, len(rows)
 
 
+def traceability_costs(ledger: Ledger, keys: list[NodeKey], repeat: int) -> tuple[list[float], list[float]]:
+    """(refit ms, fit ms) samples: a traceability run over every device of the ledger, each node's
+    honest update re-fitted by the replica with its caches cleared, and the same fit on rows in
+    memory."""
+    store = ledger.store
+    names = sorted(d.name for d in store.devices())
+    coord = keys[0]
+    req = make_train_request(coord, CHAIN, "traceability", 1, params={"classes": ",".join(names)})
+    w0 = fingerprint.initial_weights(len(names))
+    init = make_model_update(coord, CHAIN, tx_id(req), "traceability", 0, bytes(32), encode_weights(w0), 1,
+                             {}, bytes(32))
+    commit0 = make_model_commit(coord, CHAIN, tx_id(req), "traceability", 0, "fedavg", [tx_id(init)],
+                                init["body"]["weights_hash"], {})
+    commit(ledger, keys, [req, init, commit0], ledger.head_time_ms)
+    cut = ledger.height
+    request = parse_tx(req).body
+    refit_ms: list[float] = []
+    fit_ms: list[float] = []
+    for k in keys:
+        ds = provenance.datasets(store, k.public, cut)
+        def update(weights: list[np.ndarray], k: NodeKey = k, ds: provenance.DataSets = ds) -> Any:
+            tx = make_model_update(k, CHAIN, tx_id(req), "traceability", 1, init["body"]["weights_hash"],
+                                   encode_weights(weights), ds.train_examples, {}, ds.train_root,
+                                   data_cut=cut)
+            return parse_tx(tx).body
+
+        upd = update(refit.refit(store, request, update(w0), w0))
+        for _ in range(repeat):
+            refit._verdicts.clear()
+            t = time.perf_counter()
+            verdict = refit.check_refit(store, request, upd)
+            refit_ms.append((time.perf_counter() - t) * 1000)
+            assert verdict is None, verdict
+        own = refit._training_rows(store, [d for d in store.devices() if d.owner == k.public], cut)
+        context = refit._training_rows(store, store.devices(), cut)
+        for _ in range(repeat):
+            t = time.perf_counter()
+            fingerprint.fit(names, own, context, ds.train_examples, base=w0)
+            fit_ms.append((time.perf_counter() - t) * 1000)
+    return refit_ms, fit_ms
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--csv", type=Path, default=MAIN_SLICE)
@@ -124,16 +172,22 @@ def main(argv: list[str] | None = None) -> int:
                 check.append((time.perf_counter() - t) * 1000)
                 _VERIFIED.clear()  # pay the signature check every time, as a fresh replica does
             assert reason is None, reason
+        refit_ms, fit_ms = traceability_costs(ledger, keys, args.repeat)
         out = {
             "csv": str(args.csv), "readings": n, "blocks": ledger.height, "build_s": round(built_s, 1),
             "per_node": sizes,
             "cold_ms_median": round(statistics.median(cold), 2), "cold_ms_max": round(max(cold), 2),
             "check_ms_median": round(statistics.median(check), 3),
+            "refit_ms_median": round(statistics.median(refit_ms), 1), "refit_ms_max": round(max(refit_ms), 1),
+            "fit_ms_median": round(statistics.median(fit_ms), 1),
+            "refit_over_fit": round(statistics.median(refit_ms) / statistics.median(fit_ms), 2),
         }
         store.close()
     print(json.dumps(out, indent=2) if args.json else
           f"{n} readings: provenance per update {out['cold_ms_median']} ms cold (max {out['cold_ms_max']}), "
-          f"whole update check {out['check_ms_median']} ms with the cut cached")
+          f"whole update check {out['check_ms_median']} ms with the cut cached; traceability refit "
+          f"{out['refit_ms_median']} ms (max {out['refit_ms_max']}) against the fit alone "
+          f"{out['fit_ms_median']} ms")
     return 0
 
 

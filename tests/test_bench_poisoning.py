@@ -15,7 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "bench_poisoning.py"
 ATTACKS = {"scaled", "sign_flip", "noise", "data_poison", "inflated"}
-STRATEGIES = {"fedavg", "fedmedian", "fedtrimmedavg", "krum", "fedavg_clip", "fedavg_clip_shared"}
+STRATEGIES = {"fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "fedavg_clip",
+              "fedavg_clip_shared"}
 VIEWS = {"humidity", "humidity_shared_line", "traceability"}
 
 
@@ -34,7 +35,7 @@ def test_every_attack_meets_every_strategy_and_worst_gap_is_the_worst_best_gap(q
     assert set(quick["results"]) == VIEWS
     best_gaps = []
     for view, results in quick["results"].items():
-        attacks = ATTACKS | ({"mimic"} if view == "traceability" else set())
+        attacks = ATTACKS | ({"mimic", "noisy"} if view == "traceability" else set())
         assert set(results) == {"clean", *attacks}, view
         assert set(results["clean"]) == STRATEGIES
         for attack in attacks:
@@ -76,12 +77,27 @@ def test_an_attacker_cannot_move_honest_devices_own_lines(quick: dict[str, Any])
 
 @pytest.mark.slow
 @pytest.mark.federated
-def test_a_refit_from_committed_readings_tells_model_attacks_from_honest_fits(quick: dict[str, Any]) -> None:
+def test_the_ledger_refit_refuses_model_attacks_and_takes_honest_fits(quick: dict[str, Any]) -> None:
     refit = quick["views"]["traceability"]["refit_check"]
     assert refit["clean"]["max_relative_deviation"] < 1e-6
     assert refit["data_poison"]["max_relative_deviation"] < 1e-6  # honest fit of poisoned readings
     for attack in ("scaled", "sign_flip", "noise", "mimic"):
         assert refit[attack]["max_relative_deviation"] > 0.1, attack
+    # The ledger's refit rule refuses them: each of their rounds is the 3 honest updates.
+    trace = quick["views"]["traceability"]
+    refused = {"scaled", "sign_flip", "noise", "mimic", "inflated"}
+    assert set(trace["refused_by_refit"]) == refused
+    honest_only = quick["results"]["traceability"]["inflated"]
+    for attack in refused:
+        assert {s: quick["results"]["traceability"][attack][s] for s in STRATEGIES} == \
+            {s: honest_only[s] for s in STRATEGIES}, attack
+        assert "fedavg_without_ledger_check" in quick["results"]["traceability"][attack]
+    assert refit["noisy"]["max_relative_deviation"] < 1e-6  # an honest fit of noisy readings
+    flags = trace["false_flags"]
+    assert set(flags) == set(quick["results"]["traceability"]) and all(
+        0.0 <= v <= 1.0 for row in flags.values() for v in row.values())
+    sweep = trace["copy_check"]["sweep"]
+    assert [s["noise"] for s in sweep] == sorted(s["noise"] for s in sweep) and len(sweep) >= 3
     victims = quick["victims"]
     assert set(victims) == set(quick["config"]["attacker_devices"])
     assert set(victims.values()) <= set(quick["config"]["honest_devices"])
