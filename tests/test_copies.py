@@ -5,6 +5,7 @@ copy, and a copy takes none of its original's windows in `ledger suspicious`."""
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from federated.aggregate import Personal, Update, aggregate
 from federated.data import HOLDOUT_SLICE, MAIN_SLICE, read_csv_rows
 from federated.personal import personal_arrays
 from federated.weights import encode_weights, weights_hash
+from node.cli.main import main
 from node.ledger.chain import Ledger
 from node.ledger.holdout import Split, split_of
 from node.ledger.provenance import datasets
@@ -26,8 +28,9 @@ from node.ledger.transactions import (
     make_train_request,
     tx_id,
 )
+from node.server.datadir import DB_FILE, GENESIS_FILE, init_node
 from node.store import suspicious as susp
-from node.store.base import MemoryStore
+from node.store.sqlite import SqliteStore
 from tests.factories import CHAIN_ID, commit_next, device_key, make_genesis
 
 ROOMS = ["room_442", "room_510", "room_621", "room_644", "room_648", "room_722", "room_734", "room_748"]
@@ -106,11 +109,13 @@ class CopiedFederation:
     hour in which room_644's key signs copies of room_722's readings of that hour; one round of
     fingerprints fitted by their owners; then the held-out day, copied the same way."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path) -> None:
         main = read_csv_rows(MAIN_SLICE, ROOMS)
         first = min(r[2] for r in main)
         self.keys, genesis = make_genesis(4, genesis_time_ms=first - 60_000)
-        self.ledger = Ledger(MemoryStore(), genesis)
+        init_node(directory, name="node1", port=1)  # a real node directory, for the CLI
+        genesis.save(directory / GENESIS_FILE)
+        self.ledger = Ledger(SqliteStore(directory / DB_FILE), genesis)
         self.devices = {name: device_key(i) for i, name in enumerate(ROOMS)}
         self.owner = {name: self.keys[i % 4] for i, name in enumerate(ROOMS)}
         self.seq: dict[str, int] = defaultdict(int)
@@ -171,8 +176,9 @@ class CopiedFederation:
         return run
 
 
-def test_a_copy_is_reported_and_takes_none_of_its_originals_windows() -> None:
-    fed = CopiedFederation()
+def test_a_copy_is_reported_and_takes_none_of_its_originals_windows(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fed = CopiedFederation(tmp_path / "node1")
     found = susp.suspicious(fed.ledger.store, hours=24)
     assert [(c["device"], c["copy_of"]) for c in found["copies"]] == [(COPIER, VICTIM)]
     c = found["copies"][0]
@@ -182,3 +188,6 @@ def test_a_copy_is_reported_and_takes_none_of_its_originals_windows() -> None:
     assert copy_flags == [(COPIER, VICTIM)]
     assert not any(f["looks_like"] == COPIER for f in found["flagged"])
     assert found["tracking_pairs"] == []
+    fed.ledger.store.close()
+    assert main(["ledger", "suspicious", str(tmp_path / "node1"), "--hours", "24"]) == 0
+    assert f"{COPIER} replays {VICTIM}'s readings" in capsys.readouterr().out
