@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -273,6 +273,14 @@ class Fingerprints:
             q = np.einsum("nf,fg,ng->n", diff, self.precisions[i], diff)
             out[:, i] = -0.5 * (q + self.logdets[i] + F * math.log(2 * math.pi))
         return out
+
+
+def without(model: Fingerprints, devices: Iterable[Hashable]) -> Fingerprints:
+    """`model` with the fingerprints of `devices` left out: no window scores as them (copies of
+    another device's readings, federated/copies.py)."""
+    drop = set(devices)
+    known = np.array([bool(k) and d not in drop for d, k in zip(model.devices, model.known, strict=True)])
+    return replace(model, known=known)
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from federated import fingerprint, tasks
+from federated import copies, fingerprint, tasks
 from federated.aggregate import Personal, Update, aggregate
 from federated.clipping import clip_update, update_norm
 from federated.data import read_csv_rows
@@ -160,6 +160,8 @@ TRACE_WINDOW_H = 6  # the paper's headline window
 # an exact duplicate of the victim's, yet their minute-to-minute dynamics are the victim's.
 COPY_NOISE = 1e-4
 COPY_NOISE_SWEEP = (1e-4, 3e-4, 1e-3, 2e-3, 1e-2)  # how close a copy must stay to steal
+BLOCK_S = 2  # the copy rule's commit order: a block every 2 s of the readings' time
+FRONT_RUN = 0.25  # copies the copier commits a block before their originals (its own blocks)
 NOISY_SIGMA = 0.02  # noisy (traceability): the attacker's own readings, noised while fingerprints are fitted
 MIMIC_SCALES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5)
 CHAIN = "bench-poisoning"
@@ -511,6 +513,8 @@ class TraceabilityBench:
         for k, a in enumerate(ATTACKER):
             poisoned[a] = copied(data.train[self.victims[a]], a, seed=k)
         self.rows["data_poison"] = poisoned
+        self.copied_from: dict[str, dict[str, str]] = {"data_poison": dict(self.victims)}
+        self._copies: dict[str, list[dict[str, Any]]] = {}
         rng = np.random.default_rng(7)
         noisy = dict(data.train)
         for a in ATTACKER:
@@ -518,6 +522,35 @@ class TraceabilityBench:
             noisy[a] = [(d, s, ts, t + float(x), h + float(y))
                         for (d, s, ts, t, h), (x, y) in zip(data.train[a], noise, strict=True)]
         self.rows["noisy"] = noisy
+
+    def heights(self, rows_of: str) -> dict[Any, dict[int, int]]:
+        """Commit heights of the readings by minute, as the ledger would have them: a block every
+        BLOCK_S seconds of the readings' time; a copy lands in the block after its original's,
+        except a share FRONT_RUN of them, which the copier put in its own blocks one block early
+        (it proposes a quarter of the blocks)."""
+        rng = np.random.default_rng(11)
+        rows = self.rows[rows_of]
+        out = {d: {int(r[2]) // copies.MINUTE_MS: int(r[2]) // (BLOCK_S * 1000) for r in rows[d]}
+               for d in DEVICES}
+        for copy, original in self.copied_from.get(rows_of, {}).items():
+            src = out[original]
+            out[copy] = {m: src[m] + (-1 if rng.random() < FRONT_RUN else 1) for m in out[copy] if m in src}
+        return out
+
+    def copies_in(self, rows_of: str) -> list[dict[str, Any]]:
+        """The copy rule on the readings the fingerprints were fitted on: every pair of devices that
+        track each other (federated/copies.py), and which is the copy by commit order."""
+        if rows_of not in self._copies:
+            rows = self.rows[rows_of]
+            heights = self.heights(rows_of)
+            found = []
+            for m in copies.matches({d: rows[d] for d in DEVICES}):
+                decided = copies.copy_of(m, heights)
+                found.append({"copy": decided[0] if decided else None, "of": decided[1] if decided else None,
+                              "pair": [m.a, m.b], "correlation": round(m.correlation, 4),
+                              "lag_minutes": m.lag_minutes, "common": m.common})
+            self._copies[rows_of] = found
+        return self._copies[rows_of]
 
     def fit(self, n: int, rows_of: str = "clean") -> tuple[Weights, int]:
         key = (rows_of, n)
@@ -621,18 +654,31 @@ class TraceabilityBench:
             ups.append((MALICIOUS, mal, count))
         w = combine("traceability", strategy, ups, base, 1)
         out["weights"] = w
-        out["score"] = self.score(w)
+        out["copies"] = self.copies_in(rows_of)
+        out["score"] = self.score(w, [c["copy"] for c in out["copies"] if c["copy"] is not None])
         return out
 
-    def score(self, w: Weights) -> dict[str, float]:
-        model = fingerprint.Fingerprints.of(w, self.devices)
-        ws = fingerprint.classify(w, self.devices, self.test, (), TRACE_WINDOW_H, 1)
-        honest = [x for x in ws if x.device in HONEST]
+    def test_rel(self) -> dict[Any, dict[int, np.ndarray]]:
+        if self._test_rel is None:
+            self._test_rel = fingerprint.relative(fingerprint.hourly_features(self.test), self.devices)
+        return self._test_rel
+
+    def score(self, w: Weights, copies_found: Sequence[str] = ()) -> dict[str, float]:
+        """Held-out windows scored as deployed: devices found to copy another's readings are no
+        candidates (their own windows are not scored: the copy is what is reported about them)."""
+        full = fingerprint.Fingerprints.of(w, self.devices)
+        model = fingerprint.without(full, copies_found)
+        ws = fingerprint.windows(full, self.test_rel(), TRACE_WINDOW_H, 1)
+        kept = [fingerprint.Window(x.device, x.start_hour, x.hours,
+                                   np.where(model.known, x.loglik, -np.inf)) for x in ws]
+        honest = [x for x in kept if x.device in HONEST]
         mine = [x for x in ws if x.device in ATTACKER]
         stolen = {self.index[a] for a in ATTACKER}
         return {
             "traceability": fingerprint.accuracy(model, honest),
-            "attacker_devices": fingerprint.accuracy(model, mine),
+            "traceability_without_copy_rule": fingerprint.accuracy(full, [x for x in ws
+                                                                          if x.device in HONEST]),
+            "attacker_devices": fingerprint.accuracy(full, mine),
             "stolen": sum(x.best() in stolen for x in honest) / len(honest),
             "windows": float(len(honest)),
             "false_flags": self.false_flags(model, honest),
@@ -643,11 +689,9 @@ class TraceabilityBench:
         would flag (node/store/suspicious.py: another device more likely by THRESHOLD nats an hour,
         or no known device), the deployed use of the fingerprints: a genuine window that merely
         ties with a copy of its device is not flagged."""
-        if self._test_rel is None:
-            self._test_rel = fingerprint.relative(fingerprint.hourly_features(self.test), self.devices)
         flagged = 0
         for w in honest:
-            ratio, _, q = suspicious.window_scores(model, w, self._test_rel[w.device], TRACE_WINDOW_H)
+            ratio, _, q = suspicious.window_scores(model, w, self.test_rel()[w.device], TRACE_WINDOW_H)
             flagged += bool(q > suspicious.UNKNOWN_Q or ratio > suspicious.THRESHOLD)
         return float(flagged / len(honest))
 
@@ -692,9 +736,15 @@ class TraceabilityBench:
             self.rows[name] = dict(self.data.train)
             for k, a in enumerate(ATTACKER):
                 self.rows[name][a] = copied(self.data.train[self.victims[a]], a, seed=k, sigma=sigma)
+            self.copied_from[name] = dict(self.victims)
             ups = [(n, *self.fit(n, name)) for n in range(NODES)]
-            s = self.score(combine("traceability", "fedavg", ups, self.init, 1))
-            sweep.append({"noise": sigma, "stolen": round(s["stolen"], 4),
+            w = combine("traceability", "fedavg", ups, self.init, 1)
+            plain = self.score(w)
+            found = [c["copy"] for c in self.copies_in(name) if c["copy"] is not None]
+            s = self.score(w, found)
+            sweep.append({"noise": sigma, "stolen_without_copy_rule": round(plain["stolen"], 4),
+                          "traceability_without_copy_rule": round(plain["traceability"], 4),
+                          "copies_found": sorted(found), "stolen": round(s["stolen"], 4),
                           "traceability": round(s["traceability"], 4),
                           "correlation": [round(corr(self.rows[name][a], self.data.train[v]), 4)
                                           for a, v in self.victims.items()]})
@@ -765,6 +815,10 @@ def bench(b: HumidityBench | TraceabilityBench, views: Sequence[str]) -> dict[st
                                for name, row in cells.items()}
             entry["false_flags"] = {name: {s: round(row[s]["score"]["false_flags"], 4) for s in STRATEGIES}
                                     for name, row in cells.items()}
+            entry["without_copy_rule"] = {
+                name: {s: round(row[s]["score"]["traceability_without_copy_rule"], 4) for s in STRATEGIES}
+                for name, row in cells.items()}
+            entry["copies_found"] = {name: row["fedavg"]["copies"] for name, row in cells.items()}
             entry["windows"] = int(cells["clean"]["fedavg"]["score"]["windows"])
             entry["refused_by_refit"] = sorted(
                 name for name, row in cells.items()

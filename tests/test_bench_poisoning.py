@@ -96,6 +96,11 @@ def test_the_ledger_refit_refuses_model_attacks_and_takes_honest_fits(quick: dic
     flags = trace["false_flags"]
     assert set(flags) == set(quick["results"]["traceability"]) and all(
         0.0 <= v <= 1.0 for row in flags.values() for v in row.values())
+    # The copy rule finds the attacker's copies, by commit order, and nothing in the clean run.
+    attacker = set(quick["config"]["attacker_devices"])
+    assert {c["copy"] for c in trace["copies_found"]["data_poison"]} == attacker
+    assert {c["of"] for c in trace["copies_found"]["data_poison"]} == set(quick["victims"].values())
+    assert trace["copies_found"]["clean"] == [] and trace["copies_found"]["noisy"] == []
     sweep = trace["copy_check"]["sweep"]
     assert [s["noise"] for s in sweep] == sorted(s["noise"] for s in sweep) and len(sweep) >= 3
     victims = quick["victims"]

@@ -295,6 +295,15 @@ def cmd_suspicious(args: argparse.Namespace) -> int:
             human.append(f"... {found['flagged_total'] - len(found['flagged'])} more")
     else:
         human.append("nothing suspicious: every window looks most like the device that signed it")
+    for c in found["copies"]:
+        human.append(f"{c['device']} replays {c['copy_of']}'s readings (one-minute changes correlate "
+                     f"{c['correlation']:.3f} at a lag of {c['lag_minutes']} min over {c['minutes']} "
+                     f"minutes; committed later in {c['committed_later']} of them): not scored, and no "
+                     "candidate")
+    for p in found["tracking_pairs"]:
+        human.append(f"{p['devices'][0]} and {p['devices'][1]} report the same readings (correlation "
+                     f"{p['correlation']:.3f}, lag {p['lag_minutes']} min) and the ledger cannot tell "
+                     "which came first")
     emit(args, found, human)
     return 0
 

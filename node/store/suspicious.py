@@ -9,6 +9,13 @@ e^6, about 400:1), or when no fingerprint fits it at all (the smallest mean Maha
 over the fingerprints above UNKNOWN_Q per hour: a sensor from outside the federation, or made-up
 values).
 
+A device whose readings replay another device's (near-exact copies, at any time shift) takes that
+device's windows: two devices reporting the same data cannot be told apart by any fingerprint.
+The copy rule (federated/copies.py) finds such pairs among the devices whose windows score as each
+other; the one committed later in most matched minutes is the copy. It is reported under
+`copies` and flagged (kind `copy_of`, the score its correlation), and its fingerprint is no
+candidate for any other device's window.
+
 `suspicious(store, ...)` is the whole check as JSON-ready dicts (`fedledger ledger suspicious`, and
 for the explorer). Its work is bounded: the run's listed devices (at most 64), the latest `hours`
 (at most MAX_HOURS) of each one's readings through the store's index walk, numpy over hourly
@@ -17,12 +24,13 @@ vectors.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from federated import fingerprint
+from federated import copies, fingerprint
 from federated.personal import run_devices
 from node.ledger.keys import short_id
 from node.ledger.run_rules import named_devices
@@ -35,6 +43,7 @@ DEFAULT_WINDOW_HOURS = fingerprint.DEFAULT_WINDOW_HOURS
 THRESHOLD = 1.0  # nats per hour
 UNKNOWN_Q = 30.0  # mean squared Mahalanobis distance per hour (10 features: 99 % of genuine hours < 51)
 MAX_LISTED = 500
+MAX_PAIRS = 64  # pairs of devices checked by the copy rule per view (FFTs over a week of minutes)
 READINGS_PER_HOUR = 75  # one a minute, and some slack for devices that send faster
 
 
@@ -50,7 +59,7 @@ class Flag:
     windows: int
     score: float  # the largest log-likelihood ratio per hour of the window(s)
     best: str | None  # the device the readings look like (None: no known device)
-    kind: str  # "other_device" | "unknown_device"
+    kind: str  # "other_device" | "unknown_device" | "copy_of" (score: the copy rule's correlation)
 
     def to_json(self, keys: dict[str, bytes]) -> dict[str, Any]:
         key = keys.get(self.device)
@@ -125,6 +134,72 @@ def flag_windows(model: fingerprint.Fingerprints, rel: dict[Any, dict[int, np.nd
     return flags, len(ws)
 
 
+@dataclass(frozen=True)
+class Copy:
+    """A device whose readings replay another's (federated/copies.py), later on the ledger."""
+
+    copy: str
+    original: str
+    match: copies.Match
+    later: int  # matched minutes where the copy's reading was committed after the original's
+    earlier: int  # ... and before it
+
+    def flag(self, hours: dict[int, Any]) -> Flag:
+        """The copy's span of scored hours as one flag: its readings look like the original's because
+        they are the original's."""
+        span = sorted(hours) or [0]
+        return Flag(self.copy, span[0], span[-1] + 1, len(hours), self.match.correlation, self.original,
+                    "copy_of")
+
+    def to_json(self, keys: dict[str, bytes]) -> dict[str, Any]:
+        key, orig = keys.get(self.copy), keys.get(self.original)
+        return {
+            "device": self.copy,
+            "device_key": key.hex() if key else None,
+            "copy_of": self.original,
+            "copy_of_key": orig.hex() if orig else None,
+            "correlation": round(self.match.correlation, 4),
+            "lag_minutes": self.match.lag_minutes if self.copy == self.match.b else -self.match.lag_minutes,
+            "minutes": self.match.common,
+            "committed_later": self.later,
+            "committed_earlier": self.earlier,
+        }
+
+
+def copy_pairs(model: fingerprint.Fingerprints, rel: dict[Any, dict[int, np.ndarray]],
+               rows: list[tuple[Any, ...]], heights: dict[Any, dict[int, int]],
+               window_hours: int) -> tuple[list[Copy], list[copies.Match]]:
+    """The copy rule on the scored readings: among the pairs where one device's windows score best
+    as the other (only there can a copy take windows; at most MAX_PAIRS, the most frequent), those
+    whose one-minute changes track each other; the copy is the one committed later in most matched
+    minutes. Returns (decided copies, pairs that track each other but whose order is a tie)."""
+    index = {d: i for i, d in enumerate(model.devices)}
+    seen: Counter[tuple[Any, Any]] = Counter()
+    for w in fingerprint.windows(model, rel, window_hours, 1):
+        if not model.known[index[w.device]]:
+            continue
+        b = w.best()
+        if b >= 0 and model.devices[b] != w.device:
+            seen[tuple(sorted((w.device, model.devices[b]), key=str))] += 1
+    pairs = [p for p, _ in seen.most_common(MAX_PAIRS)]
+    if not pairs:
+        return [], []
+    by_device: dict[Any, list[tuple[Any, ...]]] = {}
+    for r in rows:
+        by_device.setdefault(r[0], []).append(r)
+    found: list[Copy] = []
+    undecided: list[copies.Match] = []
+    for m in copies.matches(by_device, pairs):
+        b_later, a_later = copies.later_share(heights.get(m.a, {}), heights.get(m.b, {}), m.lag_minutes)
+        if b_later > a_later:
+            found.append(Copy(str(m.b), str(m.a), m, b_later, a_later))
+        elif a_later > b_later:
+            found.append(Copy(str(m.a), str(m.b), m, a_later, b_later))
+        else:
+            undecided.append(m)
+    return found, undecided
+
+
 def suspicious(store: Store, run: str | None = None, round: int | None = None, hours: int = DEFAULT_HOURS,
                window_hours: int = DEFAULT_WINDOW_HOURS, threshold: float = THRESHOLD,
                limit: int = MAX_LISTED) -> dict[str, Any]:
@@ -148,17 +223,23 @@ def suspicious(store: Store, run: str | None = None, round: int | None = None, h
     records = named_devices(store, names)
     keys = {n: rec.device for n, rec in zip(names, records, strict=True) if rec is not None}
     rows: list[tuple[Any, ...]] = []
+    heights: dict[Any, dict[int, int]] = {}
     per_device = hours * READINGS_PER_HOUR
     for name, rec in zip(names, records, strict=True):
         if rec is None:
             continue
-        rows += [(name, r.seq, r.timestamp_ms, r.temperature_c, r.humidity_pct)
-                 for r in store.latest_readings(rec.device, per_device)]
+        latest = store.latest_readings(rec.device, per_device)
+        rows += [(name, r.seq, r.timestamp_ms, r.temperature_c, r.humidity_pct) for r in latest]
+        heights[name] = {r.timestamp_ms // copies.MINUTE_MS: r.height for r in latest}
     newest = max((r[2] for r in rows), default=0)
     since = newest - hours * fingerprint.HOUR_MS
     rows = [r for r in rows if r[2] > since]
     rel = fingerprint.relative(fingerprint.hourly_features(rows), names)
-    flags, scored = flag_windows(model, rel, window_hours, threshold)
+    found, undecided = copy_pairs(model, rel, rows, heights, window_hours)
+    flags, scored = flag_windows(fingerprint.without(model, [c.copy for c in found]), rel, window_hours,
+                                 threshold)
+    flags += [c.flag(rel.get(c.copy, {})) for c in found]
+    flags.sort(key=lambda f: (f.kind != "copy_of", -f.score, f.device, f.start_hour))
     return {
         "run": model_info.run.hex(),
         "round": model_info.round,
@@ -169,10 +250,14 @@ def suspicious(store: Store, run: str | None = None, round: int | None = None, h
         "window_hours": window_hours,
         "threshold": threshold,
         "unknown_q": UNKNOWN_Q,
+        "copy_threshold": copies.THRESHOLD,
         "from_ms": max(since, 0) if rows else None,
         "to_ms": newest if rows else None,
         "readings": len(rows),
         "windows_scored": scored,
         "flagged": [f.to_json(keys) for f in flags[:limit]],
         "flagged_total": len(flags),
+        "copies": [c.to_json(keys) for c in found],
+        "tracking_pairs": [{"devices": [m.a, m.b], "correlation": round(m.correlation, 4),
+                            "lag_minutes": m.lag_minutes, "minutes": m.common} for m in undecided],
     }

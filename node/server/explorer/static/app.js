@@ -231,11 +231,12 @@ const FLAG_HEADERS = ["device", "from (UTC)", "to (UTC)", "hours#", "windows#", 
 function flagRows(s, flags) {
   return flags.map((f) => {
     const unknown = f.kind === "unknown_device";
+    const copy = f.kind === "copy_of";
     return [
       f.device_key ? deviceLink(f.device_key, f.device) : f.device, fmtTime(f.start_ms), fmtTime(f.end_ms), f.hours, f.windows,
       unknown ? h("span", { class: "bad" }, "no known device") : f.looks_like_key ? deviceLink(f.looks_like_key, f.looks_like) : f.looks_like,
-      unknown ? `${fmtMetric(f.score)} (distance)` : `${fmtMetric(f.score)} nats/h`,
-      unknown ? `${s.unknown_q} (distance)` : `${s.threshold} nats/h`,
+      unknown ? `${fmtMetric(f.score)} (distance)` : copy ? `${fmtMetric(f.score)} (replays it)` : `${fmtMetric(f.score)} nats/h`,
+      unknown ? `${s.unknown_q} (distance)` : copy ? `${s.copy_threshold} (correlation)` : `${s.threshold} nats/h`,
     ];
   });
 }
@@ -277,6 +278,13 @@ async function viewSuspicious(q) {
     s.flagged.length ? h("div", { id: "suspicious-flags" }, table(FLAG_HEADERS, flagRows(s, s.flagged)))
       : h("p", { class: "ok", id: "suspicious-state", "data-state": "nothing" }, "nothing suspicious: every window looks most like the device that signed it"),
     more > 0 ? h("p", { class: "muted" }, `... and ${more} more (the ${s.flagged.length} highest scores are listed)`) : null,
+    (s.copies || []).length ? h("div", { id: "suspicious-copies" },
+      h("h2", {}, `Copies (${s.copies.length})`),
+      h("p", {}, "Devices whose readings replay another device's, minute by minute (at a time lag): the later on the ledger is the copy. A copy is not scored and no window is attributed to it."),
+      table(["device", "copy of", "correlation#", "lag (min)#", "minutes#", "committed later#"],
+        s.copies.map((c) => [c.device_key ? deviceLink(c.device_key, c.device) : c.device,
+          c.copy_of_key ? deviceLink(c.copy_of_key, c.copy_of) : c.copy_of,
+          fmtMetric(c.correlation), c.lag_minutes, c.minutes, c.committed_later]))) : null,
   ]);
 }
 

@@ -1,0 +1,193 @@
+"""The copy rule (federated/copies.py, node/store/suspicious.py): devices whose readings replay
+another device's are found at any time shift, genuine rooms are not, the one committed later is the
+copy, and a copy takes none of its original's windows in `ledger suspicious`."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from federated import copies, fingerprint
+from federated.aggregate import Personal, Update, aggregate
+from federated.data import HOLDOUT_SLICE, MAIN_SLICE, read_csv_rows
+from federated.personal import personal_arrays
+from federated.weights import encode_weights, weights_hash
+from node.cli.main import main
+from node.ledger.chain import Ledger
+from node.ledger.holdout import Split, split_of
+from node.ledger.provenance import datasets
+from node.ledger.transactions import (
+    make_model_commit,
+    make_model_update,
+    make_reading,
+    make_register_device,
+    make_train_request,
+    tx_id,
+)
+from node.server.datadir import DB_FILE, GENESIS_FILE, init_node
+from node.store import suspicious as susp
+from node.store.sqlite import SqliteStore
+from tests.factories import CHAIN_ID, commit_next, device_key, make_genesis
+
+ROOMS = ["room_442", "room_510", "room_621", "room_644", "room_648", "room_722", "room_734", "room_748"]
+COPIER, VICTIM = "room_644", "room_722"
+HOUR = 3_600_000
+ZERO = bytes(32)
+
+
+def copied(rows: list[Any], as_device: str, sigma: float, shift_min: int = 0, seed: int = 0) -> list[Any]:
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0.0, sigma, (len(rows), 2))
+    return [(as_device, i + 1, r[2] + shift_min * 60_000, r[3] + float(a), r[4] + float(b))
+            for i, (r, (a, b)) in enumerate(zip(rows, noise, strict=True))]
+
+
+@pytest.fixture(scope="module")
+def slice_rows() -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = defaultdict(list)
+    for r in read_csv_rows(MAIN_SLICE, ROOMS):
+        out[r[0]].append(r)
+    return out
+
+
+def test_the_lagged_correlation_is_pearson_at_each_lag() -> None:
+    rng = np.random.default_rng(1)
+    start = 1_000_000
+    a = [("a", i, (start + m) * 60_000, float(x), float(y))
+         for i, (m, x, y) in enumerate(zip(range(600), rng.normal(20, 1, 600).cumsum() / 30,
+                                           rng.normal(40, 1, 600).cumsum() / 30, strict=True)) if m % 7]
+    b = [("b", r[1], r[2] + 13 * 60_000, r[3] + 0.01 * rng.normal(), r[4] + 0.01 * rng.normal()) for r in a]
+    ta, tb = copies.track(a), copies.track(b)
+    assert ta is not None and tb is not None
+    corr, lag, common = copies.best_lag(ta, tb)
+    assert lag == 13
+    # By hand: the changes of a's minute m and b's minute m + 13, where both are reported.
+    va = {r[2] // 60_000: r for r in a}
+    vb = {r[2] // 60_000: r for r in b}
+    pairs = [(m, m + 13) for m in va if m - 1 in va and m + 13 in vb and m + 12 in vb]
+    assert common == len(pairs)
+    worst = min(float(np.corrcoef([va[m][k] - va[m - 1][k] for m, _ in pairs],
+                                  [vb[n][k] - vb[n - 1][k] for _, n in pairs])[0, 1]) for k in (3, 4))
+    assert corr == pytest.approx(worst, abs=1e-9)
+
+
+def test_genuine_rooms_do_not_track_each_other(slice_rows: dict[str, list[Any]]) -> None:
+    assert copies.matches(slice_rows) == []
+
+
+@pytest.mark.parametrize("shift_min", [0, 37, 1440])
+def test_a_near_exact_copy_is_found_at_its_shift(slice_rows: dict[str, list[Any]], shift_min: int) -> None:
+    rows = {VICTIM: slice_rows[VICTIM], COPIER: copied(slice_rows[VICTIM], COPIER, 1e-4, shift_min)}
+    found = copies.matches(rows)
+    assert len(found) == 1 and found[0].correlation > 0.99
+    m = found[0]
+    assert (m.b == COPIER and m.lag_minutes == shift_min) or (m.a == COPIER and m.lag_minutes == -shift_min)
+
+
+def test_copies_too_noisy_to_take_windows_are_not_matched(slice_rows: dict[str, list[Any]]) -> None:
+    rows = {VICTIM: slice_rows[VICTIM], COPIER: copied(slice_rows[VICTIM], COPIER, 0.01)}
+    assert copies.matches(rows) == []
+
+
+def test_the_later_on_the_ledger_is_the_copy() -> None:
+    m = copies.Match("x", "y", 0.999, 5, 300)
+    x = {t: t for t in range(300)}
+    y_later = {t + 5: t + 1 for t in range(300)}  # y's minute t + 5 replays x's minute t, a block later
+    assert copies.copy_of(m, {"x": x, "y": y_later}) == ("y", "x")
+    # The copier front-runs in a quarter of the blocks (its own): it still loses the vote.
+    y_mixed = {t + 5: t - 1 if t % 4 == 0 else t + 1 for t in range(300)}
+    assert copies.copy_of(m, {"x": x, "y": y_mixed}) == ("y", "x")
+    assert copies.copy_of(m, {"x": x, "y": {t + 5: t for t in range(300)}}) is None  # same blocks
+
+
+class CopiedFederation:
+    """8 rooms on 4 authorities, one block per hour of the bundled slice, then one more block per
+    hour in which room_644's key signs copies of room_722's readings of that hour; one round of
+    fingerprints fitted by their owners; then the held-out day, copied the same way."""
+
+    def __init__(self, directory: Path) -> None:
+        main = read_csv_rows(MAIN_SLICE, ROOMS)
+        first = min(r[2] for r in main)
+        self.keys, genesis = make_genesis(4, genesis_time_ms=first - 60_000)
+        init_node(directory, name="node1", port=1)  # a real node directory, for the CLI
+        genesis.save(directory / GENESIS_FILE)
+        self.ledger = Ledger(SqliteStore(directory / DB_FILE), genesis)
+        self.devices = {name: device_key(i) for i, name in enumerate(ROOMS)}
+        self.owner = {name: self.keys[i % 4] for i, name in enumerate(ROOMS)}
+        self.seq: dict[str, int] = defaultdict(int)
+        regs = [make_register_device(self.owner[n], CHAIN_ID, d.public, n) for n, d in self.devices.items()]
+        commit_next(self.ledger, self.keys, regs, time_ms=first - 30_000)
+        self.commit(main)
+        self.run = self.train()
+        self.commit(read_csv_rows(HOLDOUT_SLICE, ROOMS))
+
+    def commit(self, rows: list[Any]) -> None:
+        blocks: dict[int, tuple[list[Any], list[Any]]] = defaultdict(lambda: ([], []))
+        for r in rows:
+            if r[0] != COPIER:
+                blocks[r[2] // HOUR][0].append(r)
+        for r in copied([r for r in rows if r[0] == VICTIM], COPIER, 1e-4):
+            blocks[r[2] // HOUR][1].append(r)
+        for hour in sorted(blocks):
+            for items in blocks[hour]:  # the genuine readings' block first, the copies' next
+                txs = []
+                for name, _, ts, t, h in sorted(items, key=lambda r: (r[2], r[0])):
+                    self.seq[name] += 1
+                    txs.append(make_reading(self.devices[name], CHAIN_ID, self.seq[name], ts, t, h))
+                at = max(self.ledger.head_time_ms + 1, max(r[2] for r in items))
+                commit_next(self.ledger, self.keys, txs, time_ms=at)
+
+    def train(self) -> bytes:
+        coord = self.keys[0]
+        req = make_train_request(coord, CHAIN_ID, "traceability", 1, "fedavg", {"classes": ",".join(ROOMS)})
+        run = tx_id(req)
+        w0 = fingerprint.initial_weights(len(ROOMS))
+        init = make_model_update(coord, CHAIN_ID, run, "traceability", 0, ZERO, encode_weights(w0), 1, {},
+                                 ZERO)
+        commit0 = make_model_commit(coord, CHAIN_ID, run, "traceability", 0, "fedavg", [tx_id(init)],
+                                    weights_hash(w0), {})
+        commit_next(self.ledger, self.keys, [req, init, commit0])
+        cut, store = self.ledger.height, self.ledger.store
+        rows = {name: [(name, r.seq, r.timestamp_ms, r.temperature_c, r.humidity_pct)
+                       for r in store.readings(dev.public)
+                       if r.height <= cut and split_of(r.timestamp_ms) is Split.TRAIN]
+                for name, dev in self.devices.items()}
+        context = [r for name in ROOMS for r in rows[name]]
+        ups, updates, nodes = [], [], {}
+        for key in self.keys:
+            mine = [r for name in ROOMS if self.owner[name] is key for r in rows[name]]
+            ds = datasets(store, key.public, cut)
+            w = fingerprint.fit(ROOMS, mine, context, ds.train_examples, base=w0)
+            up = make_model_update(key, CHAIN_ID, run, "traceability", 1, weights_hash(w0), encode_weights(w),
+                                   ds.train_examples, {}, ds.train_root, data_cut=cut)
+            ups.append(up)
+            updates.append(Update(tx_id(up), w, ds.train_examples))
+            nodes[tx_id(up)] = key.public
+        commit_next(self.ledger, self.keys, ups)
+        owners = [self.owner[n].public for n in ROOMS]
+        agg = aggregate("fedavg", updates, Personal(personal_arrays("traceability"), w0, owners, nodes))
+        commit = make_model_commit(coord, CHAIN_ID, run, "traceability", 1, "fedavg",
+                                   [u.update_id for u in updates], weights_hash(agg), {})
+        commit_next(self.ledger, self.keys, [commit])
+        return run
+
+
+def test_a_copy_is_reported_and_takes_none_of_its_originals_windows(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fed = CopiedFederation(tmp_path / "node1")
+    found = susp.suspicious(fed.ledger.store, hours=24)
+    assert [(c["device"], c["copy_of"]) for c in found["copies"]] == [(COPIER, VICTIM)]
+    c = found["copies"][0]
+    assert c["correlation"] > 0.99 and c["lag_minutes"] == 0 and c["committed_later"] > c["minutes"] // 2
+    # Flagged as what it is, and it takes none of the victim's windows.
+    copy_flags = [(f["device"], f["looks_like"]) for f in found["flagged"] if f["kind"] == "copy_of"]
+    assert copy_flags == [(COPIER, VICTIM)]
+    assert not any(f["looks_like"] == COPIER for f in found["flagged"])
+    assert found["tracking_pairs"] == []
+    fed.ledger.store.close()
+    assert main(["ledger", "suspicious", str(tmp_path / "node1"), "--hours", "24"]) == 0
+    assert f"{COPIER} replays {VICTIM}'s readings" in capsys.readouterr().out
