@@ -17,6 +17,7 @@ from federated.data import HOLDOUT_SLICE, MAIN_SLICE, read_csv_rows
 from federated.personal import personal_arrays
 from federated.weights import encode_weights, weights_hash
 from node.cli.main import main
+from node.launch.processes import NodeProcess, wait_until
 from node.ledger.chain import Ledger
 from node.ledger.holdout import Split, split_of
 from node.ledger.provenance import datasets
@@ -28,10 +29,13 @@ from node.ledger.transactions import (
     make_train_request,
     tx_id,
 )
+from node.net.ports import free_port
 from node.server.datadir import DB_FILE, GENESIS_FILE, init_node
 from node.store import suspicious as susp
 from node.store.sqlite import SqliteStore
+from tests.browser import Page
 from tests.factories import CHAIN_ID, commit_next, device_key, make_genesis
+from tests.test_suspicious import probe
 
 ROOMS = ["room_442", "room_510", "room_621", "room_644", "room_648", "room_722", "room_734", "room_748"]
 COPIER, VICTIM = "room_644", "room_722"
@@ -113,6 +117,7 @@ class CopiedFederation:
         main = read_csv_rows(MAIN_SLICE, ROOMS)
         first = min(r[2] for r in main)
         self.keys, genesis = make_genesis(4, genesis_time_ms=first - 60_000)
+        self.dir = directory
         init_node(directory, name="node1", port=1)  # a real node directory, for the CLI
         genesis.save(directory / GENESIS_FILE)
         self.ledger = Ledger(SqliteStore(directory / DB_FILE), genesis)
@@ -176,10 +181,18 @@ class CopiedFederation:
         return run
 
 
+@pytest.fixture(scope="module")
+def copied_fed(tmp_path_factory: pytest.TempPathFactory) -> CopiedFederation:
+    fed = CopiedFederation(tmp_path_factory.mktemp("copies") / "node1")
+    fed.ledger.store.close()  # the tests read the node directory (the CLI, a node process)
+    return fed
+
+
 def test_a_copy_is_reported_and_takes_none_of_its_originals_windows(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    fed = CopiedFederation(tmp_path / "node1")
-    found = susp.suspicious(fed.ledger.store, hours=24)
+        copied_fed: CopiedFederation, capsys: pytest.CaptureFixture[str]) -> None:
+    store = SqliteStore(copied_fed.dir / DB_FILE)
+    found = susp.suspicious(store, hours=24)
+    store.close()
     assert [(c["device"], c["copy_of"]) for c in found["copies"]] == [(COPIER, VICTIM)]
     c = found["copies"][0]
     assert c["correlation"] > 0.99 and c["lag_minutes"] == 0 and c["committed_later"] > c["minutes"] // 2
@@ -188,6 +201,28 @@ def test_a_copy_is_reported_and_takes_none_of_its_originals_windows(
     assert copy_flags == [(COPIER, VICTIM)]
     assert not any(f["looks_like"] == COPIER for f in found["flagged"])
     assert found["tracking_pairs"] == []
-    fed.ledger.store.close()
-    assert main(["ledger", "suspicious", str(tmp_path / "node1"), "--hours", "24"]) == 0
+    assert main(["ledger", "suspicious", str(copied_fed.dir), "--hours", "24"]) == 0
     assert f"{COPIER} replays {VICTIM}'s readings" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_explorer_lists_the_copy(copied_fed: CopiedFederation, browser: Any) -> None:
+    """The Suspicious page's Copies table, served by a node process on this replica."""
+    port = free_port()
+    proc = NodeProcess(copied_fed.dir)
+    proc.start(extra_args=["--port", str(port)])
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert wait_until(lambda: probe(base), 30), proc.log_tail()
+        tab = Page(browser, base)
+        page = tab.open("#/suspicious?hours=24")  # computing at first; the page asks again every 2 s
+        page.wait_for_selector("#suspicious-copies tbody tr", timeout=20_000)
+        row = page.locator("#suspicious-copies tbody tr").first
+        copier, victim = copied_fed.devices[COPIER].public.hex(), copied_fed.devices[VICTIM].public.hex()
+        assert row.locator(f"a[href='#/device/{copier}']").count() == 1
+        assert row.locator(f"a[href='#/device/{victim}']").count() == 1
+        assert "replays it" in page.locator("#suspicious-flags").inner_text()
+        tab.shot("suspicious-copies")
+        assert tab.errors == []
+    finally:
+        proc.stop()
