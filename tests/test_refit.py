@@ -6,19 +6,23 @@ honest fit passes, clipped to the run's clip_norm when the run sets one; on both
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from federated import fingerprint
+from federated import fingerprint, tasks
 from federated.clipping import clip_update
 from federated.data import MAIN_SLICE, read_csv_rows
+from federated.flower.fl_ledger import NodeLink
 from federated.weights import Weights, canonical_array, encode_weights, weights_hash
 from node.errors import Reason
 from node.ledger import refit
 from node.ledger.chain import Ledger
+from node.ledger.genesis import Genesis, GenesisMember
 from node.ledger.holdout import Split, split_of
+from node.ledger.keys import NodeKey
 from node.ledger.provenance import datasets
 from node.ledger.state import check_tx
 from node.ledger.transactions import (
@@ -29,6 +33,7 @@ from node.ledger.transactions import (
     make_train_request,
     tx_id,
 )
+from node.server.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, init_node
 from node.store.base import MemoryStore
 from node.store.sqlite import SqliteStore
 from tests.factories import CHAIN_ID, commit_next, device_key, make_genesis
@@ -143,3 +148,53 @@ def test_a_clipped_run_expects_the_clipped_fit(tmp_path: Any) -> None:
     # Unclipped, the fit is further than clip_norm from its base: the norm rule refuses it first.
     assert clipped_run.check(1, honest) is Reason.NORM_EXCEEDED
     assert clipped_run.check(1, scaled_shared(clipped, 0.5)) is Reason.REFIT_MISMATCH
+
+
+def test_the_clientapps_fit_of_its_ledger_rows_is_what_every_replica_re_fits(tmp_path: Path) -> None:
+    """The ClientApp's own path (federated/flower/fl_client.py): NodeLink.own_rows with the run's
+    device list as context, tasks.train, the data cut it loaded; its update passes check_tx on a
+    SQLite replica, and the same update with one device row moved does not."""
+    d = tmp_path / "node"
+    init_node(d, name="node", port=1)
+    me = NodeKey.load(d / KEY_FILE)
+    main = read_csv_rows(MAIN_SLICE, ROOMS)
+    first = min(r[2] for r in main)
+    keys, base = make_genesis(4, genesis_time_ms=first - 60_000)
+    genesis = Genesis(chain_id=CHAIN_ID, genesis_time_ms=first - 60_000, authorities=base.authorities,
+                      participants=(GenesisMember(me.public, "me", "participant"),))
+    genesis.save(d / GENESIS_FILE)
+    ledger = Ledger(SqliteStore(d / DB_FILE), genesis)
+    owners = [me, *keys[1:4]]
+    devices = {name: device_key(i) for i, name in enumerate(ROOMS)}
+    regs = [make_register_device(owners[i], CHAIN_ID, devices[n].public, n) for i, n in enumerate(ROOMS)]
+    commit_next(ledger, keys, regs, time_ms=first - 30_000)
+    seq: dict[str, int] = defaultdict(int)
+    txs = []
+    for name, _, ts, t, h in main:
+        seq[name] += 1
+        txs.append(make_reading(devices[name], CHAIN_ID, seq[name], ts, t, h))
+    for i in range(0, len(txs), 2000):
+        batch = txs[i:i + 2000]
+        newest = max(tx["body"]["timestamp_ms"] for tx in batch)
+        commit_next(ledger, keys, batch, time_ms=max(ledger.head_time_ms + 1, newest))
+    req = make_train_request(keys[0], CHAIN_ID, "traceability", 1, "fedavg", {"classes": ",".join(ROOMS)})
+    w0 = fingerprint.initial_weights(len(ROOMS))
+    init = make_model_update(keys[0], CHAIN_ID, tx_id(req), "traceability", 0, ZERO, encode_weights(w0), 1,
+                             {}, ZERO)
+    commit0 = make_model_commit(keys[0], CHAIN_ID, tx_id(req), "traceability", 0, "fedavg", [tx_id(init)],
+                                weights_hash(w0), {})
+    commit_next(ledger, keys, [req, init, commit0])
+    loaded = NodeLink(d).own_rows(ROOMS)
+    result = tasks.train("traceability", w0, loaded.rows, {}, ROOMS, loaded.context or None)
+
+    def update(weights: Weights) -> dict[str, Any]:
+        return make_model_update(me, CHAIN_ID, tx_id(req), "traceability", 1, weights_hash(w0),
+                                 encode_weights(weights), len(loaded.rows), {}, loaded.root,
+                                 data_cut=loaded.data_cut)
+
+    now = ledger.head_time_ms + 1000
+    assert check_tx(ledger.store, update(result.weights), now, ledger.params) is None
+    moved = [np.array(a) for a in result.weights]
+    moved[3][0] += 0.01  # its own device's sums
+    assert check_tx(ledger.store, update(moved), now, ledger.params) is Reason.REFIT_MISMATCH
+    ledger.store.close()
