@@ -31,6 +31,7 @@ class Reason(str, Enum):
     # code for envelopes of another federation.
     WRONG_CHAIN = "wrong_chain"
     MEMPOOL_FULL = "mempool_full"
+    RATE_LIMITED = "rate_limited"  # over a budget: join requests node-wide, a member's refused model txs
     BAD_WEIGHTS = "bad_weights"  # model_update weights that do not match their hash or do not decode
     UNKNOWN_UPDATE = "unknown_update"  # model_commit names an update not on the ledger (or of another round)
     AGGREGATE_MISMATCH = "aggregate_mismatch"  # re-computing the aggregation gives other weights

@@ -23,6 +23,7 @@ from node.ledger.chain import Ledger
 from node.ledger.genesis import Genesis, GenesisMember
 from node.ledger.holdout import Split, split_of
 from node.ledger.keys import NodeKey
+from node.ledger.mempool import MAX_MODEL_REFUSALS, Mempool
 from node.ledger.provenance import datasets
 from node.ledger.state import check_tx
 from node.ledger.transactions import (
@@ -198,3 +199,48 @@ def test_the_clientapps_fit_of_its_ledger_rows_is_what_every_replica_re_fits(tmp
     moved[3][0] += 0.01  # its own device's sums
     assert check_tx(ledger.store, update(moved), now, ledger.params) is Reason.REFIT_MISMATCH
     ledger.store.close()
+
+
+def test_a_member_cannot_make_a_replica_re_fit_without_end(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each distinct update costs a re-fit (0.4 s on a week of 8 rooms): the mempool takes one
+    pending update per member, run and round, and after MAX_MODEL_REFUSALS refused ones refuses
+    that member's further ones for the round unchecked."""
+    calls = []
+    real = refit.check_refit
+
+    def counted(*args: Any) -> Reason | None:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(refit, "check_refit", counted)
+    pool = Mempool(run.ledger.params)
+    key = run.keys[3]
+    ds = datasets(run.ledger.store, key.public, run.cut)
+    honest = run.honest(3)
+    now = run.ledger.head_time_ms + 1000
+
+    def update(weights: Weights) -> dict[str, Any]:
+        return make_model_update(key, CHAIN_ID, run.run, "traceability", 1, weights_hash(run.w0),
+                                 encode_weights(weights), ds.train_examples, {}, ds.train_root,
+                                 data_cut=run.cut)
+
+    reasons = [pool.add(update(scaled_shared(honest, 1.0 + i / 10)), run.ledger.store, now)[1]
+               for i in range(1, 21)]
+    assert reasons[:MAX_MODEL_REFUSALS] == [Reason.REFIT_MISMATCH] * MAX_MODEL_REFUSALS
+    assert set(reasons[MAX_MODEL_REFUSALS:]) == {Reason.RATE_LIMITED}
+    assert len(calls) == MAX_MODEL_REFUSALS  # 20 updates, 3 re-fits
+    # Another member is not affected; its honest update is pending, and a second one of its is not
+    # even checked.
+    other = run.keys[2]
+    ds2 = datasets(run.ledger.store, other.public, run.cut)
+
+    def update2(weights: Weights) -> dict[str, Any]:
+        return make_model_update(other, CHAIN_ID, run.run, "traceability", 1, weights_hash(run.w0),
+                                 encode_weights(weights), ds2.train_examples, {}, ds2.train_root,
+                                 data_cut=run.cut)
+
+    assert pool.add(update2(run.honest(2)), run.ledger.store, now)[1] is None
+    before = len(calls)
+    second = update2(scaled_shared(run.honest(2), 2.0))
+    assert pool.add(second, run.ledger.store, now)[1] is Reason.DUPLICATE_UPDATE
+    assert len(calls) == before

@@ -24,6 +24,17 @@ MAX_PENDING_JOIN_REQUESTS = 256
 # Refusals that a later block may lift: such txs stay pending when a block is built without them.
 WAITING = frozenset({Reason.FUTURE_TIMESTAMP, Reason.UNKNOWN_DEVICE, Reason.HANDOVER_EARLY})
 GAP_WAIT_MS = 3000  # how long a reading after a gap in its device's sequence waits for the missing ones
+# A model_update or model_eval is one per node, run and round on the ledger, and checking one can
+# cost a replica a re-fit of the node's readings (node/ledger/refit.py: 0.4 s on a week of 8 rooms)
+# on its event loop. So at most one of each is pending per signer, run and round, and once a
+# signer has had MAX_MODEL_REFUSALS of them refused for a run and round, its further ones are
+# refused unchecked (`rate_limited`): a member cannot make every replica re-fit without end.
+MODEL_KINDS = frozenset({"model_update", "model_eval"})
+MAX_MODEL_REFUSALS = 3
+MAX_MODEL_KEYS = 4096  # (signer, run, round) refusal counts kept, oldest dropped first
+# Refused before the signer is known to be who it claims (a forged signature), or a re-send of the
+# same tx: not the signer's doing.
+_NOT_COUNTED = frozenset({Reason.BAD_SIGNATURE, Reason.DUPLICATE, Reason.MALFORMED})
 
 
 class Mempool:
@@ -33,6 +44,8 @@ class Mempool:
         self._txs: dict[bytes, Transaction] = {}  # insertion order = arrival order
         self._joins: dict[bytes, bytes] = {}  # joining node -> id of its pending join_request
         self._since: dict[bytes, int] = {}  # tx id -> when it was admitted (ms, this node's clock)
+        self._model_slots: dict[tuple[str, bytes, bytes, int], bytes] = {}  # -> id of the pending one
+        self._model_refusals: dict[tuple[bytes, bytes, int], int] = {}  # insertion order = age
         self.rejected: Counter[str] = Counter()
 
     def __len__(self) -> int:
@@ -60,15 +73,39 @@ class Mempool:
             if len(self._joins) >= MAX_PENDING_JOIN_REQUESTS:
                 self.rejected[Reason.MEMPOOL_FULL.value] += 1
                 return tx.id, Reason.MEMPOOL_FULL
+        slot = self._model_slot(tx)
+        if slot is not None:
+            if slot in self._model_slots:
+                self.rejected[Reason.DUPLICATE_UPDATE.value] += 1
+                return tx.id, Reason.DUPLICATE_UPDATE  # its node's other one is pending
+            if self._model_refusals.get(slot[1:], 0) >= MAX_MODEL_REFUSALS:
+                self.rejected[Reason.RATE_LIMITED.value] += 1
+                return tx.id, Reason.RATE_LIMITED
         reason = check_tx(view, tx, now_ms, self.params)
         if reason is not None:
             self.rejected[reason.value] += 1
+            if slot is not None and reason not in _NOT_COUNTED:
+                self._count_refusal(slot[1:])
             return tx.id, reason
         self._txs[tx.id] = tx
         self._since[tx.id] = now_ms
         if tx.kind == "join_request":
             self._joins[tx.signer] = tx.id
+        if slot is not None:
+            self._model_slots[slot] = tx.id
         return tx.id, None
+
+    @staticmethod
+    def _model_slot(tx: Transaction) -> tuple[str, bytes, bytes, int] | None:
+        if tx.kind not in MODEL_KINDS:
+            return None
+        body: Any = tx.body
+        return tx.kind, tx.signer, body.run, body.round
+
+    def _count_refusal(self, key: tuple[bytes, bytes, int]) -> None:
+        self._model_refusals[key] = self._model_refusals.pop(key, 0) + 1
+        if len(self._model_refusals) > MAX_MODEL_KEYS:
+            del self._model_refusals[next(iter(self._model_refusals))]
 
     def reap(self, view: StateView, block_time_ms: int, height: int, max_txs: int) -> list[dict[str, Any]]:
         """Transactions for a new block: in arrival order, each valid on top of the ones before it.
@@ -111,6 +148,9 @@ class Mempool:
             tx = self._txs.pop(tx_id, None)
             if tx is not None and tx.kind == "join_request":
                 self._joins.pop(tx.signer, None)
+            slot = None if tx is None else self._model_slot(tx)
+            if slot is not None and self._model_slots.get(slot) == tx_id:
+                del self._model_slots[slot]
 
     def pending(self) -> list[Transaction]:
         return list(self._txs.values())
