@@ -18,7 +18,6 @@ inside the block that carries it, and several updates of one round share nothing
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -26,6 +25,7 @@ from typing import Any, Protocol, TypeVar
 from node.errors import Reason
 from node.ledger import merkle
 from node.ledger.holdout import Split, split_of
+from node.ledger.lru import Lru
 from node.ledger.transactions import ModelEval, ModelUpdate
 
 NO_DATA_ROOT = bytes(32)  # the readings_root of round 0's initial model, trained on nothing
@@ -78,7 +78,7 @@ def datasets_of(rows: Iterable[Sequence[Any]], cut: int) -> DataSets:
                     len(held), root_of([bytes(r[0]) for r in held]))
 
 
-_cache: OrderedDict[tuple[bytes, bytes, int], DataSets] = OrderedDict()
+_cache: Lru[tuple[bytes, bytes, int], DataSets] = Lru(MAX_CACHED)
 
 
 def datasets(view: ProvenanceView, owner: bytes, cut: int) -> DataSets:
@@ -88,13 +88,10 @@ def datasets(view: ProvenanceView, owner: bytes, cut: int) -> DataSets:
     if anchor is not None:
         found = _cache.get(key)
         if found is not None:
-            _cache.move_to_end(key)
             return found
     ds = datasets_of(view.owner_readings(owner, cut), cut)
     if anchor is not None:
-        _cache[key] = ds
-        if len(_cache) > MAX_CACHED:
-            _cache.popitem(last=False)
+        _cache.put(key, ds)
     return ds
 
 

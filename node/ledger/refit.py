@@ -19,7 +19,6 @@ an update at mempool admission and again in the block that carries it, and readi
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ from federated.clipping import clip_update
 from federated.weights import decode_weights
 from node.errors import Reason
 from node.ledger import run_rules
+from node.ledger.lru import Lru
 from node.ledger.provenance import partition
 from node.ledger.transactions import ModelUpdate, TrainRequest
 
@@ -42,7 +42,7 @@ MAX_CACHED = 256
 
 Row = list[Any]  # (device name, seq, timestamp_ms, temperature_c, humidity_pct), as the ClientApp loads it
 
-_verdicts: OrderedDict[tuple[bytes, bytes, int, bytes, bytes], Reason | None] = OrderedDict()
+_verdicts: Lru[tuple[bytes, bytes, int, bytes, bytes], Reason | None] = Lru(MAX_CACHED)
 
 
 def applies(req: TrainRequest, body: ModelUpdate) -> bool:
@@ -91,9 +91,9 @@ def check_refit(view: Any, req: TrainRequest, body: ModelUpdate) -> Reason | Non
         return None
     key = (body.weights_hash, body.node, body.data_cut, view.block_hash(body.data_cut) or b"",
            body.base_model_hash)
-    if key in _verdicts:
-        _verdicts.move_to_end(key)
-        return _verdicts[key]
+    found, cached = _verdicts.lookup(key)
+    if found:
+        return cached
     base = run_rules.committed_weights(view, req, body.run, body.round - 1)
     if base is None:
         return Reason.WRONG_ROUND
@@ -103,7 +103,5 @@ def check_refit(view: Any, req: TrainRequest, body: ModelUpdate) -> Reason | Non
         verdict = None if off <= TOLERANCE else Reason.REFIT_MISMATCH
     except ValueError:
         verdict = Reason.REFIT_MISMATCH
-    _verdicts[key] = verdict
-    if len(_verdicts) > MAX_CACHED:
-        _verdicts.popitem(last=False)
+    _verdicts.put(key, verdict)
     return verdict

@@ -38,6 +38,7 @@ from federated.clipping import update_norm
 from federated.personal import personal_arrays, run_devices
 from federated.weights import decode_weights, weights_hash
 from node.errors import Reason
+from node.ledger.lru import Lru
 from node.ledger.transactions import MAX_UPDATE_IDS, ModelCommit, ModelUpdate, TrainRequest, parse_tx
 
 DEFAULT_MIN_NODES = 2  # node/flower/training.py runs with the same default
@@ -166,21 +167,21 @@ def round_aggregate(view: Any, req: TrainRequest, run: bytes, round: int,
     return aggregate(strategy, updates, Personal(arrays, base, owners, nodes), **aggregation_params(req))
 
 
-_MODELS: dict[bytes, list[np.ndarray]] = {}
+_MODELS: Lru[bytes, list[np.ndarray]] = Lru(MAX_CACHED_MODELS)
 
 
-def remember(model_hash: bytes, weights: Sequence[np.ndarray]) -> None:
-    """Keep the weights that hash to `model_hash` (checked by the caller), read-only."""
-    if model_hash in _MODELS:
-        return
-    if len(_MODELS) >= MAX_CACHED_MODELS:
-        del _MODELS[next(iter(_MODELS))]  # oldest first
+def remember(model_hash: bytes, weights: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Keep the weights that hash to `model_hash` (checked by the caller), read-only; returns them."""
+    cached = _MODELS.get(model_hash)
+    if cached is not None:
+        return cached
     frozen = []
     for w in weights:
         a = np.array(w, dtype=np.float32)
         a.setflags(write=False)
         frozen.append(a)
-    _MODELS[model_hash] = frozen
+    _MODELS.put(model_hash, frozen)
+    return frozen
 
 
 def committed_weights(view: Any, req: TrainRequest, run: bytes, round: int) -> list[np.ndarray] | None:
@@ -212,5 +213,4 @@ def committed_weights(view: Any, req: TrainRequest, run: bytes, round: int) -> l
         weights = round_aggregate(view, req, run, round, updates, nodes, commit.strategy)
     if weights_hash(weights) != row.weights_hash:
         return None  # cannot happen for a commit the ledger accepted
-    remember(row.weights_hash, weights)
-    return _MODELS[row.weights_hash]
+    return remember(row.weights_hash, weights)

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from node.errors import CodecError, InvalidTransaction, Reason
 from node.ledger.codec import decode, digest, encode, sign_prefix
 from node.ledger.keys import NodeKey, verify, verify_message
+from node.ledger.lru import Lru
 
 MAX_TX_BYTES = 64 * 1024
 MAX_NAME = 64
@@ -409,14 +410,12 @@ class Transaction:
                 ok = verify_message(self.signer, self.sig, message)
             else:
                 ok = verify(self.signer, self.sig, tx_sign_kind(self.kind), chain_id, signed_part(self.raw))
-            if len(_VERIFIED) >= MAX_VERIFIED_CACHE:
-                del _VERIFIED[next(iter(_VERIFIED))]  # oldest first
-            _VERIFIED[key] = ok
+            _VERIFIED.put(key, ok)
         return ok
 
 
 MAX_VERIFIED_CACHE = 200_000
-_VERIFIED: dict[tuple[str, bytes], bool] = {}
+_VERIFIED: Lru[tuple[str, bytes], bool] = Lru(MAX_VERIFIED_CACHE)
 
 
 def tx_sign_kind(kind: str) -> bytes:

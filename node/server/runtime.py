@@ -48,6 +48,7 @@ from node.server.datadir import DB_FILE, GENESIS_FILE, KEY_FILE, NodeConfig
 from node.server.explorer.exports import EXPORTS_DIR, KerasExports, export_command
 from node.server.logs import block_line, committed_rounds, training_round_line
 from node.server.metrics import CONTENT_TYPE, ChainMetrics, NodeMetrics
+from node.server.model_checks import ModelChecks
 from node.store.models import latest_runs
 from node.store.sqlite import SqliteStore
 
@@ -145,6 +146,8 @@ class Node:
         # (this process never loads Keras), one at a time, cached under DIR/exports/.
         self.exports = KerasExports(self.dir / EXPORTS_DIR, export_command(self.dir), counters=self.counters)
         self.api = NodeApi(self, self.exports, counters=self.counters)
+        # Model txs are checked off the loop first (provenance, refit), then admitted on it.
+        self.model_checks = ModelChecks(self.dir / DB_FILE, self.genesis.chain_id)
         self.prometheus = NodeMetrics(self)
         self.net = PeerNetwork(
             self.key,
@@ -155,7 +158,7 @@ class Node:
             self.bootstrap,
             self._on_peer_message,
             http_handler=self.api.handle_http,
-            client_handler=self.api.handle_client,
+            client_handler=self._on_client,
             role=self.role,
             advertise_url=self.config.advertise,
         )
@@ -272,10 +275,16 @@ class Node:
             if type_ == wire.VOTE:
                 self._on_vote(Vote.from_wire(payload))
             elif type_ == wire.PROPOSAL:
-                self._on_proposal(proposal_from_wire(payload))
+                p = proposal_from_wire(payload)
+                if self._proposal_ok(p):
+                    await self.model_checks.warm(p.value.txs)
+                    self.step(MessageReceived(p))
             elif type_ == wire.TX:
+                await self.model_checks.warm([payload])
                 self.accept_txs([payload], relay_from=peer.key)
             elif type_ == wire.TXS:
+                if isinstance(payload, list):
+                    await self.model_checks.warm(payload)
                 self.accept_txs(payload, relay_from=peer.key)
             elif type_ == wire.STATUS:
                 self._on_status(peer, payload)
@@ -309,10 +318,24 @@ class Node:
             self.counters[f"not_a_validator:{what}"] += 1
             raise ProtocolViolation("not_a_validator", f"{what} of height {height} by {short_id(key)}")
 
+    async def _on_client(self, type_: str, payload: Any) -> tuple[str, Any] | None:
+        """A client's frame (node/net/gateway.py): its model txs are checked off the loop first."""
+        if type_ == wire.SUBMIT_TX:
+            await self.model_checks.warm([payload])
+        elif type_ == wire.SUBMIT_TXS and isinstance(payload, list):
+            await self.model_checks.warm(payload)
+        return self.api.handle_client(type_, payload)
+
     def _on_proposal(self, p: Proposal) -> None:
+        if self._proposal_ok(p):
+            self.step(MessageReceived(p))
+
+    def _proposal_ok(self, p: Proposal) -> bool:
+        """Whether the core should see `p`: relevant, its block under its id, signed by a validator
+        of its height. Raises ProtocolViolation for what costs the sender."""
         if not self._relevant(p.height):
             self.counters["stale_consensus_message"] += 1
-            return
+            return False
         if p.value.hash != p.value_id:
             # The signature covers only the id: whoever sent this paired a genuine signature with
             # another block. Dropped before the core sees it (issue 11, finding 1), sender scored.
@@ -323,7 +346,7 @@ class Node:
             self.counters["bad_signature:proposal"] += 1
             raise ProtocolViolation("bad_signature", "proposal")
         self._check_validator(p.proposer, p.height, "proposal")
-        self.step(MessageReceived(p))
+        return True
 
     def accept_tx(self, raw: Any, relay_from: bytes | None = None) -> TxResult:
         """Mempool admission for one tx from a client or a peer."""
@@ -565,6 +588,7 @@ class Node:
             await self.exports.close()
             await asyncio.to_thread(self.api.explorer.close)  # the suspicious view's worker
             await asyncio.to_thread(self.training.close)
+            await asyncio.to_thread(self.model_checks.close)
             height = self.store.height()
             self.store.close()
             log.info("node %s stopped at height %d", self.key.short_id, height)
