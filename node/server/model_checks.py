@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -44,12 +45,22 @@ def model_txs(raws: Iterable[Any]) -> list[dict[str, Any]]:
 
 
 class ModelChecks:
-    def __init__(self, db_path: str | os.PathLike[str], chain_id: str) -> None:
+    def __init__(self, db_path: str | os.PathLike[str], chain_id: str,
+                 counters: Counter[str] | None = None) -> None:
         self.db_path = db_path
         self.chain_id = chain_id
+        # `model_checks_warmed` / `model_checks_failed` (the node's events, /status and /metrics),
+        # counted on the loop once a batch is done.
+        self.counters: Counter[str] = Counter() if counters is None else counters
         self._pool: ThreadPoolExecutor | None = None
-        self.warmed = 0
-        self.failed = 0
+
+    @property
+    def warmed(self) -> int:
+        return self.counters["model_checks_warmed"]
+
+    @property
+    def failed(self) -> int:
+        return self.counters["model_checks_failed"]
 
     async def warm(self, raws: Iterable[Any]) -> None:
         """Check the model txs among `raws` in the worker (returns once done; nothing if none)."""
@@ -58,30 +69,32 @@ class ModelChecks:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="model-checks")
-        await asyncio.get_running_loop().run_in_executor(self._pool, self.check, todo)
+        warmed, failed = await asyncio.get_running_loop().run_in_executor(self._pool, self.check, todo)
+        self.counters["model_checks_warmed"] += warmed
+        self.counters["model_checks_failed"] += failed
 
-    def check(self, raws: list[dict[str, Any]]) -> None:
+    def check(self, raws: list[dict[str, Any]]) -> tuple[int, int]:
         """Fill the caches for `raws` from a fresh read-only snapshot (one per batch: a read-only
-        store's own caches are never invalidated)."""
+        store's own caches are never invalidated); (checked, failed)."""
         try:
             store = SqliteStore(self.db_path, read_only=True)
         except Exception:  # the replica is being created or closed: the loop checks as before
-            self.failed += 1
             log.debug("model checks: no snapshot", exc_info=True)
-            return
+            return 0, 1
         try:
-            for raw in raws:
-                self._one(store, raw)
+            outcomes = [self._one(store, raw) for raw in raws]
         finally:
             store.close()
+        return outcomes.count(True), outcomes.count(False)
 
-    def _one(self, store: SqliteStore, raw: dict[str, Any]) -> None:
+    def _one(self, store: SqliteStore, raw: dict[str, Any]) -> bool | None:
+        """True when checked, False when the check failed, None when not worth checking."""
         try:
             tx = parse_tx(raw)
         except InvalidTransaction:
-            return
+            return None
         if not tx.signature_valid(self.chain_id):
-            return  # refused on the loop for it; nobody's readings are worth re-fitting for it
+            return None  # refused on the loop for it; nobody's readings are worth re-fitting for it
         body = tx.body
         try:
             if isinstance(body, ModelEval):
@@ -91,10 +104,10 @@ class ModelChecks:
                 if (req is not None and req.task == body.task
                         and provenance.check_update_provenance(store, body) is None):
                     refit.check_refit(store, req, body)
-            self.warmed += 1
+            return True
         except Exception:  # never the loop's problem: it checks the tx itself
-            self.failed += 1
             log.warning("model checks: could not pre-check %s", tx.id.hex()[:12], exc_info=True)
+            return False
 
     def close(self) -> None:
         if self._pool is not None:

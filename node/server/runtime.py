@@ -147,7 +147,7 @@ class Node:
         self.exports = KerasExports(self.dir / EXPORTS_DIR, export_command(self.dir), counters=self.counters)
         self.api = NodeApi(self, self.exports, counters=self.counters)
         # Model txs are checked off the loop first (provenance, refit), then admitted on it.
-        self.model_checks = ModelChecks(self.dir / DB_FILE, self.genesis.chain_id)
+        self.model_checks = ModelChecks(self.dir / DB_FILE, self.genesis.chain_id, self.counters)
         self.prometheus = NodeMetrics(self)
         self.net = PeerNetwork(
             self.key,
