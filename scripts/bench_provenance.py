@@ -12,7 +12,10 @@ of 2,000 readings; then measures, per update:
 * `refit_ms`: the traceability refit rule (node/ledger/refit.py) on one node's honest update,
   uncached: reading its devices' and every listed device's readings at the cut from the replica
   and fitting the fingerprints again, next to `fit_ms`, the fit alone on rows already in memory
-  (what the node's ClientApp pays to train, without loading its rows).
+  (what the node's ClientApp pays to train, without loading its rows);
+* `loop_gap_worker_ms_max` / `loop_gap_inline_ms_median`: the longest gap between 1 ms ticks of an
+  asyncio loop while one such update is checked, warmed first in the node's worker thread
+  (node/server/model_checks.py) and then checked on the loop, against checked on the loop alone.
 
     python scripts/bench_provenance.py --json
     python scripts/bench_provenance.py --csv ../shared/data/smart_building_th.csv.gz --limit 100000 --json
@@ -21,6 +24,7 @@ of 2,000 readings; then measures, per update:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import statistics
@@ -51,6 +55,7 @@ from node.ledger.transactions import (
     parse_tx,
     tx_id,
 )
+from node.server.model_checks import ModelChecks
 from node.store.sqlite import SqliteStore
 
 CHAIN = "bench-provenance"
@@ -93,10 +98,63 @@ def build(path: Path, csv: Path, limit: int | None) -> tuple[Ledger, list[NodeKe
     return ledger, keys, len(rows)
 
 
-def traceability_costs(ledger: Ledger, keys: list[NodeKey], repeat: int) -> tuple[list[float], list[float]]:
-    """(refit ms, fit ms) samples: a traceability run over every device of the ledger, each node's
-    honest update re-fitted by the replica with its caches cleared, and the same fit on rows in
-    memory."""
+async def loop_gap_ms(work: Any) -> float:
+    """The longest gap between 1 ms ticks of this event loop while `work()` (a coroutine) runs."""
+    gaps = [0.0]
+    done = asyncio.Event()
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append((now - last) * 1000)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.01)
+    await work()
+    done.set()
+    await ticker
+    return max(gaps)
+
+
+def loop_gaps(db: Path, store: Any, raws: list[dict[str, Any]], now_ms: int, params: Any,
+              repeat: int) -> tuple[list[float], list[float]]:
+    """(worker, inline) samples of the longest event-loop gap while one node's traceability update
+    is checked: warmed in the node's worker thread (node/server/model_checks.py) then checked on the
+    loop, against checked on the loop alone; caches cleared before each."""
+    thread: list[float] = []
+    inline: list[float] = []
+
+    def clear() -> None:
+        refit._verdicts.clear()
+        provenance._cache.clear()
+
+    async def in_worker(raw: dict[str, Any]) -> None:
+        checks = ModelChecks(db, CHAIN)
+        await checks.warm([raw])
+        checks.close()
+        assert check_tx(store, raw, now_ms, params) is None
+
+    async def on_loop(raw: dict[str, Any]) -> None:
+        assert check_tx(store, raw, now_ms, params) is None
+
+    for raw in raws:
+        for _ in range(repeat):
+            clear()
+            thread.append(asyncio.run(loop_gap_ms(lambda raw=raw: in_worker(raw))))
+            clear()
+            inline.append(asyncio.run(loop_gap_ms(lambda raw=raw: on_loop(raw))))
+    return thread, inline
+
+
+def traceability_costs(ledger: Ledger, keys: list[NodeKey], repeat: int,
+                       db: Path) -> tuple[list[float], list[float], list[float], list[float]]:
+    """(refit ms, fit ms, loop gap with the worker ms, loop gap inline ms) samples: a traceability
+    run over every device of the ledger, each node's honest update re-fitted by the replica with its
+    caches cleared, the same fit on rows in memory, and the event loop's longest stall while the
+    update is checked with and without the node's worker thread."""
     store = ledger.store
     names = sorted(d.name for d in store.devices())
     coord = keys[0]
@@ -111,6 +169,7 @@ def traceability_costs(ledger: Ledger, keys: list[NodeKey], repeat: int) -> tupl
     request = parse_tx(req).body
     refit_ms: list[float] = []
     fit_ms: list[float] = []
+    raws: list[dict[str, Any]] = []
     for k in keys:
         ds = provenance.datasets(store, k.public, cut)
         def update(weights: list[np.ndarray], k: NodeKey = k, ds: provenance.DataSets = ds) -> Any:
@@ -120,6 +179,8 @@ def traceability_costs(ledger: Ledger, keys: list[NodeKey], repeat: int) -> tupl
             return parse_tx(tx).body
 
         upd = update(refit.refit(store, request, update(w0), w0))
+        raws.append(make_model_update(k, CHAIN, tx_id(req), "traceability", 1, init["body"]["weights_hash"],
+                                      upd.weights, ds.train_examples, {}, ds.train_root, data_cut=cut))
         for _ in range(repeat):
             refit._verdicts.clear()
             t = time.perf_counter()
@@ -132,7 +193,8 @@ def traceability_costs(ledger: Ledger, keys: list[NodeKey], repeat: int) -> tupl
             t = time.perf_counter()
             fingerprint.fit(names, own, context, ds.train_examples, base=w0)
             fit_ms.append((time.perf_counter() - t) * 1000)
-    return refit_ms, fit_ms
+    thread, inline = loop_gaps(db, store, raws, ledger.head_time_ms + 1000, ledger.params, repeat)
+    return refit_ms, fit_ms, thread, inline
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                 check.append((time.perf_counter() - t) * 1000)
                 _VERIFIED.clear()  # pay the signature check every time, as a fresh replica does
             assert reason is None, reason
-        refit_ms, fit_ms = traceability_costs(ledger, keys, args.repeat)
+        refit_ms, fit_ms, gap_thread, gap_inline = traceability_costs(ledger, keys, args.repeat,
+                                                                      Path(tmp) / "node.db")
         out = {
             "csv": str(args.csv), "readings": n, "blocks": ledger.height, "build_s": round(built_s, 1),
             "per_node": sizes,
@@ -181,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             "refit_ms_median": round(statistics.median(refit_ms), 1), "refit_ms_max": round(max(refit_ms), 1),
             "fit_ms_median": round(statistics.median(fit_ms), 1),
             "refit_over_fit": round(statistics.median(refit_ms) / statistics.median(fit_ms), 2),
+            "loop_gap_worker_ms_max": round(max(gap_thread), 1),
+            "loop_gap_inline_ms_median": round(statistics.median(gap_inline), 1),
         }
         store.close()
     print(json.dumps(out, indent=2) if args.json else
