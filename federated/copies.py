@@ -157,12 +157,20 @@ def later_share(a_heights: dict[int, int], b_heights: dict[int, int], lag_minute
     return b_later, a_later
 
 
-def copy_of(match: Match, heights: dict[Hashable, dict[int, int]]) -> tuple[Hashable, Hashable] | None:
-    """(copy, original) of a match: the device whose matched readings were committed later in most
-    matched minutes; None when neither is (the same heights, or an even split)."""
+def order(match: Match,
+          heights: dict[Hashable, dict[int, int]]) -> tuple[Hashable, Hashable, int, int] | None:
+    """(copy, original, minutes the copy was committed later, minutes earlier) of a match: the copy
+    is the device whose matched readings were committed later in most matched minutes; None when
+    neither is (the same heights, or an even split)."""
     b_later, a_later = later_share(heights.get(match.a, {}), heights.get(match.b, {}), match.lag_minutes)
     if b_later > a_later:
-        return match.b, match.a
+        return match.b, match.a, b_later, a_later
     if a_later > b_later:
-        return match.a, match.b
+        return match.a, match.b, a_later, b_later
     return None
+
+
+def copy_of(match: Match, heights: dict[Hashable, dict[int, int]]) -> tuple[Hashable, Hashable] | None:
+    """(copy, original) of a match (`order`), or None."""
+    decided = order(match, heights)
+    return None if decided is None else (decided[0], decided[1])

@@ -283,6 +283,12 @@ def without(model: Fingerprints, devices: Iterable[Hashable]) -> Fingerprints:
     return replace(model, known=known)
 
 
+def masked(ws: Sequence[Window], model: Fingerprints) -> list[Window]:
+    """`ws` scored by `model`'s devices only: the log-likelihood of a device `model` does not know
+    (left out by `without`) is -inf, so no window is attributed to it."""
+    return [Window(w.device, w.start_hour, w.hours, np.where(model.known, w.loglik, -np.inf)) for w in ws]
+
+
 @dataclass(frozen=True)
 class Window:
     device: Hashable  # the device the readings claim to be from

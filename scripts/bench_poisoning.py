@@ -669,9 +669,7 @@ class TraceabilityBench:
         full = fingerprint.Fingerprints.of(w, self.devices)
         model = fingerprint.without(full, copies_found)
         ws = fingerprint.windows(full, self.test_rel(), TRACE_WINDOW_H, 1)
-        kept = [fingerprint.Window(x.device, x.start_hour, x.hours,
-                                   np.where(model.known, x.loglik, -np.inf)) for x in ws]
-        honest = [x for x in kept if x.device in HONEST]
+        honest = [x for x in fingerprint.masked(ws, model) if x.device in HONEST]
         mine = [x for x in ws if x.device in ATTACKER]
         stolen = {self.index[a] for a in ATTACKER}
         return {

@@ -5,42 +5,25 @@ copy, and a copy takes none of its original's windows in `ledger suspicious`."""
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from federated import copies, fingerprint
-from federated.aggregate import Personal, Update, aggregate
-from federated.data import HOLDOUT_SLICE, MAIN_SLICE, read_csv_rows
-from federated.personal import personal_arrays
-from federated.weights import encode_weights, weights_hash
+from federated import copies
+from federated.data import MAIN_SLICE, read_csv_rows
 from node.cli.main import main
 from node.launch.processes import NodeProcess, wait_until
-from node.ledger.chain import Ledger
-from node.ledger.holdout import Split, split_of
-from node.ledger.provenance import datasets
-from node.ledger.transactions import (
-    make_model_commit,
-    make_model_update,
-    make_reading,
-    make_register_device,
-    make_train_request,
-    tx_id,
-)
+from node.ledger.transactions import make_reading
 from node.net.ports import free_port
 from node.server.datadir import DB_FILE, GENESIS_FILE, init_node
 from node.store import suspicious as susp
 from node.store.sqlite import SqliteStore
 from tests.browser import Page
-from tests.factories import CHAIN_ID, commit_next, device_key, make_genesis
-from tests.test_suspicious import probe
+from tests.factories import CHAIN_ID, commit_next
+from tests.test_suspicious import HOUR, ROOMS, Federation, probe
 
-ROOMS = ["room_442", "room_510", "room_621", "room_644", "room_648", "room_722", "room_734", "room_748"]
 COPIER, VICTIM = "room_644", "room_722"
-HOUR = 3_600_000
-ZERO = bytes(32)
 
 
 def copied(rows: list[Any], as_device: str, sigma: float, shift_min: int = 0, seed: int = 0) -> list[Any]:
@@ -108,29 +91,12 @@ def test_the_later_on_the_ledger_is_the_copy() -> None:
     assert copies.copy_of(m, {"x": x, "y": {t + 5: t for t in range(300)}}) is None  # same blocks
 
 
-class CopiedFederation:
-    """8 rooms on 4 authorities, one block per hour of the bundled slice, then one more block per
-    hour in which room_644's key signs copies of room_722's readings of that hour; one round of
-    fingerprints fitted by their owners; then the held-out day, copied the same way."""
+class CopiedFederation(Federation):
+    """test_suspicious's federation (8 rooms on 4 authorities, one block per hour of the bundled
+    slice, one round of fingerprints fitted by their owners, then the held-out day), except that
+    room_644's key signs copies of room_722's readings, in a block after each hour's genuine one."""
 
-    def __init__(self, directory: Path) -> None:
-        main = read_csv_rows(MAIN_SLICE, ROOMS)
-        first = min(r[2] for r in main)
-        self.keys, genesis = make_genesis(4, genesis_time_ms=first - 60_000)
-        self.dir = directory
-        init_node(directory, name="node1", port=1)  # a real node directory, for the CLI
-        genesis.save(directory / GENESIS_FILE)
-        self.ledger = Ledger(SqliteStore(directory / DB_FILE), genesis)
-        self.devices = {name: device_key(i) for i, name in enumerate(ROOMS)}
-        self.owner = {name: self.keys[i % 4] for i, name in enumerate(ROOMS)}
-        self.seq: dict[str, int] = defaultdict(int)
-        regs = [make_register_device(self.owner[n], CHAIN_ID, d.public, n) for n, d in self.devices.items()]
-        commit_next(self.ledger, self.keys, regs, time_ms=first - 30_000)
-        self.commit(main)
-        self.run = self.train()
-        self.commit(read_csv_rows(HOLDOUT_SLICE, ROOMS))
-
-    def commit(self, rows: list[Any]) -> None:
+    def commit_readings(self, rows: list[tuple[Any, ...]]) -> None:
         blocks: dict[int, tuple[list[Any], list[Any]]] = defaultdict(lambda: ([], []))
         for r in rows:
             if r[0] != COPIER:
@@ -146,45 +112,17 @@ class CopiedFederation:
                 at = max(self.ledger.head_time_ms + 1, max(r[2] for r in items))
                 commit_next(self.ledger, self.keys, txs, time_ms=at)
 
-    def train(self) -> bytes:
-        coord = self.keys[0]
-        req = make_train_request(coord, CHAIN_ID, "traceability", 1, "fedavg", {"classes": ",".join(ROOMS)})
-        run = tx_id(req)
-        w0 = fingerprint.initial_weights(len(ROOMS))
-        init = make_model_update(coord, CHAIN_ID, run, "traceability", 0, ZERO, encode_weights(w0), 1, {},
-                                 ZERO)
-        commit0 = make_model_commit(coord, CHAIN_ID, run, "traceability", 0, "fedavg", [tx_id(init)],
-                                    weights_hash(w0), {})
-        commit_next(self.ledger, self.keys, [req, init, commit0])
-        cut, store = self.ledger.height, self.ledger.store
-        rows = {name: [(name, r.seq, r.timestamp_ms, r.temperature_c, r.humidity_pct)
-                       for r in store.readings(dev.public)
-                       if r.height <= cut and split_of(r.timestamp_ms) is Split.TRAIN]
-                for name, dev in self.devices.items()}
-        context = [r for name in ROOMS for r in rows[name]]
-        ups, updates, nodes = [], [], {}
-        for key in self.keys:
-            mine = [r for name in ROOMS if self.owner[name] is key for r in rows[name]]
-            ds = datasets(store, key.public, cut)
-            w = fingerprint.fit(ROOMS, mine, context, ds.train_examples, base=w0)
-            up = make_model_update(key, CHAIN_ID, run, "traceability", 1, weights_hash(w0), encode_weights(w),
-                                   ds.train_examples, {}, ds.train_root, data_cut=cut)
-            ups.append(up)
-            updates.append(Update(tx_id(up), w, ds.train_examples))
-            nodes[tx_id(up)] = key.public
-        commit_next(self.ledger, self.keys, ups)
-        owners = [self.owner[n].public for n in ROOMS]
-        agg = aggregate("fedavg", updates, Personal(personal_arrays("traceability"), w0, owners, nodes))
-        commit = make_model_commit(coord, CHAIN_ID, run, "traceability", 1, "fedavg",
-                                   [u.update_id for u in updates], weights_hash(agg), {})
-        commit_next(self.ledger, self.keys, [commit])
-        return run
-
 
 @pytest.fixture(scope="module")
 def copied_fed(tmp_path_factory: pytest.TempPathFactory) -> CopiedFederation:
-    fed = CopiedFederation(tmp_path_factory.mktemp("copies") / "node1")
-    fed.ledger.store.close()  # the tests read the node directory (the CLI, a node process)
+    d = tmp_path_factory.mktemp("copies") / "node1"
+    init_node(d, name="node1", port=1)  # a real node directory: the CLI and a node process read it
+    fed = CopiedFederation(SqliteStore(d / DB_FILE))
+    fed.ledger.genesis.save(d / GENESIS_FILE)
+    fed.dir = d
+    fed.run = fed.train_fingerprints()
+    fed.commit_readings(fed.day)
+    fed.ledger.store.close()
     return fed
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from federated.weights import Weights, canonical_array, encode_weights, weights_hash
 from node.errors import Reason
-from node.ledger import refit
+from node.ledger import provenance, refit
 from node.ledger.provenance import datasets
 from node.ledger.state import check_tx
 from node.ledger.transactions import make_model_update, make_reading
@@ -37,6 +37,10 @@ def update(run: Run, node: int, weights: Weights) -> dict[str, Any]:
 
 
 def refits_by_thread(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    # The rules' caches are per process: an earlier test's run (the same deterministic ledger) may
+    # have left these very verdicts in them.
+    refit._verdicts.clear()
+    provenance._cache.clear()
     counts: dict[str, int] = {}
     real = refit.refit
 

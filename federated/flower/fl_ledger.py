@@ -25,7 +25,7 @@ from node.ledger import run_rules
 from node.ledger.codec import decode
 from node.ledger.genesis import Genesis
 from node.ledger.keys import NodeKey
-from node.ledger.provenance import partition, root_of
+from node.ledger.provenance import named_row, partition, root_of
 from node.ledger.transactions import (
     ModelUpdate,
     make_model_commit,
@@ -115,9 +115,9 @@ class NodeLink:
         train, held = partition(found)
         ctx_train, ctx_held = partition(context)
         return LedgerRows(
-            [_row(r) for r in train], [r[0] for r in train],
-            [_row(r) for r in held], [r[0] for r in held], cut,
-            [_row(r) for r in ctx_train], [_row(r) for r in ctx_held],
+            [named_row(r) for r in train], [r[0] for r in train],
+            [named_row(r) for r in held], [r[0] for r in held], cut,
+            [named_row(r) for r in ctx_train], [named_row(r) for r in ctx_held],
         )
 
     @staticmethod
@@ -200,10 +200,6 @@ class NodeLink:
                 raise LedgerHookError(f"node refused {tx['kind']}: {result.reason}")
         for tx in txs:
             self.wait_final(tx_id(tx), timeout)
-
-
-def _row(r: tuple[Any, ...]) -> list[Any]:
-    return [r[4], r[2], r[3], r[5], r[6]]  # (device name, seq, timestamp_ms, temperature, humidity)
 
 
 # --- the hooks' ledger versions --------------------------------------------------------------

@@ -72,6 +72,13 @@ def partition(rows: Iterable[R]) -> tuple[list[R], list[R]]:
     return train, held
 
 
+def named_row(r: Sequence[Any]) -> list[Any]:
+    """A reading row (tx id, device, seq, timestamp_ms, device name, temperature, humidity) as the
+    tasks take it: (device name, seq, timestamp_ms, temperature, humidity). The ClientApp's rows
+    and a replica's re-fit (node/ledger/refit.py) are made the same way."""
+    return [r[4], r[2], r[3], r[5], r[6]]
+
+
 def datasets_of(rows: Iterable[Sequence[Any]], cut: int) -> DataSets:
     train, held = partition(rows)
     return DataSets(cut, len(train), root_of([bytes(r[0]) for r in train]),

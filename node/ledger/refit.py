@@ -30,7 +30,7 @@ from federated.weights import decode_weights
 from node.errors import Reason
 from node.ledger import run_rules
 from node.ledger.lru import Lru
-from node.ledger.provenance import partition
+from node.ledger.provenance import named_row, partition
 from node.ledger.transactions import ModelUpdate, TrainRequest
 
 REFITTED_TASKS = ("traceability",)
@@ -55,7 +55,7 @@ def _training_rows(view: Any, devices: Sequence[Any], cut: int) -> list[Row]:
     found = [(tid, dev.device, seq, ts, dev.name, t, h)
              for dev in devices for tid, seq, ts, t, h in view.device_readings(dev.device, cut)]
     train, _ = partition(found)
-    return [[r[4], r[2], r[3], r[5], r[6]] for r in train]
+    return [named_row(r) for r in train]
 
 
 def refit(view: Any, req: TrainRequest, body: ModelUpdate, base: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -29,12 +29,12 @@ from typing import Any
 
 from node.errors import InvalidTransaction
 from node.ledger import provenance, refit, runs
+from node.ledger.mempool import MODEL_KINDS
 from node.ledger.transactions import ModelEval, ModelUpdate, parse_tx
 from node.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
-MODEL_KINDS = frozenset({"model_update", "model_eval"})
 MAX_PER_BATCH = 16  # a round brings one update and one evaluation per member
 
 

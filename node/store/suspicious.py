@@ -101,14 +101,18 @@ def window_scores(model: fingerprint.Fingerprints, w: fingerprint.Window,
 
 
 def flag_windows(model: fingerprint.Fingerprints, rel: dict[Any, dict[int, np.ndarray]],
-                 window_hours: int, threshold: float) -> tuple[list[Flag], int]:
+                 window_hours: int, threshold: float,
+                 scored: list[fingerprint.Window] | None = None) -> tuple[list[Flag], int]:
     """The flagged spans (overlapping flagged windows of a device merged), and how many windows
-    were scored (those of devices with a fingerprint)."""
+    were scored (those of devices with a fingerprint). `scored`: the windows already scored by a
+    model with more devices than `model` (they are masked to `model`'s), instead of scoring again."""
     # A device without a fingerprint (its owner trained no row for it) has nothing its readings
     # could be compared with: its windows are not judged at all (the answer's `fingerprints` says
     # which devices were), never flagged as looking like no device with an infinite score.
     index = {d: i for i, d in enumerate(model.devices)}
-    ws = [w for w in fingerprint.windows(model, rel, window_hours, 1) if model.known[index[w.device]]]
+    every = (fingerprint.windows(model, rel, window_hours, 1) if scored is None
+             else fingerprint.masked(scored, model))
+    ws = [w for w in every if model.known[index[w.device]]]
     raw: dict[Any, list[tuple[int, float, str | None, str]]] = {}
     for w in ws:
         ratio, best, q = window_scores(model, w, rel[w.device], window_hours)
@@ -166,16 +170,16 @@ class Copy:
         }
 
 
-def copy_pairs(model: fingerprint.Fingerprints, rel: dict[Any, dict[int, np.ndarray]],
-               rows: list[tuple[Any, ...]], heights: dict[Any, dict[int, int]],
-               window_hours: int) -> tuple[list[Copy], list[copies.Match]]:
+def copy_pairs(model: fingerprint.Fingerprints, ws: list[fingerprint.Window],
+               rows: list[tuple[Any, ...]],
+               heights: dict[Any, dict[int, int]]) -> tuple[list[Copy], list[copies.Match]]:
     """The copy rule on the scored readings: among the pairs where one device's windows score best
     as the other (only there can a copy take windows; at most MAX_PAIRS, the most frequent), those
     whose one-minute changes track each other; the copy is the one committed later in most matched
     minutes. Returns (decided copies, pairs that track each other but whose order is a tie)."""
     index = {d: i for i, d in enumerate(model.devices)}
     seen: Counter[tuple[Any, Any]] = Counter()
-    for w in fingerprint.windows(model, rel, window_hours, 1):
+    for w in ws:
         if not model.known[index[w.device]]:
             continue
         b = w.best()
@@ -190,13 +194,12 @@ def copy_pairs(model: fingerprint.Fingerprints, rel: dict[Any, dict[int, np.ndar
     found: list[Copy] = []
     undecided: list[copies.Match] = []
     for m in copies.matches(by_device, pairs):
-        b_later, a_later = copies.later_share(heights.get(m.a, {}), heights.get(m.b, {}), m.lag_minutes)
-        if b_later > a_later:
-            found.append(Copy(str(m.b), str(m.a), m, b_later, a_later))
-        elif a_later > b_later:
-            found.append(Copy(str(m.a), str(m.b), m, a_later, b_later))
-        else:
+        decided = copies.order(m, heights)
+        if decided is None:
             undecided.append(m)
+        else:
+            copy, original, later, earlier = decided
+            found.append(Copy(str(copy), str(original), m, later, earlier))
     return found, undecided
 
 
@@ -235,9 +238,10 @@ def suspicious(store: Store, run: str | None = None, round: int | None = None, h
     since = newest - hours * fingerprint.HOUR_MS
     rows = [r for r in rows if r[2] > since]
     rel = fingerprint.relative(fingerprint.hourly_features(rows), names)
-    found, undecided = copy_pairs(model, rel, rows, heights, window_hours)
+    ws = fingerprint.windows(model, rel, window_hours, 1)  # scored once, for both rules
+    found, undecided = copy_pairs(model, ws, rows, heights)
     flags, scored = flag_windows(fingerprint.without(model, [c.copy for c in found]), rel, window_hours,
-                                 threshold)
+                                 threshold, ws)
     flags += [c.flag(rel.get(c.copy, {})) for c in found]
     flags.sort(key=lambda f: (f.kind != "copy_of", -f.score, f.device, f.start_hour))
     return {
