@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from federated import copies
+from federated import copies, fingerprint
 from federated.data import MAIN_SLICE, read_csv_rows
 from node.cli.main import main
 from node.launch.processes import NodeProcess, wait_until
@@ -89,6 +89,32 @@ def test_the_later_on_the_ledger_is_the_copy() -> None:
     y_mixed = {t + 5: t - 1 if t % 4 == 0 else t + 1 for t in range(300)}
     assert copies.copy_of(m, {"x": x, "y": y_mixed}) == ("y", "x")
     assert copies.copy_of(m, {"x": x, "y": {t + 5: t for t in range(300)}}) is None  # same blocks
+
+
+def test_a_copy_is_left_out_of_the_building_context(slice_rows: dict[str, list[Any]]) -> None:
+    """Every device's hourly vectors are relative to the median of the building's hour; a copy
+    counts its original twice there. Once found, it is left out: the other devices' vectors are
+    exactly those of the building without it."""
+    genuine = [r for d in ROOMS for r in slice_rows[d]]
+    model = fingerprint.Fingerprints.of(fingerprint.fit(ROOMS, genuine, genuine, len(genuine)), ROOMS)
+    rows = [r for r in genuine if r[0] != COPIER] + copied(slice_rows[VICTIM], COPIER, 1e-4)
+    # The copier's readings each land a block after their original's.
+    heights = {d: {r[2] // copies.MINUTE_MS: r[2] // 2000 + (d == COPIER) for r in rows if r[0] == d}
+               for d in ROOMS}
+    rel, ws, found, undecided = susp.scored_windows(model, rows, list(ROOMS), heights, 6)
+    assert [(c.copy, c.original) for c in found] == [(COPIER, VICTIM)] and undecided == []
+    others = [d for d in ROOMS if d != COPIER]
+    feats = fingerprint.hourly_features(rows)
+    without = fingerprint.relative(feats, others)
+    with_copy = fingerprint.relative(feats, ROOMS)
+    moved = 0
+    for d in others:
+        assert rel[d].keys() == without[d].keys()
+        for hour, v in rel[d].items():
+            np.testing.assert_array_equal(v, without[d][hour])
+            moved += not np.array_equal(v, with_copy[d][hour])
+    assert moved > 0  # the copy did move them
+    assert {w.device for w in ws} == set(ROOMS) and COPIER in rel
 
 
 class CopiedFederation(Federation):

@@ -213,3 +213,24 @@ def test_two_hostile_rooms_cannot_move_the_others_relative_to_the_building() -> 
     spread = max(float(np.ptp([feats[d][7][k] for d in devices[:-2]])) for k in range(fingerprint.F))
     for d in devices[:-2]:
         assert float(np.max(np.abs(attacked[d][7] - clean[d][7]))) <= spread
+
+
+def test_a_device_replaying_anothers_hours_counts_once_in_the_building() -> None:
+    """Copies (federated/copies.py) are one device's readings twice: in the median they would
+    count their original twice. An hour within SAME_HOUR of one already counted counts once, so two
+    copier rooms leave the others' relative vectors exactly as without them."""
+    rng = np.random.default_rng(5)
+    devices = [f"room_{i}" for i in range(8)]
+    honest = devices[:6]
+    feats = {d: {h: rng.normal(0.0, 1.0, fingerprint.F) for h in range(24)} for d in honest}
+    alone = fingerprint.relative(feats, honest)
+    for copier, victim in zip(devices[6:], honest[:2], strict=True):
+        feats[copier] = {h: v + rng.uniform(-0.01, 0.01, fingerprint.F) for h, v in feats[victim].items()}
+    copied = fingerprint.relative(feats, devices)
+    for d in honest:
+        for h in range(24):
+            np.testing.assert_array_equal(copied[d][h], alone[d][h])
+    # Rooms merely alike are rooms: twice SAME_HOUR away from another, one still counts.
+    feats = {d: {0: np.full(fingerprint.F, float(i))} for i, d in enumerate(honest)}
+    feats["room_6"] = {0: feats["room_5"][0] + 2 * fingerprint.SAME_HOUR}
+    assert fingerprint.relative(feats, devices)["room_0"][0][0] == -3.0  # the median of 0-5 and 5.1
