@@ -143,7 +143,6 @@ FILES = (
 )
 DEVICES = ("room_442", "room_510", "room_621", "room_644", "room_648", "room_722", "room_734", "room_748")
 NODES = 4
-MALICIOUS = NODES - 1  # node index; owns devices MALICIOUS, MALICIOUS + NODES, ...
 ATTACKS = ("scaled", "sign_flip", "noise", "data_poison", "noisy", "mimic", "inflated")
 TASK_ATTACKS = {"humidity": tuple(a for a in ATTACKS if a not in ("mimic", "noisy")), "traceability": ATTACKS}
 STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "fedavg_clip",
@@ -237,8 +236,20 @@ def node_devices(n: int) -> list[str]:
     return [d for i, d in enumerate(DEVICES) if owner(i) == n]
 
 
-HONEST = [d for i, d in enumerate(DEVICES) if owner(i) != MALICIOUS]
-ATTACKER = node_devices(MALICIOUS)
+@dataclasses.dataclass(frozen=True)
+class Roles:
+    """Which node is malicious (an index; it owns devices malicious, malicious + NODES, ...): the
+    bench runs each of the 4 in turn, since which rooms an attacker holds moves every figure."""
+
+    malicious: int
+
+    @property
+    def honest(self) -> list[str]:
+        return [d for i, d in enumerate(DEVICES) if owner(i) != self.malicious]
+
+    @property
+    def attacker(self) -> list[str]:
+        return node_devices(self.malicious)
 
 
 def node_key(n: int) -> NodeKey:
@@ -330,13 +341,14 @@ def key_from(label: str) -> NodeKey:
     return NodeKey.from_seed(hashlib.sha256(f"{CHAIN}/{label}".encode()).digest())
 
 
-def ledger_check(rows: list[Row], init: Weights, update: Weights, true_count: int) -> dict[str, Any]:
+def ledger_check(rows: list[Row], init: Weights, update: Weights, true_count: int,
+                 malicious: int) -> dict[str, Any]:
     """A replica holding the run's device registrations and the attacker's signed readings checks
     the attacker's round-1 update: with the true training-set size it is accepted, with 10^12
     refused (`num_examples_mismatch`). `rows`: every reading of the attacker's devices that its
     humidity training set was selected from (the ledger applies the held-out rule itself)."""
     keys = [node_key(n) for n in range(NODES)]
-    attacker = keys[MALICIOUS]
+    attacker = keys[malicious]
     first, last = min(r[2] for r in rows), max(r[2] for r in rows)
     genesis = Genesis(chain_id=CHAIN, genesis_time_ms=first - 60_000,
                       authorities=tuple(GenesisMember(k.public, f"node{i + 1}") for i, k in enumerate(keys)))
@@ -401,15 +413,16 @@ def poisoned_humidity(rows: list[Row], shift: float) -> list[Row]:
 class HumidityBench:
     task = "humidity"
 
-    def __init__(self, data: Data, every: int, cfg: tasks.TrainConfig, rounds: int) -> None:
+    def __init__(self, data: Data, roles: Roles, every: int, cfg: tasks.TrainConfig, rounds: int) -> None:
+        self.roles = roles
         self.cfg, self.rounds = cfg, rounds
         self.parts = [[r for d in node_devices(n) for r in data.train[d][::every]] for n in range(NODES)]
-        mine = self.parts[MALICIOUS]
+        mine = self.parts[self.roles.malicious]
         self.poisoned = {sign: poisoned_humidity(mine, sign * POISON_SHIFT) for sign in (-1, 1)}
         # What the attacker can see: the honest devices' readings in the ledger's held-out hours.
-        self.public_honest = [r for d in HONEST for r in data.public_holdout[d]]
-        self.test_honest = [r for d in HONEST for r in data.test[d]]
-        self.test_attacker = [r for d in ATTACKER for r in data.test[d]]
+        self.public_honest = [r for d in self.roles.honest for r in data.public_holdout[d]]
+        self.test_honest = [r for d in self.roles.honest for r in data.test[d]]
+        self.test_attacker = [r for d in self.roles.attacker for r in data.test[d]]
         self.init = tasks.initial_weights("humidity", len(DEVICES), seed=cfg.seed)
         self.trainings = 0
         self.train_s = 0.0
@@ -443,8 +456,8 @@ class HumidityBench:
         clip = self.clips.get(strategy)
         out: dict[str, Any] = {}
         for r in range(1, self.rounds + 1):
-            ups = [(n, *self.local(w, n, r)) for n in range(NODES) if n != MALICIOUS]
-            mal, count = self.local(w, MALICIOUS, r, poison=attack == "data_poison")
+            ups = [(n, *self.local(w, n, r)) for n in range(NODES) if n != self.roles.malicious]
+            mal, count = self.local(w, self.roles.malicious, r, poison=attack == "data_poison")
             if attack in ("scaled", "sign_flip", "noise", "inflated"):
                 mal = attacked("humidity", attack, mal, w, seed=r, clip=clip)
             elif clip is not None:
@@ -453,13 +466,14 @@ class HumidityBench:
                 ups = [(n, clip.apply("humidity", u, w), c) for n, u, c in ups]
             if attack == "inflated":
                 if strategy == "fedavg":  # what FedAvg would have committed had the ledger taken 10^12
-                    unchecked = combine("humidity", "fedavg", [*ups, (MALICIOUS, mal, INFLATED)], w, r)
+                    unchecked = combine("humidity", "fedavg",
+                                        [*ups, (self.roles.malicious, mal, INFLATED)], w, r)
                     out["without_ledger_check"] = self.score(unchecked)
                 if r == 1:
                     out["round1_update"] = (mal, count)
                 # Refused by the ledger (ledger_check): the round aggregates the honest updates.
             else:
-                ups.append((MALICIOUS, mal, count))
+                ups.append((self.roles.malicious, mal, count))
             w = combine("humidity", strategy, ups, w, r)
         out["weights"] = w
         out["score"] = self.score(w)
@@ -495,8 +509,8 @@ class TraceabilityBench:
 
     task = "traceability"
 
-    def __init__(self, data: Data) -> None:
-        self.data = data
+    def __init__(self, data: Data, roles: Roles) -> None:
+        self.data, self.roles = data, roles
         self.devices = list(DEVICES)
         self.index = {d: i for i, d in enumerate(DEVICES)}
         self.init = tasks.initial_weights("traceability", len(DEVICES))
@@ -505,19 +519,20 @@ class TraceabilityBench:
         self.fits = 0
         self.fit_s = 0.0
         self.rows = {"clean": data.train}
-        self._test_rel: dict[Any, dict[int, np.ndarray]] | None = None
+        self._test_feats: dict[Any, dict[int, np.ndarray]] | None = None
+        self._test_rel: dict[frozenset[str], dict[Any, dict[int, np.ndarray]]] = {}
         self._cache: dict[tuple[str, int], tuple[Weights, int]] = {}
         self._stats_cache: dict[str, tuple[float, np.ndarray, np.ndarray]] = {}
         self.victims = self.choose_victims()
         poisoned = dict(data.train)
-        for k, a in enumerate(ATTACKER):
+        for k, a in enumerate(self.roles.attacker):
             poisoned[a] = copied(data.train[self.victims[a]], a, seed=k)
         self.rows["data_poison"] = poisoned
         self.copied_from: dict[str, dict[str, str]] = {"data_poison": dict(self.victims)}
         self._copies: dict[str, list[dict[str, Any]]] = {}
         rng = np.random.default_rng(7)
         noisy = dict(data.train)
-        for a in ATTACKER:
+        for a in self.roles.attacker:
             noise = rng.normal(0.0, NOISY_SIGMA, (len(data.train[a]), 2))
             noisy[a] = [(d, s, ts, t + float(x), h + float(y))
                         for (d, s, ts, t, h), (x, y) in zip(data.train[a], noise, strict=True)]
@@ -599,10 +614,10 @@ class TraceabilityBench:
         self.mimic_scale: dict[str, float] = {}
         self.victim_public_wins: dict[str, float] = {}
         victims: dict[str, str] = {}
-        n_mal = self.fit(MALICIOUS)[1]
-        for a in ATTACKER:
+        n_mal = self.fit(self.roles.malicious)[1]
+        for a in self.roles.attacker:
             best = (-1.0, "", 1.0)
-            for v in HONEST:
+            for v in self.roles.honest:
                 if v in victims.values():
                     continue
                 for c in MIMIC_SCALES:
@@ -623,13 +638,13 @@ class TraceabilityBench:
         base = self.init
         clip = self.clips.get(strategy)
         rows_of = attack if attack in ("data_poison", "noisy") else "clean"
-        ups = [(n, *self.fit(n, rows_of)) for n in range(NODES) if n != MALICIOUS]
-        mal, count = self.fit(MALICIOUS, rows_of)
+        ups = [(n, *self.fit(n, rows_of)) for n in range(NODES) if n != self.roles.malicious]
+        mal, count = self.fit(self.roles.malicious, rows_of)
         if attack in ("scaled", "sign_flip", "noise", "inflated"):
             mal = attacked("traceability", attack, mal, base, seed=1, clip=clip)
         elif attack == "mimic":
             w = [np.array(x, np.float64) for x in mal]
-            for a in ATTACKER:
+            for a in self.roles.attacker:
                 i = self.index[a]
                 w[2][i], w[3][i], w[4][i] = self.mimic_rows(self.victims[a], self.mimic_scale[a], count)
             mal = [np.asarray(x, np.float32) for x in w]
@@ -648,48 +663,58 @@ class TraceabilityBench:
         if attack == "inflated" or refused:
             if strategy == "fedavg":
                 declared = INFLATED if attack == "inflated" else count
-                unchecked = combine("traceability", "fedavg", [*ups, (MALICIOUS, mal, declared)], base, 1)
+                unchecked = combine("traceability", "fedavg",
+                                    [*ups, (self.roles.malicious, mal, declared)], base, 1)
                 out["without_ledger_check"] = self.score(unchecked)
         else:
-            ups.append((MALICIOUS, mal, count))
+            ups.append((self.roles.malicious, mal, count))
         w = combine("traceability", strategy, ups, base, 1)
         out["weights"] = w
         out["copies"] = self.copies_in(rows_of)
         out["score"] = self.score(w, [c["copy"] for c in out["copies"] if c["copy"] is not None])
         return out
 
-    def test_rel(self) -> dict[Any, dict[int, np.ndarray]]:
-        if self._test_rel is None:
-            self._test_rel = fingerprint.relative(fingerprint.hourly_features(self.test), self.devices)
-        return self._test_rel
+    def test_rel(self, without: frozenset[str] = frozenset()) -> dict[Any, dict[int, np.ndarray]]:
+        """The held-out day's relative hourly vectors, with the devices `without` (copies found)
+        left out of the context, as `ledger suspicious` does."""
+        if self._test_feats is None:
+            self._test_feats = fingerprint.hourly_features(self.test)
+        if without not in self._test_rel:
+            feats = self._test_feats
+            context = [d for d in self.devices if d not in without]
+            self._test_rel[without] = fingerprint.relative(feats, context, targets=feats)
+        return self._test_rel[without]
 
     def score(self, w: Weights, copies_found: Sequence[str] = ()) -> dict[str, float]:
         """Held-out windows scored as deployed: devices found to copy another's readings are no
-        candidates (their own windows are not scored: the copy is what is reported about them)."""
+        candidates and not in the context (their own windows are not scored: the copy is what is
+        reported about them)."""
         full = fingerprint.Fingerprints.of(w, self.devices)
         model = fingerprint.without(full, copies_found)
-        ws = fingerprint.windows(full, self.test_rel(), TRACE_WINDOW_H, 1)
-        honest = [x for x in fingerprint.masked(ws, model) if x.device in HONEST]
-        mine = [x for x in ws if x.device in ATTACKER]
-        stolen = {self.index[a] for a in ATTACKER}
+        rel = self.test_rel(frozenset(copies_found))
+        ws = fingerprint.windows(full, rel, TRACE_WINDOW_H, 1)
+        honest = [x for x in fingerprint.masked(ws, model) if x.device in self.roles.honest]
+        mine = [x for x in ws if x.device in self.roles.attacker]
+        stolen = {self.index[a] for a in self.roles.attacker}
         return {
             "traceability": fingerprint.accuracy(model, honest),
             "traceability_without_copy_rule": fingerprint.accuracy(full, [x for x in ws
-                                                                          if x.device in HONEST]),
+                                                                          if x.device in self.roles.honest]),
             "attacker_devices": fingerprint.accuracy(full, mine),
             "stolen": sum(x.best() in stolen for x in honest) / len(honest),
             "windows": float(len(honest)),
-            "false_flags": self.false_flags(model, honest),
+            "false_flags": self.false_flags(model, honest, rel),
         }
 
-    def false_flags(self, model: fingerprint.Fingerprints, honest: list[fingerprint.Window]) -> float:
+    def false_flags(self, model: fingerprint.Fingerprints, honest: list[fingerprint.Window],
+                    rel: dict[Any, dict[int, np.ndarray]]) -> float:
         """The share of the honest devices' genuine windows that `fedledger ledger suspicious`
         would flag (node/store/suspicious.py: another device more likely by THRESHOLD nats an hour,
         or no known device), the deployed use of the fingerprints: a genuine window that merely
         ties with a copy of its device is not flagged."""
         flagged = 0
         for w in honest:
-            ratio, _, q = suspicious.window_scores(model, w, self.test_rel()[w.device], TRACE_WINDOW_H)
+            ratio, _, q = suspicious.window_scores(model, w, rel[w.device], TRACE_WINDOW_H)
             flagged += bool(q > suspicious.UNKNOWN_Q or ratio > suspicious.THRESHOLD)
         return float(flagged / len(honest))
 
@@ -701,7 +726,7 @@ class TraceabilityBench:
         to that array's largest value. An honest update re-fits to within float32 rounding."""
         t0 = time.perf_counter()
         rows = self.rows[rows_of]
-        expected = fingerprint.fit(self.devices, [r for d in ATTACKER for r in rows[d]],
+        expected = fingerprint.fit(self.devices, [r for d in self.roles.attacker for r in rows[d]],
                                    [r for d in DEVICES for r in rows[d]], count, base=self.init)
         if clip is not None:
             expected = clip.apply("traceability", expected, self.init)
@@ -732,7 +757,7 @@ class TraceabilityBench:
         for sigma in COPY_NOISE_SWEEP:
             name = f"copies@{sigma:g}"
             self.rows[name] = dict(self.data.train)
-            for k, a in enumerate(ATTACKER):
+            for k, a in enumerate(self.roles.attacker):
                 self.rows[name][a] = copied(self.data.train[self.victims[a]], a, seed=k, sigma=sigma)
             self.copied_from[name] = dict(self.victims)
             ups = [(n, *self.fit(n, name)) for n in range(NODES)]
@@ -831,24 +856,75 @@ def bench(b: HumidityBench | TraceabilityBench, views: Sequence[str]) -> dict[st
     return out
 
 
+def summarize(rotations: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each view over the rotations: every metric the mean of the rotations' (so a gap is the mean
+    of their gaps), the best strategy the one with the smallest mean gap, and beside it that
+    strategy's gap in each rotation."""
+    out: dict[str, dict[str, Any]] = {}
+    for view in rotations[0]["views"]:
+        per = [r["views"][view] for r in rotations]
+        ref = statistics.fmean(p["clean_fedavg"] for p in per)
+        results: dict[str, dict[str, Any]] = {}
+        best_gaps: dict[str, float] = {}
+        for name in per[0]["results"]:
+            mean = {s: statistics.fmean(p["results"][name][s] for p in per) for s in STRATEGIES}
+            row: dict[str, Any] = {s: round(v, 4) for s, v in mean.items()}
+            if name != "clean":
+                best = min(STRATEGIES, key=lambda s: ref - mean[s])
+                best_gaps[name] = ref - mean[best]
+                row.update(clean_fedavg=round(ref, 4), best=best, best_gap=round(best_gaps[name], 4),
+                           best_gap_by_rotation=[round(p["clean_fedavg"] - p["results"][name][best], 4)
+                                                 for p in per])
+                unchecked = [p["results"][name].get("fedavg_without_ledger_check") for p in per]
+                if all(u is not None for u in unchecked):
+                    row["fedavg_without_ledger_check"] = round(statistics.fmean(unchecked), 4)
+            results[name] = row
+        worst = max(best_gaps, key=lambda a: best_gaps[a])
+        entry: dict[str, Any] = {
+            "metric": per[0]["metric"],
+            "clean_fedavg": round(ref, 4),
+            "results": results,
+            "worst_gap": round(best_gaps[worst], 4),
+            "worst_attack": worst,
+            "worst_gap_by_rotation": [p["worst_gap"] for p in per],
+            "honest_only_fedavg": round(statistics.fmean(p["honest_only_fedavg"] for p in per), 4),
+            "strategy_worst_gap": {s: round(max(ref - statistics.fmean(p["results"][a][s] for p in per)
+                                                for a in best_gaps), 4) for s in STRATEGIES},
+        }
+        if view == "traceability":
+            for key in ("stolen", "false_flags"):
+                entry[key] = {name: {s: round(statistics.fmean(p[key][name][s] for p in per), 4)
+                                     for s in STRATEGIES} for name in per[0][key]}
+            entry["windows"] = sum(p["windows"] for p in per)
+        out[view] = entry
+    return out
+
+
 def render(out: dict[str, Any]) -> str:
-    lines = []
+    n = len(out["rotations"])
+    lines = [f"mean over {n} rotation(s) of the malicious node "
+             f"({', '.join(str(r['malicious_node']) for r in out['rotations'])})\n"]
     for view, e in out["views"].items():
         lines.append(f"{view}: {e['metric']} (clean fedavg {e['clean_fedavg']:.3f})")
-        lines.append("| attack | " + " | ".join(STRATEGIES) + " | best gap |")
-        lines.append("|---" * (len(STRATEGIES) + 2) + "|")
+        lines.append("| attack | " + " | ".join(STRATEGIES) + " | best gap | by rotation |")
+        lines.append("|---" * (len(STRATEGIES) + 3) + "|")
         for name, r in e["results"].items():
             cells = " | ".join(f"{r[s]:.3f}" for s in STRATEGIES)
             gap = f"{r['best_gap']:+.3f} ({r['best']})" if "best" in r else ""
-            lines.append(f"| {name} | {cells} | {gap} |")
+            rot = " ".join(f"{g:+.3f}" for g in r.get("best_gap_by_rotation", ()))
+            lines.append(f"| {name} | {cells} | {gap} | {rot} |")
         lines.append(f"worst gap {e['worst_gap']:+.3f} ({e['worst_attack']}); per strategy "
                      + ", ".join(f"{s} {g:+.3f}" for s, g in e["strategy_worst_gap"].items()) + "\n")
-    led = out["ledger"]
-    lines.append(f"inflated num_examples ({led['declared']:.0e} declared, {led['true_num_examples']} true): "
-                 f"refused by the ledger: {out['inflated_num_examples_refused']} ({led['inflated_reason']})")
+    for r in out["rotations"]:
+        led = r["ledger"]
+        lines.append(f"node {r['malicious_node']} malicious: worst gap {r['worst_gap']:+.3f} "
+                     f"({'/'.join(r['worst_attack'])}); inflated num_examples "
+                     f"({led['declared']:.0e} declared, "
+                     f"{led['true_num_examples']} true) refused: {led['refused']} ({led['inflated_reason']})")
     lines.append(f"worst gap over the judged metrics: {out['worst_gap']:+.3f} "
-                 f"({'/'.join(out['worst_attack'])}); recommended: {out['recommended']}; "
-                 f"{out['elapsed_s']} s")
+                 f"({'/'.join(out['worst_attack'])}), "
+                 f"in one rotation {out['worst_gap_single_rotation']:+.3f}; "
+                 f"recommended: {out['recommended']}; {out['elapsed_s']} s")
     return "\n".join(lines)
 
 
@@ -859,6 +935,68 @@ def positive(text: str) -> int:
     return value
 
 
+def node_number(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= NODES:
+        raise argparse.ArgumentTypeError(f"must be a node number from 1 to {NODES}")
+    return value
+
+
+def rotation(data: Data, roles: Roles, cfg: tasks.TrainConfig, args: argparse.Namespace) -> dict[str, Any]:
+    """Every attack against every strategy with node `roles.malicious` + 1 malicious."""
+    log(f"node {roles.malicious + 1} malicious: devices {roles.attacker}")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    trace = TraceabilityBench(data, roles)
+    log(f"traceability: victims {trace.victims} (covariance x {trace.mimic_scale}, public hours won "
+        f"{trace.victim_public_wins})")
+    tr = bench(trace, ["traceability"])
+    timings["traceability"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    hum = HumidityBench(data, roles, args.every, cfg, args.rounds)
+    log(f"humidity: rows per node {[len(p) for p in hum.parts]}, held-out rows {len(hum.test_honest)} honest "
+        f"+ {len(hum.test_attacker)} attacker's")
+    hu = bench(hum, ["humidity", "humidity_shared_line"])
+    timings["humidity"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    mal_update, mal_count = hu["cells"]["inflated"]["fedavg"]["round1_update"]
+    # The attacker's humidity training rows and some of its public held-out readings: the ledger
+    # applies the held-out rule itself, so its training-set size must be the bench's.
+    public = [r for d in roles.attacker for r in data.public_holdout[d][::args.every]]
+    signed = hum.parts[roles.malicious] + public
+    ledger = ledger_check(signed, hum.init, mal_update, mal_count, roles.malicious)
+    timings["ledger"] = time.perf_counter() - t0
+    log(f"ledger: the true figure {ledger['true_figure_reason'] or 'accepted'}, "
+        f"10^12 {ledger['inflated_reason']}")
+    if ledger["true_num_examples"] != mal_count:
+        raise BenchError(f"the ledger's training set ({ledger['true_num_examples']}) is not the bench's "
+                         f"({mal_count})")
+    views = {"humidity": hu["humidity"], "humidity_shared_line": hu["humidity_shared_line"],
+             "traceability": tr["traceability"]}
+    worst_view = max(views, key=lambda v: views[v]["worst_gap"])
+    return {
+        "malicious_node": roles.malicious + 1,
+        "honest_devices": roles.honest,
+        "attacker_devices": roles.attacker,
+        "views": views,
+        "worst_gap": views[worst_view]["worst_gap"],
+        "worst_attack": [worst_view, views[worst_view]["worst_attack"]],
+        "ledger": ledger,
+        "victims": trace.victims,
+        "mimic_covariance_scale": trace.mimic_scale,
+        "train_rows_per_node": [len(p) for p in hum.parts],
+        "humidity_trainings": hum.trainings, "humidity_train_s": round(hum.train_s, 1),
+        "fingerprint_fits": trace.fits, "fingerprint_fit_s": round(trace.fit_s, 1),
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+    }
+
+
+class BenchError(Exception):
+    pass
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, help=f"directory with the readings files (default {DEFAULT_DATA} "
@@ -867,6 +1005,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=positive, default=20, help="local epochs at most (default 20)")
     ap.add_argument("--every", type=positive, default=5,
                     help="humidity trains on every n-th training reading of each device (default 5)")
+    ap.add_argument("--malicious", type=node_number, action="append",
+                    help=f"the malicious node, 1-{NODES} (repeatable; default each in turn)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true",
                     help="1 round of 3 epochs on every 20th reading (the test)")
@@ -880,36 +1020,15 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"bench_poisoning: {exc}", file=sys.stderr)
         return 2
-    log(f"data {data.path}: nodes {[node_devices(n) for n in range(NODES)]}, node {MALICIOUS + 1} malicious")
+    log(f"data {data.path}: nodes {[node_devices(n) for n in range(NODES)]}")
     cfg = tasks.TrainConfig(epochs=args.epochs, seed=args.seed)
-    timings: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    trace = TraceabilityBench(data)
-    log(f"traceability: victims {trace.victims} (covariance x {trace.mimic_scale}, public hours won "
-        f"{trace.victim_public_wins})")
-    tr = bench(trace, ["traceability"])
-    timings["traceability"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    hum = HumidityBench(data, args.every, cfg, args.rounds)
-    log(f"humidity: rows per node {[len(p) for p in hum.parts]}, held-out rows {len(hum.test_honest)} honest "
-        f"+ {len(hum.test_attacker)} attacker's")
-    hu = bench(hum, ["humidity", "humidity_shared_line"])
-    timings["humidity"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    mal_update, mal_count = hu["cells"]["inflated"]["fedavg"]["round1_update"]
-    # The attacker's humidity training rows and some of its public held-out readings: the ledger
-    # applies the held-out rule itself, so its training-set size must be the bench's.
-    signed = hum.parts[MALICIOUS] + [r for d in ATTACKER for r in data.public_holdout[d][::args.every]]
-    ledger = ledger_check(signed, hum.init, mal_update, mal_count)
-    timings["ledger"] = time.perf_counter() - t0
-    log(f"ledger: the true figure {ledger['true_figure_reason'] or 'accepted'}, "
-        f"10^12 {ledger['inflated_reason']}")
-
-    views = {"humidity": hu["humidity"], "humidity_shared_line": hu["humidity_shared_line"],
-             "traceability": tr["traceability"]}
+    nodes = sorted(set(args.malicious or range(1, NODES + 1)))
+    try:
+        rotations = [rotation(data, Roles(n - 1), cfg, args) for n in nodes]
+    except BenchError as exc:
+        print(f"bench_poisoning: {exc}", file=sys.stderr)
+        return 1
+    views = summarize(rotations)
     worst_view = max(views, key=lambda v: views[v]["worst_gap"])
     # A benchmark of poisoning needs a model worth protecting: on the bundled 48 hours the lines do
     # not predict a day a week later (docs/federated.md), and a gap against such a model means little.
@@ -919,36 +1038,29 @@ def main(argv: list[str] | None = None) -> int:
     for w in warnings:
         log(f"warning: {w}")
     strategy_worst = {s: max(v["strategy_worst_gap"][s] for v in views.values()) for s in STRATEGIES}
+    worst_rotation = max(rotations, key=lambda r: r["worst_gap"])
     out: dict[str, Any] = {
         "results": {v: e["results"] for v, e in views.items()},
         "worst_gap": views[worst_view]["worst_gap"],
         "worst_attack": [worst_view, views[worst_view]["worst_attack"]],
-        "inflated_num_examples_refused": ledger["refused"],
+        "worst_gap_single_rotation": worst_rotation["worst_gap"],
+        "worst_rotation": [worst_rotation["malicious_node"], *worst_rotation["worst_attack"]],
+        "inflated_num_examples_refused": all(r["ledger"]["refused"] for r in rotations),
         "strategy_worst_gap": strategy_worst,
         "recommended": min(STRATEGIES, key=lambda s: strategy_worst[s]),
         "views": views,
+        "rotations": rotations,
         "warnings": warnings,
-        "ledger": ledger,
-        "victims": trace.victims,
-        "mimic_covariance_scale": trace.mimic_scale,
         "config": {
-            "data": str(data.path), "nodes": NODES, "malicious_node": MALICIOUS + 1,
-            "honest_devices": HONEST, "attacker_devices": ATTACKER,
+            "data": str(data.path), "nodes": NODES, "malicious_nodes": nodes,
             "humidity_rounds": args.rounds, "traceability_rounds": 1, "epochs": args.epochs,
-            "every": args.every, "seed": args.seed, "train_rows_per_node": [len(p) for p in hum.parts],
+            "every": args.every, "seed": args.seed,
             "clip_factor": CLIP_FACTOR, "params": PARAMS, "quick": args.quick,
-            "humidity_trainings": hum.trainings, "humidity_train_s": round(hum.train_s, 1),
-            "fingerprint_fits": trace.fits, "fingerprint_fit_s": round(trace.fit_s, 1),
             "federation": "in-process rounds, no Flower processes: tasks.train per node, "
                           "federated.aggregate.aggregate with Personal (the ledger's re-computation)",
         },
-        "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
-    if ledger["true_num_examples"] != mal_count:
-        print(f"bench_poisoning: the ledger's training set ({ledger['true_num_examples']}) is not "
-              f"the bench's ({mal_count})", file=sys.stderr)
-        return 1
     print(json.dumps(out, indent=2) if args.json else render(out))
     return 0
 
