@@ -69,6 +69,10 @@ DEFAULT_WINDOW_HOURS = 6
 # with noise 1e-4 came within 0.03 of their originals, while no two of the paper's 8 rooms ever
 # came within 0.17 in any hour of the week.
 SAME_HOUR = 0.05
+# The building's shift since the fit is estimated from at least this many devices' current hours
+# (a median of two is their mean: one changed device would move it by half).
+SHIFT_MIN_DEVICES = 3
+SHIFT_MIN_HOURS = 3
 
 Row = Sequence[Any]  # (device, seq, timestamp_ms, temperature_c, humidity_pct)
 
@@ -286,6 +290,39 @@ class Fingerprints:
         return out
 
 
+def building_shift(model: Fingerprints, rel: Mapping[Hashable, Mapping[int, np.ndarray]]) -> np.ndarray:
+    """How far the building has moved every device's relative vectors since the fingerprints were
+    fitted: the median over the devices with a fingerprint (and SHIFT_MIN_HOURS hours in `rel`) of
+    their mean relative vector minus their fingerprint's mean; zero with fewer than
+    SHIFT_MIN_DEVICES such devices.
+
+    A fingerprint is its device's offset from the building as the building was while it was
+    fitted. When rooms of the context change character after the fit, every other room's offset
+    moves by about the same vector: with two of eight rooms signing noisy readings while the
+    fingerprints were fitted and genuine ones since (scripts/bench_poisoning.py, attack `noisy`),
+    the honest rooms' dynamics moved by 0.5-1.5 standard deviations, and one honest room's held-out
+    windows went to its neighbour. The median of the devices' moves is that vector as long as fewer
+    than half of them changed themselves."""
+    index = {d: i for i, d in enumerate(model.devices)}
+    moves = []
+    for d, hours in rel.items():
+        i = index.get(d)
+        if i is None or not model.known[i] or len(hours) < SHIFT_MIN_HOURS:
+            continue
+        moves.append(np.mean(np.array(list(hours.values())), axis=0) - model.means[i])
+    if len(moves) < SHIFT_MIN_DEVICES:
+        return np.zeros(F)
+    return np.asarray(np.median(moves, axis=0), np.float64)
+
+
+def recentred(model: Fingerprints, rel: Mapping[Hashable, Mapping[int, np.ndarray]],
+              ) -> dict[Hashable, dict[int, np.ndarray]]:
+    """`rel` with the building's shift since the fit (`building_shift`) taken out: what windows are
+    scored on."""
+    shift = building_shift(model, rel)
+    return {d: {h: v - shift for h, v in hours.items()} for d, hours in rel.items()}
+
+
 def without(model: Fingerprints, devices: Iterable[Hashable]) -> Fingerprints:
     """`model` with the fingerprints of `devices` left out: no window scores as them (copies of
     another device's readings, federated/copies.py)."""
@@ -346,12 +383,15 @@ def accuracy(model: Fingerprints, ws: Sequence[Window]) -> float:
 def classify(weights: Sequence[np.ndarray], devices: Sequence[Hashable], rows: Sequence[Row],
              context_rows: Sequence[Row] = (), window_hours: int = 1, step_hours: int = 1) -> list[Window]:
     """Windows of `rows` scored by the committed fingerprints, relative to the hours of every
-    device of the list in `rows` + `context_rows`."""
+    device of the list in `rows` + `context_rows`, recentred (`building_shift`)."""
     model = Fingerprints.of(weights, devices)
     index = set(devices)
     targets = {d: h for d, h in hourly_features(rows).items() if d in index}
-    rel = relative(hourly_features([r for r in context_rows if r[0] in index]), list(devices), targets)
-    return windows(model, rel, window_hours, step_hours)
+    context = hourly_features([r for r in context_rows if r[0] in index])
+    everyone = {d: {**context.get(d, {}), **targets.get(d, {})} for d in devices}
+    # The building's shift is estimated from every device's hours, not only the scored ones.
+    rel = recentred(model, relative(context, list(devices), everyone))
+    return windows(model, {d: rel[d] for d in targets}, window_hours, step_hours)
 
 
 def evaluate(weights: Sequence[np.ndarray], devices: Sequence[Hashable], rows: Sequence[Row],

@@ -519,8 +519,7 @@ class TraceabilityBench:
         self.fits = 0
         self.fit_s = 0.0
         self.rows = {"clean": data.train}
-        self._test_feats: dict[Any, dict[int, np.ndarray]] | None = None
-        self._test_rel: dict[frozenset[str], dict[Any, dict[int, np.ndarray]]] = {}
+        self._test_rel: dict[Any, dict[int, np.ndarray]] | None = None
         self._cache: dict[tuple[str, int], tuple[Weights, int]] = {}
         self._stats_cache: dict[str, tuple[float, np.ndarray, np.ndarray]] = {}
         self.victims = self.choose_victims()
@@ -674,24 +673,18 @@ class TraceabilityBench:
         out["score"] = self.score(w, [c["copy"] for c in out["copies"] if c["copy"] is not None])
         return out
 
-    def test_rel(self, without: frozenset[str] = frozenset()) -> dict[Any, dict[int, np.ndarray]]:
-        """The held-out day's relative hourly vectors, with the devices `without` (copies found)
-        left out of the context, as `ledger suspicious` does."""
-        if self._test_feats is None:
-            self._test_feats = fingerprint.hourly_features(self.test)
-        if without not in self._test_rel:
-            feats = self._test_feats
-            context = [d for d in self.devices if d not in without]
-            self._test_rel[without] = fingerprint.relative(feats, context, targets=feats)
-        return self._test_rel[without]
+    def test_rel(self) -> dict[Any, dict[int, np.ndarray]]:
+        if self._test_rel is None:
+            self._test_rel = fingerprint.relative(fingerprint.hourly_features(self.test), self.devices)
+        return self._test_rel
 
     def score(self, w: Weights, copies_found: Sequence[str] = ()) -> dict[str, float]:
         """Held-out windows scored as deployed: devices found to copy another's readings are no
-        candidates and not in the context (their own windows are not scored: the copy is what is
-        reported about them)."""
+        candidates (their own windows are not scored: the copy is what is reported about them), and
+        the vectors are recentred (fingerprint.building_shift)."""
         full = fingerprint.Fingerprints.of(w, self.devices)
         model = fingerprint.without(full, copies_found)
-        rel = self.test_rel(frozenset(copies_found))
+        rel = fingerprint.recentred(model, self.test_rel())
         ws = fingerprint.windows(full, rel, TRACE_WINDOW_H, 1)
         honest = [x for x in fingerprint.masked(ws, model) if x.device in self.roles.honest]
         mine = [x for x in ws if x.device in self.roles.attacker]

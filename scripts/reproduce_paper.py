@@ -516,7 +516,7 @@ def exp_suspicious(
     def scored(
         rows: list[Row], only: str | None = None, start: int | None = None
     ) -> list[tuple[float, float]]:
-        rel = fingerprint.relative(fingerprint.hourly_features(rows), devices)
+        rel = fingerprint.recentred(model, fingerprint.relative(fingerprint.hourly_features(rows), devices))
         if only is not None:
             rel = {only: rel[only]}
         out = []

@@ -91,10 +91,11 @@ def test_the_later_on_the_ledger_is_the_copy() -> None:
     assert copies.copy_of(m, {"x": x, "y": {t + 5: t for t in range(300)}}) is None  # same blocks
 
 
-def test_a_copy_is_left_out_of_the_building_context(slice_rows: dict[str, list[Any]]) -> None:
+def test_a_copy_counts_once_in_the_building_context(slice_rows: dict[str, list[Any]]) -> None:
     """Every device's hourly vectors are relative to the median of the building's hour; a copy
-    counts its original twice there. Once found, it is left out: the other devices' vectors are
-    exactly those of the building without it."""
+    would count its original twice there and move every other device. Its hours count once: the
+    other devices' vectors stay within 0.05 of the building's without it (counted twice, the copy
+    moved them by up to 0.52)."""
     genuine = [r for d in ROOMS for r in slice_rows[d]]
     model = fingerprint.Fingerprints.of(fingerprint.fit(ROOMS, genuine, genuine, len(genuine)), ROOMS)
     rows = [r for r in genuine if r[0] != COPIER] + copied(slice_rows[VICTIM], COPIER, 1e-4)
@@ -104,16 +105,13 @@ def test_a_copy_is_left_out_of_the_building_context(slice_rows: dict[str, list[A
     rel, ws, found, undecided = susp.scored_windows(model, rows, list(ROOMS), heights, 6)
     assert [(c.copy, c.original) for c in found] == [(COPIER, VICTIM)] and undecided == []
     others = [d for d in ROOMS if d != COPIER]
+    alone = fingerprint.without(model, [COPIER])
     feats = fingerprint.hourly_features(rows)
-    without = fingerprint.relative(feats, others)
-    with_copy = fingerprint.relative(feats, ROOMS)
-    moved = 0
+    without = fingerprint.recentred(alone, fingerprint.relative(feats, others))
     for d in others:
         assert rel[d].keys() == without[d].keys()
         for hour, v in rel[d].items():
-            np.testing.assert_array_equal(v, without[d][hour])
-            moved += not np.array_equal(v, with_copy[d][hour])
-    assert moved > 0  # the copy did move them
+            assert float(np.max(np.abs(v - without[d][hour]))) < 0.05, (d, hour)
     assert {w.device for w in ws} == set(ROOMS) and COPIER in rel
 
 

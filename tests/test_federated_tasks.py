@@ -234,3 +234,29 @@ def test_a_device_replaying_anothers_hours_counts_once_in_the_building() -> None
     feats = {d: {0: np.full(fingerprint.F, float(i))} for i, d in enumerate(honest)}
     feats["room_6"] = {0: feats["room_5"][0] + 2 * fingerprint.SAME_HOUR}
     assert fingerprint.relative(feats, devices)["room_0"][0][0] == -3.0  # the median of 0-5 and 5.1
+
+
+def test_windows_are_scored_after_the_buildings_shift_since_the_fit_is_taken_out() -> None:
+    """Every room moved by the same vector since the fit (rooms of the context that changed
+    character move all the others): the median of the devices' moves is taken out, so each room
+    scores as it did; one room that moved on its own does not move the others."""
+    rows = read_csv_rows(MAIN_SLICE, DEVICES)
+    w = tasks.train("traceability", tasks.initial_weights("traceability", 4), rows, classes=DEVICES).weights
+    model = fingerprint.Fingerprints.of(w, DEVICES)
+    rel = fingerprint.relative(fingerprint.hourly_features(rows), DEVICES)
+    move = np.linspace(-1.0, 1.0, fingerprint.F)
+    moved = {d: {h: v + move for h, v in hours.items()} for d, hours in rel.items()}
+    shift = fingerprint.building_shift(model, rel)
+    np.testing.assert_allclose(fingerprint.building_shift(model, moved) - shift, move, atol=1e-9)
+    before = fingerprint.windows(model, fingerprint.recentred(model, rel), 6, 1)
+    after = fingerprint.windows(model, fingerprint.recentred(model, moved), 6, 1)
+    assert [x.best() for x in after] == [x.best() for x in before]
+    assert fingerprint.accuracy(model, fingerprint.windows(model, moved, 6, 1)) < \
+        fingerprint.accuracy(model, after)  # not taken out, the move costs windows
+    # One device alone moving far leaves the shift where the others put it.
+    alone = dict(rel)
+    alone[DEVICES[0]] = {h: v + 100.0 for h, v in rel[DEVICES[0]].items()}
+    assert float(np.max(np.abs(fingerprint.building_shift(model, alone) - shift))) < 1.0
+    # Too few devices to tell the building from a device: no shift.
+    two = {d: rel[d] for d in DEVICES[:2]}
+    assert not np.any(fingerprint.building_shift(model, two))

@@ -207,21 +207,14 @@ def scored_windows(model: fingerprint.Fingerprints, rows: list[tuple[Any, ...]],
                    heights: dict[Any, dict[int, int]], window_hours: int,
                    ) -> tuple[dict[Any, dict[int, np.ndarray]], list[fingerprint.Window], list[Copy],
                               list[copies.Match]]:
-    """The devices' relative hourly vectors and their windows under `model`, scored once for both
-    rules, with the copies found among them and the pairs that track each other undecided.
-
-    A copy is left out of the building context: it replays another device's readings, so it says
-    nothing about the building, and in the median it would count its original twice and move every
-    other device's relative vectors (in scripts/bench_poisoning.py's data_poison, with node 2 the
-    copier, the honest devices' best accuracy went from 0.825 to 0.842)."""
-    feats = fingerprint.hourly_features(rows)
-    rel = fingerprint.relative(feats, names)
+    """The devices' relative hourly vectors (recentred: fingerprint.building_shift) and their
+    windows under `model`, scored once for both rules, with the copies found among them and the
+    pairs that track each other undecided. A copy stays in the building context: its hours count
+    once there (fingerprint.SAME_HOUR), and taking it out as well, which the recentring makes
+    redundant, scored the honest devices no better (scripts/bench_poisoning.py, data_poison)."""
+    rel = fingerprint.recentred(model, fingerprint.relative(fingerprint.hourly_features(rows), names))
     ws = fingerprint.windows(model, rel, window_hours, 1)
     found, undecided = copy_pairs(model, ws, rows, heights)
-    if found:
-        copied = {c.copy for c in found}
-        rel = fingerprint.relative(feats, [n for n in names if n not in copied], targets=feats)
-        ws = fingerprint.windows(model, rel, window_hours, 1)
     return rel, ws, found, undecided
 
 
