@@ -154,6 +154,18 @@ def hourly_features(rows: Iterable[Row]) -> dict[Hashable, dict[int, np.ndarray]
     return out
 
 
+def _distinct(vs: np.ndarray) -> np.ndarray:
+    """The rows of `vs` (one hour's vectors, in the devices' order) without those within SAME_HOUR
+    of an earlier kept row in every feature."""
+    if len(vs) < 2:
+        return vs
+    close = np.max(np.abs(vs[:, None, :] - vs[None, :, :]), axis=2) < SAME_HOUR
+    keep = np.ones(len(vs), bool)
+    for i in range(1, len(vs)):
+        keep[i] = not np.any(close[i, :i] & keep[:i])
+    return vs[keep]
+
+
 def relative(feats: Mapping[Hashable, Mapping[int, np.ndarray]], devices: Sequence[Hashable],
              targets: Mapping[Hashable, Mapping[int, np.ndarray]] | None = None,
              ) -> dict[Hashable, dict[int, np.ndarray]]:
@@ -180,10 +192,12 @@ def relative(feats: Mapping[Hashable, Mapping[int, np.ndarray]], devices: Sequen
     hours: dict[int, list[np.ndarray]] = {}
     for d in devices:
         for hour, v in merged[d].items():
-            kept = hours.setdefault(hour, [])
-            if not any(float(np.max(np.abs(v - k))) < SAME_HOUR for k in kept):
-                kept.append(v)
-    ctx = {hour: np.median(vs, axis=0) for hour, vs in hours.items() if len(vs) >= 2}
+            hours.setdefault(hour, []).append(v)
+    ctx = {}
+    for hour, vs in hours.items():
+        kept = _distinct(np.array(vs))
+        if len(kept) >= 2:
+            ctx[hour] = np.median(kept, axis=0)
     want = targets if targets is not None else {d: merged[d] for d in devices}
     return {d: {hour: v - ctx[hour] for hour, v in hv.items() if hour in ctx} for d, hv in want.items()}
 
