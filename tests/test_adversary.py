@@ -34,7 +34,8 @@ def test_every_attack_holds_in_a_quick_run(tmp_path: Path) -> None:
     for r in report["attacks"]:
         assert set(r["readings_per_s"]) == {"before", "during", "after"}
         assert set(r["ratio"]) == {"during", "after"}
-        assert set(r["max_height_diff"]) == {"during", "end"}
+        assert set(r["max_height_diff"]) == {"during", "end", "after_catch_up"}
+        assert r["catch_up_s"] >= 0.0 and (r["catch_up_s"] == 0.0) == (r["max_height_diff"]["end"] <= 3)
         assert len(r["rss_mb"]["growth"]) == 4
         assert isinstance(r["replicas_agree"], bool) and r["verify_ok"] in (True, False, None)
         assert r["holds"] == (not r["why_not"]), r
