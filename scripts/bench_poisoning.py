@@ -772,6 +772,29 @@ class TraceabilityBench:
 # --- the table ------------------------------------------------------------------------------------
 
 
+def gap_table(scores: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """One metric's table from scores[attack][strategy] ("clean" included): `results` (each attack's
+    row, with clean FedAvg, the best strategy and its gap beside it), `worst_gap` and its attack,
+    and each strategy's worst gap. A gap is clean FedAvg's metric minus the run's."""
+    ref = scores["clean"]["fedavg"]
+    results: dict[str, dict[str, Any]] = {}
+    best_gaps: dict[str, float] = {}
+    for name, row in scores.items():
+        results[name] = {s: round(row[s], 4) for s in STRATEGIES}
+        if name != "clean":
+            best = min(STRATEGIES, key=lambda s: ref - row[s])
+            best_gaps[name] = ref - row[best]
+            results[name].update(clean_fedavg=round(ref, 4), best=best, best_gap=round(best_gaps[name], 4))
+    worst = max(best_gaps, key=lambda a: best_gaps[a])
+    return {
+        "clean_fedavg": round(ref, 4),
+        "results": results,
+        "worst_gap": round(best_gaps[worst], 4),
+        "worst_attack": worst,
+        "strategy_worst_gap": {s: round(max(ref - scores[a][s] for a in best_gaps), 4) for s in STRATEGIES},
+    }
+
+
 def bench(b: HumidityBench | TraceabilityBench, views: Sequence[str]) -> dict[str, Any]:
     clean = b.clean_updates()
     norms = [update_norm(u, b.init) for u in clean]
@@ -793,37 +816,21 @@ def bench(b: HumidityBench | TraceabilityBench, views: Sequence[str]) -> dict[st
                            "clip_bound_shared": b.clips["fedavg_clip_shared"].bound,
                            "clean_update_norms": norms, "clean_shared_norms": shared}
     for view in views:
-        ref = cells["clean"]["fedavg"]["score"][view]
-        results: dict[str, Any] = {}
+        table = gap_table({name: {s: row[s]["score"][view] for s in STRATEGIES}
+                           for name, row in cells.items()})
         attacker: dict[str, Any] = {}
-        best_gaps: dict[str, float] = {}
         for name, row in cells.items():
-            results[name] = {s: round(row[s]["score"][view], 4) for s in STRATEGIES}
             attacker[name] = {s: round(row[s]["score"]["attacker_devices"], 4) for s in STRATEGIES}
-            if name == "clean":
-                continue
-            gaps = {s: ref - row[s]["score"][view] for s in STRATEGIES}
-            best = min(STRATEGIES, key=lambda s: gaps[s])
-            results[name]["clean_fedavg"] = round(ref, 4)
-            results[name]["best"] = best
-            results[name]["best_gap"] = round(gaps[best], 4)
-            best_gaps[name] = gaps[best]
             unchecked = row["fedavg"].get("without_ledger_check")
             if unchecked is not None:
-                results[name]["fedavg_without_ledger_check"] = round(unchecked[view], 4)
+                table["results"][name]["fedavg_without_ledger_check"] = round(unchecked[view], 4)
                 attacker[name]["fedavg_without_ledger_check"] = round(unchecked["attacker_devices"], 4)
-        worst = max(best_gaps, key=lambda a: best_gaps[a])
         entry: dict[str, Any] = {
             "metric": VIEWS[view][1],
-            "clean_fedavg": round(ref, 4),
-            "results": results,
-            "worst_gap": round(best_gaps[worst], 4),
-            "worst_attack": worst,
+            **table,
             # The round without the malicious node's update (the ledger refuses the inflated one):
             # what a defence that told the attacker apart every time would reach.
             "honest_only_fedavg": round(cells["inflated"]["fedavg"]["score"][view], 4),
-            "strategy_worst_gap": {s: round(max(ref - cells[a][s]["score"][view] for a in best_gaps), 4)
-                                   for s in STRATEGIES},
             "attacker_devices": attacker,
         }
         if view == "traceability":
@@ -856,33 +863,21 @@ def summarize(rotations: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for view in rotations[0]["views"]:
         per = [r["views"][view] for r in rotations]
-        ref = statistics.fmean(p["clean_fedavg"] for p in per)
-        results: dict[str, dict[str, Any]] = {}
-        best_gaps: dict[str, float] = {}
-        for name in per[0]["results"]:
-            mean = {s: statistics.fmean(p["results"][name][s] for p in per) for s in STRATEGIES}
-            row: dict[str, Any] = {s: round(v, 4) for s, v in mean.items()}
-            if name != "clean":
-                best = min(STRATEGIES, key=lambda s: ref - mean[s])
-                best_gaps[name] = ref - mean[best]
-                row.update(clean_fedavg=round(ref, 4), best=best, best_gap=round(best_gaps[name], 4),
-                           best_gap_by_rotation=[round(p["clean_fedavg"] - p["results"][name][best], 4)
-                                                 for p in per])
-                unchecked = [p["results"][name].get("fedavg_without_ledger_check") for p in per]
-                if all(u is not None for u in unchecked):
-                    row["fedavg_without_ledger_check"] = round(statistics.fmean(unchecked), 4)
-            results[name] = row
-        worst = max(best_gaps, key=lambda a: best_gaps[a])
+        table = gap_table({name: {s: statistics.fmean(p["results"][name][s] for p in per) for s in STRATEGIES}
+                           for name in per[0]["results"]})
+        for name, row in table["results"].items():
+            if name == "clean":
+                continue
+            row["best_gap_by_rotation"] = [round(p["clean_fedavg"] - p["results"][name][row["best"]], 4)
+                                           for p in per]
+            unchecked = [p["results"][name].get("fedavg_without_ledger_check") for p in per]
+            if all(u is not None for u in unchecked):
+                row["fedavg_without_ledger_check"] = round(statistics.fmean(unchecked), 4)
         entry: dict[str, Any] = {
             "metric": per[0]["metric"],
-            "clean_fedavg": round(ref, 4),
-            "results": results,
-            "worst_gap": round(best_gaps[worst], 4),
-            "worst_attack": worst,
+            **table,
             "worst_gap_by_rotation": [p["worst_gap"] for p in per],
             "honest_only_fedavg": round(statistics.fmean(p["honest_only_fedavg"] for p in per), 4),
-            "strategy_worst_gap": {s: round(max(ref - statistics.fmean(p["results"][a][s] for p in per)
-                                                for a in best_gaps), 4) for s in STRATEGIES},
         }
         if view == "traceability":
             for key in ("stolen", "false_flags"):

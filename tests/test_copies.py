@@ -13,15 +13,12 @@ import pytest
 from federated import copies, fingerprint
 from federated.data import MAIN_SLICE, read_csv_rows
 from node.cli.main import main
-from node.launch.processes import NodeProcess, wait_until
 from node.ledger.transactions import make_reading
-from node.net.ports import free_port
 from node.server.datadir import DB_FILE, GENESIS_FILE, init_node
 from node.store import suspicious as susp
 from node.store.sqlite import SqliteStore
-from tests.browser import Page
 from tests.factories import CHAIN_ID, commit_next
-from tests.test_suspicious import HOUR, ROOMS, Federation, probe
+from tests.test_suspicious import HOUR, ROOMS, Federation, suspicious_page
 
 COPIER, VICTIM = "room_644", "room_722"
 
@@ -170,15 +167,7 @@ def test_a_copy_is_reported_and_takes_none_of_its_originals_windows(
 @pytest.mark.slow
 def test_the_explorer_lists_the_copy(copied_fed: CopiedFederation, browser: Any) -> None:
     """The Suspicious page's Copies table, served by a node process on this replica."""
-    port = free_port()
-    proc = NodeProcess(copied_fed.dir)
-    proc.start(extra_args=["--port", str(port)])
-    try:
-        base = f"http://127.0.0.1:{port}"
-        assert wait_until(lambda: probe(base), 30), proc.log_tail()
-        tab = Page(browser, base)
-        page = tab.open("#/suspicious?hours=24")  # computing at first; the page asks again every 2 s
-        page.wait_for_selector("#suspicious-copies tbody tr", timeout=20_000)
+    with suspicious_page(copied_fed.dir, browser, "#suspicious-copies tbody tr") as (tab, page):
         row = page.locator("#suspicious-copies tbody tr").first
         copier, victim = copied_fed.devices[COPIER].public.hex(), copied_fed.devices[VICTIM].public.hex()
         assert row.locator(f"a[href='#/device/{copier}']").count() == 1
@@ -186,5 +175,3 @@ def test_the_explorer_lists_the_copy(copied_fed: CopiedFederation, browser: Any)
         assert "replays it" in page.locator("#suspicious-flags").inner_text()
         tab.shot("suspicious-copies")
         assert tab.errors == []
-    finally:
-        proc.stop()

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -246,15 +249,7 @@ def test_the_explorer_page_shows_them(stolen: tuple[Federation, tuple[int, int]]
     """The suspicious page, a flagged device's page and the model's JSON download in a browser,
     served by a node process on this replica (an observer: no peers, nothing to commit)."""
     fed, _ = stolen
-    port = free_port()
-    proc = NodeProcess(fed.dir)
-    proc.start(extra_args=["--port", str(port)])
-    try:
-        base = f"http://127.0.0.1:{port}"
-        assert wait_until(lambda: probe(base), 30), proc.log_tail()
-        tab = Page(browser, base)
-        page = tab.open("#/suspicious?hours=24")  # computing at first; the page asks again every 2 s
-        page.wait_for_selector("#suspicious-flags tbody tr", timeout=20_000)
+    with suspicious_page(fed.dir, browser, "#suspicious-flags tbody tr") as (tab, page):
         a, b = fed.devices[A].public.hex(), fed.devices[B].public.hex()
         rows = page.locator("#suspicious-flags tbody tr", has=page.locator(f"a[href='#/device/{a}']"))
         assert rows.count() >= 1 and any(B in t for t in rows.all_inner_texts())
@@ -274,6 +269,23 @@ def test_the_explorer_page_shows_them(stolen: tuple[Federation, tuple[int, int]]
         assert "--out traceability-round1.json" in page.locator("#export-cmd").inner_text()
         tab.shot("model-traceability")
         assert tab.errors == []
+
+
+@contextmanager
+def suspicious_page(node_dir: Path, browser: Any, ready: str) -> Iterator[tuple[Page, Any]]:
+    """The explorer's Suspicious page (24 hours) in a browser tab, served by a node process on the
+    replica in `node_dir` (an observer: no peers, nothing to commit), once `ready` shows: the page
+    says it is computing at first and asks again every 2 s."""
+    port = free_port()
+    proc = NodeProcess(node_dir)
+    proc.start(extra_args=["--port", str(port)])
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert wait_until(lambda: probe(base), 30), proc.log_tail()
+        tab = Page(browser, base)
+        page = tab.open("#/suspicious?hours=24")
+        page.wait_for_selector(ready, timeout=20_000)
+        yield tab, page
     finally:
         proc.stop()
 
